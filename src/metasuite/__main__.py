@@ -1,0 +1,5 @@
+"""Allows ``python -m metasuite``."""
+
+from metasuite.cli import main
+
+raise SystemExit(main())
