@@ -1,5 +1,83 @@
-"""Placeholder CLI, replaced below."""
+"""The ``metasuite`` command: one sub-command per module in :mod:`metasuite.commands`.
+
+Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
+``run(args) -> int``; it imports heavy libraries (torch) inside ``run`` so that
+``--help`` and ``generate`` stay quick. A :class:`~metasuite.errors.UserError` becomes one
+line on stderr and exit status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+from types import ModuleType
+
+from metasuite import __version__
+from metasuite.errors import UserError
+
+COMMANDS: dict[str, str] = {
+    "generate": "metasuite.commands.generate",
+    "train": "metasuite.commands.train",
+    "run-suite": "metasuite.commands.run_suite",
+    "submit": "metasuite.commands.submit",
+    "status": "metasuite.commands.status",
+    "report": "metasuite.commands.report",
+    "show": "metasuite.commands.show",
+}
+
+
+def _load(module_name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return None  # command not built yet
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="metasuite",
+        description="Generate, run and summarise suites of MAML++ few-shot experiments.",
+    )
+    parser.add_argument("--version", action="version", version=f"metasuite {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in COMMANDS.items():
+        module = _load(module_name)
+        if module is None:
+            continue
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    line: str | None = None,
+) -> str:
+    """Warnings are for users here: one line, no source location."""
+    return f"warning: {message}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    return 0
+    warnings.formatwarning = _one_line_warning
+    warnings.simplefilter("default", DeprecationWarning)
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except UserError as exc:
+        print(f"metasuite {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"metasuite {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

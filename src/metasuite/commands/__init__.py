@@ -1,0 +1,1 @@
+"""Sub-commands of the ``metasuite`` CLI, one module each (see :mod:`metasuite.cli`)."""

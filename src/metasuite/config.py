@@ -1,0 +1,444 @@
+"""One typed, validated experiment configuration, read once at the edge.
+
+Every key of the reference MAML++ JSON configs is a field of :class:`ExperimentConfig`,
+so their files load unchanged; the few keys that only the reference code used are
+accepted with a warning and dropped. Everything after ``load_config`` works with the
+frozen dataclass, never with a dict, so a typo is caught here, with the file and key
+named, instead of silently changing an experiment three modules later.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import os
+import types
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from metasuite.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+"""The checkout this package was installed from (editable install)."""
+
+# Keys only the reference code read. They are accepted so that its configs keep working.
+LEGACY_IGNORED_KEYS: dict[str, str] = {
+    "gpu_to_use": "devices come from the command line (X.sh 0 1 / --gpus)",
+    "use_gdrive": "Google Drive sync is not supported",
+    "total_unique_tasks": "tasks are a pure function of (seed, index); there is no task pool",
+    "task_learning_rate": "use init_inner_loop_learning_rate",
+    "num_of_gpus": "devices come from the command line (X.sh 0 1 / --gpus)",
+    "samples_per_iter": "always 1 in the reference code",
+    "labels_as_int": "labels are always integers",
+    "reverse_channels": "images are always RGB or grayscale as stored",
+    "augment_images": "Omniglot is always augmented by rotation, other data sets never",
+    "seed": "use train_seed / val_seed",
+}
+# Keys whose spelling changed: old name -> new name.
+RENAMED_KEYS: dict[str, str] = {"evalute_on_test_set_only": "evaluate_on_test_set_only"}
+# Keys that are silently ignored: they are set by the tooling, not by users.
+SILENT_IGNORED_KEYS: frozenset[str] = frozenset({"gpu_to_use"})
+
+ContinueFrom = int | Literal["from_scratch", "latest"]
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """An experiment of the MAML++ family.
+
+    Field names and meanings follow the reference configs; defaults are those of its
+    Omniglot MAML++ 5-way 1-shot config. Fields after ``use_multi_step_loss_optimization``
+    are metasuite's own and have defaults, so reference configs need not name them.
+    """
+
+    # --- data --------------------------------------------------------------------
+    batch_size: int = 8
+    image_height: int = 28
+    image_width: int = 28
+    image_channels: int = 1
+    num_dataprovider_workers: int = 4
+    max_models_to_save: int = 5
+    dataset_name: str = "omniglot_dataset"
+    dataset_path: str = "omniglot_dataset"
+    reset_stored_paths: bool = False
+    experiment_name: str = "omniglot_maml++_5_way_1_shot"
+    train_seed: int = 0
+    val_seed: int = 0
+    train_val_test_split: tuple[float, ...] = (0.70918052988, 0.03080714725, 0.2606284658)
+    indexes_of_folders_indicating_class: tuple[int, ...] = (-3, -2)
+    load_from_npz_files: bool = False
+    sets_are_pre_split: bool = False
+    load_into_memory: bool = True
+    # --- learner -----------------------------------------------------------------
+    init_inner_loop_learning_rate: float = 0.1
+    train_in_stages: bool = False
+    multi_step_loss_num_epochs: int = 10
+    minimum_per_task_contribution: float = 0.01
+    num_evaluation_tasks: int = 600
+    learnable_per_layer_per_step_inner_loop_learning_rate: bool = True
+    enable_inner_loop_optimizable_bn_params: bool = False
+    total_epochs: int = 100
+    total_iter_per_epoch: int = 500
+    continue_from_epoch: ContinueFrom = -2
+    evaluate_on_test_set_only: bool = False
+    max_pooling: bool = True
+    per_step_bn_statistics: bool = True
+    learnable_batch_norm_momentum: bool = False
+    learnable_bn_gamma: bool = True
+    learnable_bn_beta: bool = True
+    weight_decay: float = 0.0
+    dropout_rate_value: float = 0.0
+    min_learning_rate: float = 0.00001
+    meta_learning_rate: float = 0.001
+    total_epochs_before_pause: int = 100
+    first_order_to_second_order_epoch: int = -1
+    norm_layer: Literal["batch_norm", "layer_norm"] = "batch_norm"
+    cnn_num_filters: int = 64
+    num_stages: int = 4
+    conv_padding: bool = True
+    number_of_training_steps_per_iter: int = 5
+    number_of_evaluation_steps_per_iter: int = 5
+    cnn_blocks_per_stage: int = 1
+    num_classes_per_set: int = 5
+    num_samples_per_class: int = 1
+    num_target_samples: int = 1
+    second_order: bool = True
+    use_multi_step_loss_optimization: bool = True
+    # --- metasuite's own ---------------------------------------------------------
+    test_seed: int | None = None
+    """Seed of the fixed test task set; None means val_seed, as in the reference code."""
+    backend: Literal["auto", "loop", "vmap", "batched"] = "auto"
+    """Inner-loop implementation; 'auto' picks the fastest measured one for the device."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 autocasts the network's forward; fp32 is the reference."""
+    checkpoint_every_n_iters: int = 100
+    """Extra checkpoints inside an epoch, so a kill loses at most this many iterations
+    (0: only at the end of each epoch)."""
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def effective_test_seed(self) -> int:
+        return self.val_seed if self.test_seed is None else self.test_seed
+
+    @property
+    def is_omniglot(self) -> bool:
+        """The reference code rotates Omniglot classes; it detects them by name."""
+        return "omniglot" in self.dataset_name.lower()
+
+    def use_second_order(self, epoch: int) -> bool:
+        """DA: first order until first_order_to_second_order_epoch, then second order."""
+        return self.second_order and epoch > self.first_order_to_second_order_epoch
+
+
+CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ExperimentConfig))
+_HINTS = get_type_hints(ExperimentConfig)
+
+
+def _expected(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(json.dumps(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_expected(a) for a in get_args(tp))
+    if origin is tuple:
+        return f"a list of {_expected(get_args(tp)[0])}s"
+    if tp is type(None):
+        return "null"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Check ``value`` against type ``tp``; return it in canonical form or raise."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        if value in get_args(tp) and type(value) in {type(a) for a in get_args(tp)}:
+            return value
+        raise _Mismatch
+    if origin in (Union, types.UnionType):
+        for option in get_args(tp):
+            try:
+                return _coerce(value, option)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise _Mismatch
+        return tuple(_coerce(v, get_args(tp)[0]) for v in value)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _Mismatch
+    if tp is bool:
+        # The reference configs write some switches as 0/1 (e.g. "conv_padding": 1).
+        if isinstance(value, bool):
+            return value
+        if type(value) is int and value in (0, 1):
+            return bool(value)
+        raise _Mismatch
+    if tp is int:
+        if type(value) is int:
+            return value
+        raise _Mismatch
+    if tp is float:
+        if type(value) in (int, float) and math.isfinite(value):
+            return float(value)
+        raise _Mismatch
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    raise TypeError(f"unsupported config field type {tp!r}")
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, CONFIG_FIELDS, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def from_dict(raw: Mapping[str, Any], source: str = "<config>") -> ExperimentConfig:
+    """Validate a mapping of config keys and build the config.
+
+    Raises :class:`ConfigError` naming ``source``, the key and what was expected.
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"{source}: expected a JSON object of config keys, got {type(raw).__name__}"
+        )
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in RENAMED_KEYS:
+            new = RENAMED_KEYS[key]
+            if new in raw and raw[new] != value:
+                raise ConfigError(
+                    f"{source}: {key!r} (deprecated spelling of {new!r}) is {value!r} but "
+                    f"{new!r} is {raw[new]!r}; remove {key!r}"
+                )
+            warnings.warn(
+                f"{source}: {key!r} is deprecated, use {new!r}", DeprecationWarning, stacklevel=2
+            )
+            if new in raw:
+                continue
+            key = new
+        elif key in LEGACY_IGNORED_KEYS:
+            if key not in SILENT_IGNORED_KEYS:
+                warnings.warn(
+                    f"{source}: legacy key {key!r} ignored: {LEGACY_IGNORED_KEYS[key]}",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            continue
+        elif key not in CONFIG_FIELDS:
+            raise ConfigError(f"{source}: unknown key {key!r}{_suggest(key)}")
+        try:
+            values[key] = _coerce(value, _HINTS[key])
+        except _Mismatch:
+            raise ConfigError(
+                f"{source}: {key} must be {_expected(_HINTS[key])}, got {json.dumps(value)}"
+            ) from None
+    config = ExperimentConfig(**values)
+    _check_ranges(config, source)
+    return config
+
+
+def _check_ranges(c: ExperimentConfig, source: str) -> None:
+    def fail(key: str, expected: str) -> None:
+        raise ConfigError(f"{source}: {key} must be {expected}, got {json.dumps(getattr(c, key))}")
+
+    at_least = {
+        "batch_size": 1, "image_height": 1, "image_width": 1, "num_dataprovider_workers": 0,
+        "max_models_to_save": 1, "num_evaluation_tasks": 1, "total_epochs": 1,
+        "total_iter_per_epoch": 1, "total_epochs_before_pause": 1, "cnn_num_filters": 1,
+        "num_stages": 1, "number_of_training_steps_per_iter": 1,
+        "number_of_evaluation_steps_per_iter": 1, "cnn_blocks_per_stage": 1,
+        "num_classes_per_set": 2, "num_samples_per_class": 1, "num_target_samples": 1,
+        "multi_step_loss_num_epochs": 0, "checkpoint_every_n_iters": 0,
+    }  # fmt: skip
+    for key, low in at_least.items():
+        if getattr(c, key) < low:
+            fail(key, f"an integer >= {low}")
+    for key in ("init_inner_loop_learning_rate", "weight_decay", "min_learning_rate"):
+        if getattr(c, key) < 0:
+            fail(key, "a number >= 0")
+    if c.meta_learning_rate <= 0:
+        fail("meta_learning_rate", "a number > 0")
+    if c.min_learning_rate > c.meta_learning_rate:
+        fail("min_learning_rate", f"<= meta_learning_rate ({c.meta_learning_rate})")
+    if not 0 <= c.dropout_rate_value < 1:
+        fail("dropout_rate_value", "a number in [0, 1)")
+    if not 0 <= c.minimum_per_task_contribution <= 1:
+        fail("minimum_per_task_contribution", "a number in [0, 1]")
+    if c.image_channels not in (1, 3):
+        fail("image_channels", "1 (grayscale) or 3 (RGB)")
+    split = c.train_val_test_split
+    # The reference Omniglot split sums to 1.0006, so allow a little slack.
+    if len(split) != 3 or any(p < 0 for p in split) or abs(sum(split) - 1) > 1e-2:
+        fail("train_val_test_split", "three non-negative fractions (train, val, test) summing to 1")
+    idx = c.indexes_of_folders_indicating_class
+    if not idx or any(i >= 0 for i in idx) or len(set(idx)) != len(idx):
+        fail(
+            "indexes_of_folders_indicating_class",
+            "a non-empty list of distinct negative folder indexes (e.g. [-3, -2])",
+        )
+    if isinstance(c.continue_from_epoch, int) and c.continue_from_epoch < -2:
+        fail("continue_from_epoch", '"from_scratch", "latest", -2, -1 or an epoch number >= 0')
+    if c.max_pooling and min(c.image_height, c.image_width) < 2**c.num_stages:
+        fail(
+            "num_stages",
+            f"small enough that {c.num_stages} 2x2 poolings fit a "
+            f"{c.image_height}x{c.image_width} image",
+        )
+    if (
+        not c.experiment_name
+        or any(ch in c.experiment_name for ch in "/\\\0")
+        or (c.experiment_name in (".", ".."))
+    ):
+        fail("experiment_name", "a non-empty name usable as a folder name (no '/')")
+    # Contradictions: settings that cannot all hold at once.
+    if c.per_step_bn_statistics and c.norm_layer != "batch_norm":
+        raise ConfigError(
+            f"{source}: per_step_bn_statistics is true but norm_layer is {c.norm_layer!r}; "
+            'per-step running statistics need norm_layer "batch_norm"'
+        )
+    if c.evaluate_on_test_set_only and c.continue_from_epoch == "from_scratch":
+        raise ConfigError(
+            f"{source}: evaluate_on_test_set_only is true but continue_from_epoch is "
+            '"from_scratch": there would be no trained model to test'
+        )
+    if c.enable_inner_loop_optimizable_bn_params and not (
+        c.learnable_bn_gamma or c.learnable_bn_beta
+    ):
+        raise ConfigError(
+            f"{source}: enable_inner_loop_optimizable_bn_params is true but learnable_bn_gamma "
+            "and learnable_bn_beta are both false: there are no BN parameters to adapt"
+        )
+
+
+def load_config(path: str | os.PathLike[str]) -> ExperimentConfig:
+    """Read and validate a JSON config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    return from_dict(raw, source=str(path))
+
+
+def to_dict(config: ExperimentConfig) -> dict[str, Any]:
+    """The config as plain JSON types, every key present, in field order."""
+    out: dict[str, Any] = {}
+    for name in CONFIG_FIELDS:
+        value = getattr(config, name)
+        out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def to_json(config: ExperimentConfig) -> str:
+    """Readable JSON in field order (what ``generate`` writes and humans diff)."""
+    return json.dumps(to_dict(config), indent=2) + "\n"
+
+
+def canonical_json(config: ExperimentConfig) -> str:
+    """Sorted-keys, compact JSON: the form that is hashed."""
+    return json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"))
+
+
+def config_hash(config: ExperimentConfig) -> str:
+    """sha256 of :func:`canonical_json`; same settings, same hash, whatever the key order."""
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()
+
+
+def save_config(config: ExperimentConfig, path: str | os.PathLike[str]) -> None:
+    """Write the config atomically (temporary file, then rename)."""
+    from metasuite.fsutil import write_text_atomic
+
+    write_text_atomic(Path(path), to_json(config))
+
+
+def replace(
+    config: ExperimentConfig, source: str = "<override>", **changes: Any
+) -> ExperimentConfig:
+    """A validated copy with some fields changed (tests, CLI overrides)."""
+    merged = to_dict(config) | changes
+    return from_dict(merged, source=source)
+
+
+# Fields that change what is trained (or how it is evaluated). A resumed run whose
+# config differs in one of these would not be the experiment it claims to be.
+NON_TRAINING_FIELDS: frozenset[str] = frozenset({
+    "num_dataprovider_workers", "continue_from_epoch", "evaluate_on_test_set_only",
+    "total_epochs_before_pause", "reset_stored_paths", "load_into_memory",
+    "load_from_npz_files", "experiment_name", "dataset_path", "backend",
+    "checkpoint_every_n_iters", "max_models_to_save",
+})  # fmt: skip
+
+
+def training_differences(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:
+    """Human-readable 'key: old -> new' lines for training-relevant fields that differ."""
+    diffs = []
+    for name in CONFIG_FIELDS:
+        if name in NON_TRAINING_FIELDS:
+            continue
+        a, b = getattr(old, name), getattr(new, name)
+        if a != b:
+            diffs.append(f"{name}: {json.dumps(a)} -> {json.dumps(b)}")
+    return diffs
+
+
+def dataset_root() -> Path:
+    """Where data sets live: ``$DATASET_DIR``, else ``<repo>/datasets``."""
+    env = os.environ.get("DATASET_DIR")
+    return Path(env).expanduser().resolve() if env else REPO_ROOT / "datasets"
+
+
+def resolve_dataset_path(config: ExperimentConfig, root: Path | None = None) -> Path:
+    """The data set's folder: ``dataset_path`` under the data set root.
+
+    An absolute path is used as it is, and a relative path that already starts with
+    the root (the reference code's habit of writing ``datasets/omniglot``) is not
+    prefixed a second time.
+    """
+    root = (root or dataset_root()).resolve()
+    path = Path(os.path.expanduser(config.dataset_path))
+    if path.is_absolute():
+        return path
+    candidate = path.resolve()
+    if candidate == root or root in candidate.parents:
+        return candidate
+    if path.parts and path.parts[0] == root.name:
+        return root.parent / path
+    return root / path
+
+
+__all__ = [
+    "CONFIG_FIELDS",
+    "ExperimentConfig",
+    "canonical_json",
+    "config_hash",
+    "dataset_root",
+    "from_dict",
+    "load_config",
+    "replace",
+    "resolve_dataset_path",
+    "save_config",
+    "to_dict",
+    "to_json",
+    "training_differences",
+]
