@@ -1,0 +1,45 @@
+"""The task batch: the one value that flows from the data sampler to the learner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """``T`` few-shot tasks of ``N`` classes, ``K`` support and ``Q`` query images each.
+
+    Images are float32 in [0, 1]; labels are 0..N-1 within each task. ``task_ids``
+    are the global task indexes, so a batch can be traced back to (seed, index).
+    """
+
+    support_x: torch.Tensor  # float32 [T, N*K, C, H, W]
+    support_y: torch.Tensor  # int64   [T, N*K]
+    query_x: torch.Tensor  # float32 [T, N*Q, C, H, W]
+    query_y: torch.Tensor  # int64   [T, N*Q]
+    task_ids: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return self.support_x.shape[0]
+
+    def to(self, device: torch.device | str) -> TaskBatch:
+        return TaskBatch(
+            self.support_x.to(device, non_blocking=True),
+            self.support_y.to(device, non_blocking=True),
+            self.query_x.to(device, non_blocking=True),
+            self.query_y.to(device, non_blocking=True),
+            self.task_ids,
+        )
+
+    def select(self, rows: slice | list[int]) -> TaskBatch:
+        """A sub-batch (e.g. one rank's share of a meta-batch)."""
+        ids = (
+            self.task_ids[rows]
+            if isinstance(rows, slice)
+            else tuple(self.task_ids[i] for i in rows)
+        )
+        return TaskBatch(
+            self.support_x[rows], self.support_y[rows], self.query_x[rows], self.query_y[rows], ids
+        )
