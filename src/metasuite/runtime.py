@@ -1,0 +1,141 @@
+"""The process around an experiment: which devices, which seeds, how many threads.
+
+Kept apart from the training loop so that device mistakes are caught (and reported as
+one line) before any data is loaded, and so that the RNG state that exact resume needs
+is captured and restored in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from metasuite.errors import UserError
+
+THREADS_ENV = "METASUITE_NUM_THREADS"
+
+
+def resolve_devices(spec: str | None) -> list[torch.device]:
+    """Turn ``--gpus`` into devices.
+
+    ``"cpu"`` → the CPU; ``"0,1"`` → those CUDA devices (each must exist); None → GPU 0
+    when CUDA is available, else the CPU. A GPU id on a machine without CUDA is an error
+    rather than a silent fall-back to the CPU, which would make a cluster job crawl.
+    """
+    if spec is None:
+        return [torch.device("cuda", 0)] if torch.cuda.is_available() else [torch.device("cpu")]
+    text = spec.strip().lower()
+    if text == "cpu":
+        return [torch.device("cpu")]
+    ids: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit():
+            raise UserError(
+                f"--gpus {spec!r}: expected 'cpu' or comma-separated GPU ids such as 0,1"
+            )
+        ids.append(int(part))
+    if len(set(ids)) != len(ids):
+        raise UserError(f"--gpus {spec!r}: a GPU id is listed twice")
+    if not torch.cuda.is_available():
+        raise UserError(
+            f"--gpus {spec}: CUDA is not available on this machine (torch {torch.__version__}); "
+            "use --gpus cpu"
+        )
+    count = torch.cuda.device_count()
+    for i in ids:
+        if i >= count:
+            raise UserError(
+                f"--gpus {spec}: there is no GPU {i} (this machine has {count}: ids 0..{count - 1})"
+            )
+    return [torch.device("cuda", i) for i in ids]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and Python's ``random``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def configure(devices: list[torch.device], num_threads: int | None = None) -> None:
+    """Thread count and determinism for this process.
+
+    On the CPU, deterministic algorithms make a resumed run match an uninterrupted one
+    bit for bit. ``num_threads`` (or ``$METASUITE_NUM_THREADS``) caps intra-op threads,
+    e.g. when several experiments share a machine.
+    """
+    if num_threads is None and os.environ.get(THREADS_ENV):
+        try:
+            num_threads = int(os.environ[THREADS_ENV])
+        except ValueError:
+            raise UserError(
+                f"${THREADS_ENV}={os.environ[THREADS_ENV]!r}: expected a positive integer"
+            ) from None
+    if num_threads is not None:
+        if num_threads < 1:
+            raise UserError(f"thread count must be >= 1, got {num_threads}")
+        torch.set_num_threads(num_threads)
+    if all(d.type == "cpu" for d in devices):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cudnn.benchmark = False
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every RNG the training may draw from, as tensors and numbers only, so that it
+    survives ``torch.load(weights_only=True)``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {
+            "version": int(version),
+            "internal": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        (
+            n["kind"],
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+__all__ = [
+    "capture_rng_state",
+    "configure",
+    "resolve_devices",
+    "restore_rng_state",
+    "seed_everything",
+]
