@@ -1,0 +1,181 @@
+"""metasuite report: numbers over seeds checked by hand, plots written, nothing hidden."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from PIL import Image
+
+from metasuite import report
+from metasuite.cli import main
+from synthetic_experiments import MAML, dead_pid, make_config, write_experiment
+
+# (ensemble mean, ensemble ci95, best-single mean, best-single ci95) per seed.
+# By hand: ensemble 95, 97, 96 -> mean 96.00, sample std 1.00;
+#          best single 90, 94, 92 -> mean 92.00, sample std 2.00.
+PLUS_TESTS = [(0.95, 0.004, 0.90, 0.005), (0.97, 0.003, 0.94, 0.006), (0.96, 0.005, 0.92, 0.004)]
+CURVES = [[(0.5, 0.4), (0.7, 0.6), (0.8, 0.7)], [(0.55, 0.5), (0.75, 0.62), (0.85, 0.66)],
+          [(0.45, 0.42), (0.72, 0.58), (0.81, 0.72)]]  # fmt: skip
+
+
+@pytest.fixture
+def suite(tmp_path):
+    root, configs = tmp_path / "experiments", tmp_path / "experiment_config"
+    for seed, (test, curves) in enumerate(zip(PLUS_TESTS, CURVES, strict=True)):
+        cfg = make_config(f"omni_plus_5w1s_s{seed}", seed)
+        write_experiment(root, cfg, status="done", curves=curves, test=test, generated=configs)
+    # MAML: one seed done, one still running (alive: this process), one killed.
+    cfg = make_config("omni_maml_5w1s_s0", 0, **MAML)
+    write_experiment(
+        root, cfg, status="done", curves=CURVES[0], test=(0.9, 0.01, 0.88, 0.01), generated=configs
+    )
+    cfg = make_config("omni_maml_5w1s_s1", 1, **MAML)
+    write_experiment(root, cfg, status="running", curves=CURVES[1][:2], generated=configs)
+    cfg = make_config("omni_maml_5w1s_s2", 2, **MAML)
+    write_experiment(root, cfg, status="running", curves=CURVES[2][:1], generated=configs,
+                     pid=dead_pid())  # fmt: skip
+    # MAML++ 20-way 5-shot: generated, never started.
+    cfg = make_config("omni_plus_20w5s_s0", 0, way=20, shot=5)
+    write_experiment(root, cfg, status=None, generated=configs)
+    # Done but its test summary is missing: must be listed, not averaged as zero.
+    cfg = make_config("omni_plus_5w5s_s0", 0, shot=5)
+    write_experiment(root, cfg, status="done", curves=CURVES[0], generated=configs)
+    return root, configs
+
+
+def test_groups_are_configs_equal_up_to_seed(suite):
+    groups, _ = report.collect(*suite)
+    by_method = {(g.method, g.way, g.shot): sorted(m.name for m in g.members) for g in groups}
+    assert by_method == {
+        ("MAML", 5, 1): ["omni_maml_5w1s_s0", "omni_maml_5w1s_s1", "omni_maml_5w1s_s2"],
+        ("MAML++", 5, 1): ["omni_plus_5w1s_s0", "omni_plus_5w1s_s1", "omni_plus_5w1s_s2"],
+        ("MAML++", 5, 5): ["omni_plus_5w5s_s0"],
+        ("MAML++", 20, 5): ["omni_plus_20w5s_s0"],
+    }
+
+
+def test_a_changed_setting_is_its_own_group_with_a_distinct_label(suite):
+    root, configs = suite
+    cfg = make_config("omni_plus_5w1s_wide_s0", 0, cnn_num_filters=32)
+    write_experiment(root, cfg, status="done", curves=CURVES[0], test=PLUS_TESTS[0])
+    groups, _ = report.collect(root, configs)
+    labels = sorted(g.method for g in groups if (g.way, g.shot) == (5, 1))
+    assert labels == ["MAML", "MAML++ (cnn_num_filters=32)", "MAML++ (cnn_num_filters=64)"]
+
+
+def test_numbers_match_a_hand_computation(suite, tmp_path):
+    root, configs = suite
+    out = tmp_path / "report"
+    files = report.write_report(root, configs, out, quiet=True)
+    with files.summary_csv.open() as handle:
+        rows = {(r["method"], r["way"], r["shot"]): r for r in csv.DictReader(handle)}
+    plus = rows[("MAML++", "5", "1")]
+    assert float(plus["ensemble_mean_pct"]) == pytest.approx(96.0)
+    assert float(plus["ensemble_std_pct"]) == pytest.approx(1.0)
+    assert float(plus["best_single_mean_pct"]) == pytest.approx(92.0)
+    assert float(plus["best_single_std_pct"]) == pytest.approx(2.0)
+    assert (plus["seeds_finished"], plus["seeds_total"], plus["seeds"]) == ("3", "3", "0 1 2")
+    maml = rows[("MAML", "5", "1")]
+    assert float(maml["ensemble_mean_pct"]) == pytest.approx(90.0)
+    assert maml["ensemble_std_pct"] == ""  # one seed: no spread to report
+    assert (maml["seeds_finished"], maml["seeds_total"]) == ("1", "3")
+    not_started = rows[("MAML++", "20", "5")]
+    assert not_started["ensemble_mean_pct"] == "" and not_started["seeds_finished"] == "0"
+
+    with files.per_seed_csv.open() as handle:
+        per_seed = {r["experiment"]: r for r in csv.DictReader(handle)}
+    assert float(per_seed["omni_plus_5w1s_s1"]["ensemble_mean_pct"]) == pytest.approx(97.0)
+    assert float(per_seed["omni_plus_5w1s_s1"]["ensemble_ci95_pct"]) == pytest.approx(0.3)
+    assert float(per_seed["omni_plus_5w1s_s2"]["best_single_ci95_pct"]) == pytest.approx(0.4)
+
+    md = files.results_md.read_text()
+    assert "| MAML++ | ensemble | 96.00 ± 1.00% (3 seeds) |" in md
+    assert "| MAML++ | best single | 92.00 ± 2.00% (3 seeds) |" in md
+    assert "| MAML | ensemble | 90.00% (1/3 seeds) |" in md
+    assert "97.00 ± 0.30% (600 tasks)" in md  # per seed: mean ± 95% CI over tasks
+    # The paper layout: one column per way/shot of the data set.
+    header = next(line for line in md.splitlines() if line.startswith("| Method |"))
+    assert header == "| Method | Test model | 5-way 1-shot | 5-way 5-shot | 20-way 5-shot |"
+    table_csv = out / "table_omniglot_dataset.csv"
+    with table_csv.open() as handle:
+        table = list(csv.reader(handle))
+    assert table[0] == ["Method", "Test model", "5-way 1-shot", "5-way 5-shot", "20-way 5-shot"]
+    assert table[3][:3] == ["MAML++", "ensemble", "96.00 ± 1.00% (3 seeds)"]
+
+
+def test_missing_and_unfinished_are_listed(suite, tmp_path):
+    root, configs = suite
+    files = report.write_report(root, configs, tmp_path / "r", quiet=True)
+    _, excluded = report.collect(root, configs)
+    assert {e.name: e.state for e in excluded} == {
+        "omni_maml_5w1s_s1": "running",
+        "omni_maml_5w1s_s2": "killed (resumable)",
+        "omni_plus_20w5s_s0": "not started",
+        "omni_plus_5w5s_s0": "done",
+    }
+    reason = next(e.reason for e in excluded if e.name == "omni_plus_5w5s_s0")
+    assert "test_summary.json is missing" in reason
+    for text in (files.index.read_text(), files.results_md.read_text()):
+        section = text.split("## Not in the tables", 1)[1]
+        for e in excluded:
+            assert f"| {e.name} | {e.state} |" in section
+
+
+def test_plots_are_valid_pngs_one_per_group_with_curves(suite, tmp_path):
+    root, configs = suite
+    out = tmp_path / "r"
+    files = report.write_report(root, configs, out, quiet=True)
+    # Three groups have finished epochs; the never-started one has no curve.
+    assert len(files.plots) == 3
+    for path in files.plots:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert path.stat().st_size > 20_000
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            width, height = image.size
+            assert width > 800 and height > 300
+            # Not a blank canvas: the curves put many colours on it.
+            assert len(image.convert("RGB").getcolors(maxcolors=1 << 20)) > 50
+    index = files.index.read_text()
+    for path in files.plots:
+        assert f"](plots/{path.name})" in index
+    assert "No finished epoch yet" in index  # the 20-way group
+    # A re-run after a group vanished removes its stale plot.
+    stale = out / "plots" / "old_group.png"
+    stale.write_bytes(b"old")
+    report.write_report(root, configs, out, quiet=True)
+    assert not stale.exists()
+
+
+def test_band_is_mean_and_std_over_seeds():
+    from metasuite.plots import _band
+
+    epochs, means, stds = _band([([0, 1, 2], [10.0, 20.0, 30.0]), ([0, 1], [20.0, 40.0])])
+    assert epochs == [0, 1]  # epoch 2 has one seed only
+    assert means == [15.0, 30.0]
+    assert stds == pytest.approx([50**0.5, 200**0.5])
+
+
+def test_method_labels_follow_the_paper():
+    assert report.method_label(make_config("a", 0)) == "MAML++"
+    assert report.method_label(make_config("a", 0, **MAML)) == "MAML"
+    cfg = make_config("a", 0, **{**MAML, "use_multi_step_loss_optimization": True})
+    assert report.method_label(cfg) == "MAML + MSL"
+    assert report.method_label(make_config("a", 0, first_order_to_second_order_epoch=50,
+                                           total_epochs=100)) == "MAML++ (DA)"  # fmt: skip
+    assert report.method_label(make_config("a", 0, second_order=False)) == "MAML++ (first order)"
+
+
+def test_cli_report(suite, tmp_path, capsys):
+    root, configs = suite
+    out = tmp_path / "out"
+    args = ["report", "--root", str(root), "--configs", str(configs), "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    assert "report written" in capsys.readouterr().out
+    assert (out / "index.md").is_file() and (out / "results.csv").is_file()
+    # Writing the report into an experiment folder is refused.
+    args[-2] = str(root / "omni_plus_5w1s_s0")
+    assert main(args) == 2
+    assert "experiment folder" in capsys.readouterr().err
