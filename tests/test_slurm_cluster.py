@@ -1,0 +1,103 @@
+"""Rendered sbatch scripts on a real (local, one-node) Slurm: requeue after a pause and
+after the time-limit warning signal. Skipped only when Slurm's binaries are absent
+(install.sh installs them in CI)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from metasuite import slurm
+from slurm_cluster import LocalSlurm, missing_binaries
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        bool(missing_binaries()),
+        reason=f"Slurm binaries not installed: {' '.join(missing_binaries())} "
+        "(apt-get install slurmctld slurmd slurm-client)",
+    ),
+]
+
+NAME = "tiny_s0"
+
+# Stand-in for experiment_scripts/<name>.sh: the first run pauses (exit 3) or waits for
+# SIGTERM and checkpoints (exit 4); the next run finishes (exit 0).
+FAKE_EXPERIMENT = """#!/usr/bin/env bash
+runs_file="$(dirname "${BASH_SOURCE[0]}")/runs.txt"
+run=$(( $(grep -c args "$runs_file" 2>/dev/null || true) + 1 ))
+echo "run $run args $* restart ${SLURM_RESTART_COUNT:-0}" >> "$runs_file"
+if (( run > 1 )); then exit 0; fi
+if [[ "$MODE" == pause ]]; then exit 3; fi
+trap 'echo "run $run got TERM" >> "$runs_file"; exit 4' TERM
+touch "$(dirname "${BASH_SOURCE[0]}")/ready"
+while :; do sleep 0.2; done
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    local = LocalSlurm(tmp_path_factory.mktemp("slurm"))
+    try:
+        local.start()
+        yield local
+    finally:
+        local.stop()
+
+
+def make_suite(root: Path) -> Path:
+    scripts = root / "experiment_scripts"
+    (scripts / "slurm").mkdir(parents=True)
+    (root / "slurm_logs").mkdir()
+    (scripts / f"{NAME}.sh").write_text(FAKE_EXPERIMENT)
+    settings = slurm.from_table({"cpus_per_task": 1, "time": "10", "signal_seconds": 60})
+    sbatch = slurm.sbatch_path(scripts, NAME)
+    sbatch.write_text(slurm.render_sbatch(settings, NAME, f"experiment_scripts/{NAME}.sh"))
+    return sbatch
+
+
+def submit(cluster: LocalSlurm, root: Path, sbatch: Path, mode: str) -> str:
+    cluster.env["MODE"] = mode
+    out = cluster.run("sbatch", "--parsable", str(sbatch.relative_to(root)), cwd=root).stdout
+    return out.strip().split(";")[0]
+
+
+def finish_after_requeue(cluster: LocalSlurm, job: str) -> dict[str, str]:
+    cluster.wait_for(
+        job,
+        lambda j: j.get("Restarts") == "1" and j.get("JobState") == "PENDING",
+        what="requeued",
+    )
+    cluster.start_now(job)
+    return cluster.wait_for(
+        job, lambda j: j.get("JobState") in ("COMPLETED", "FAILED"), what="finished"
+    )
+
+
+def test_paused_job_requeues_itself_and_finishes(cluster: LocalSlurm, tmp_path: Path) -> None:
+    sbatch = make_suite(tmp_path)
+    job = submit(cluster, tmp_path, sbatch, "pause")
+    info = finish_after_requeue(cluster, job)
+    assert info["JobState"] == "COMPLETED", cluster.logs()
+    runs = (tmp_path / "experiment_scripts" / "runs.txt").read_text().splitlines()
+    assert runs == ["run 1 args cpu restart 0", "run 2 args cpu restart 1"]
+    output = (tmp_path / "slurm_logs" / f"{NAME}-{job}.out").read_text()
+    assert "exit 3 (3 paused, 4 checkpointed on a signal): requeued" in output
+    assert "experiment finished" in output
+
+
+def test_time_limit_signal_checkpoints_and_requeues(cluster: LocalSlurm, tmp_path: Path) -> None:
+    sbatch = make_suite(tmp_path)
+    job = submit(cluster, tmp_path, sbatch, "signal")
+    cluster.wait_for(job, lambda j: j.get("JobState") == "RUNNING", what="running")
+    ready = tmp_path / "experiment_scripts" / "ready"
+    cluster.wait_for(job, lambda j: ready.exists(), what="ready")
+    # What Slurm sends signal_seconds before the time limit (#SBATCH --signal=B:USR1@...).
+    cluster.run("scancel", "--batch", "--signal=USR1", job)
+    info = finish_after_requeue(cluster, job)
+    assert info["JobState"] == "COMPLETED", cluster.logs()
+    runs = (tmp_path / "experiment_scripts" / "runs.txt").read_text().splitlines()
+    assert runs == ["run 1 args cpu restart 0", "run 1 got TERM", "run 2 args cpu restart 1"]
+    output = (tmp_path / "slurm_logs" / f"{NAME}-{job}.out").read_text()
+    assert "got SIGUSR1" in output and "requeued" in output
