@@ -1,0 +1,348 @@
+"""Folder-structure data sets → one uint8 image tensor per split, cached beside the data.
+
+A class is named by the folders at ``indexes_of_folders_indicating_class`` in each image
+path (Omniglot: ``<alphabet>/<character>`` with ``[-3, -2]``). Images are decoded once
+with pillow, resized, and the whole data set (every class, split settings aside) is kept
+in a cache file beside the data folder::
+
+    <data folder>.<H>x<W>x<C>.<fingerprint>.cache.pt
+
+The fingerprint hashes what changes the cached pixels: the image file list (relative
+paths and sizes), the size, the channels, the resize filter and the class folders. The
+split is computed from the cached classes each time (it is cheap), so changing
+``val_seed`` or ``train_val_test_split`` does not decode again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+
+from metasuite.config import ExperimentConfig, dataset_root, resolve_dataset_path
+from metasuite.data.archive import ARCHIVE_SUFFIX, unpack
+from metasuite.data.images import IMAGE_SUFFIXES, RESAMPLE_NAME, decode_images
+from metasuite.errors import ConfigError, DatasetError
+from metasuite.fsutil import write_with_atomic
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+CACHE_FORMAT = 1
+CACHE_SUFFIX = ".cache.pt"
+
+# Folder names the reference configs use interchangeably for the same data set.
+FOLDER_ALIASES: dict[str, tuple[str, ...]] = {
+    "omniglot": ("omniglot_dataset",),
+    "omniglot_dataset": ("omniglot",),
+    "mini_imagenet": ("mini_imagenet_full_size",),
+    "mini_imagenet_full_size": ("mini_imagenet",),
+}
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """The images of one split, grouped by class.
+
+    Class ``c`` owns ``images[class_offsets[c]:class_offsets[c + 1]]``; ``class_names[c]``
+    is its folder key (e.g. ``"Tifinagh/character50"``).
+    """
+
+    images: torch.Tensor  # uint8 [num_images, C, H, W]
+    class_offsets: torch.Tensor  # int64 [num_classes + 1]
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_images(self) -> int:
+        return int(self.images.shape[0])
+
+    def class_sizes(self) -> torch.Tensor:
+        return self.class_offsets[1:] - self.class_offsets[:-1]
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a data set was found: its folder, and the archive it comes from (if any)."""
+
+    folder: Path
+    archive: Path | None
+
+
+def _unique(items: list[Path]) -> list[Path]:
+    return list(dict.fromkeys(items))
+
+
+def _folder_candidates(config: ExperimentConfig, root: Path) -> list[Path]:
+    primary = resolve_dataset_path(config, root)
+    names = [primary.name, *FOLDER_ALIASES.get(primary.name, ())]
+    return _unique([primary.parent / name for name in names])
+
+
+def _archive_candidates(config: ExperimentConfig, root: Path, folders: list[Path]) -> list[Path]:
+    archives = [f.parent / (f.name + ARCHIVE_SUFFIX) for f in folders]
+    for name in (config.dataset_name, *FOLDER_ALIASES.get(config.dataset_name, ())):
+        archives.append(root / (name + ARCHIVE_SUFFIX))
+    return _unique(archives)
+
+
+def locate_dataset(
+    config: ExperimentConfig, root: Path | None = None, *, quiet: bool = False
+) -> DataSource:
+    """Find the data set folder, unpacking its archive on first use.
+
+    Looks for ``dataset_path`` (and its aliases, e.g. ``omniglot`` ↔ ``omniglot_dataset``)
+    under the data set root, then for ``<dataset_path>.tar.bz2`` or
+    ``<dataset_name>.tar.bz2``. Raises :class:`DatasetError` saying where it looked.
+    """
+    root = (root or dataset_root()).resolve()
+    folders = _folder_candidates(config, root)
+    archives = _archive_candidates(config, root, folders)
+    archive = next((a for a in archives if a.is_file()), None)
+    for folder in folders:
+        if folder.is_dir():
+            return DataSource(folder, archive)
+    if archive is None:
+        raise DatasetError(
+            f"data set {config.dataset_name!r} not found: no folder "
+            f"{' or '.join(str(f) for f in folders)} and no archive "
+            f"{' or '.join(str(a) for a in archives)} (dataset_path={config.dataset_path!r}, "
+            f"data set root {root}; set DATASET_DIR or dataset_path)"
+        )
+    names = [f.name for f in folders if f.parent == archive.parent]
+    folder = unpack(archive, existing_names=names, quiet=quiet)
+    if folder not in folders:
+        raise DatasetError(
+            f"{archive}: unpacked to {folder}, but dataset_path {config.dataset_path!r} "
+            f"expects {' or '.join(str(f) for f in folders)}"
+        )
+    return DataSource(folder, archive)
+
+
+# --------------------------------------------------------------------------- scanning
+def _class_key(parts: tuple[str, ...], indexes: tuple[int, ...], folder: Path) -> str:
+    try:
+        return "/".join(parts[i] for i in indexes)
+    except IndexError:
+        raise DatasetError(
+            f"{folder / '/'.join(parts)}: image is only {len(parts) - 1} folder(s) deep in "
+            f"the data set folder, but indexes_of_folders_indicating_class "
+            f"{list(indexes)} needs {max(-i for i in indexes) - 1}"
+        ) from None
+
+
+def scan_images(
+    folder: Path, indexes: tuple[int, ...]
+) -> tuple[list[str], list[list[str]], list[int]]:
+    """Classes (sorted keys), their image paths (relative, sorted) and file sizes in bytes.
+
+    Hidden files and folders (``._x.png`` from macOS, our own temporary folders) are
+    skipped, so they never become images or classes.
+    """
+    by_class: dict[str, list[tuple[str, int]]] = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel_dir = Path(dirpath).relative_to(folder)
+        for name in filenames:
+            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            rel = rel_dir / name
+            key = _class_key(rel.parts, indexes, folder)
+            size = os.stat(os.path.join(dirpath, name)).st_size
+            by_class.setdefault(key, []).append((rel.as_posix(), size))
+    if not by_class:
+        raise DatasetError(f"{folder}: no images (.png, .jpg, .jpeg) found in the data set folder")
+    names = sorted(by_class)
+    files: list[list[str]] = []
+    sizes: list[int] = []
+    for name in names:
+        entries = sorted(by_class[name])
+        files.append([rel for rel, _ in entries])
+        sizes.extend(size for _, size in entries)
+    return names, files, sizes
+
+
+# --------------------------------------------------------------------------- cache
+def _fingerprint(
+    config: ExperimentConfig, names: list[str], files: list[list[str]], sizes: list[int]
+) -> str:
+    key = {
+        "format": CACHE_FORMAT,
+        "height": config.image_height,
+        "width": config.image_width,
+        "channels": config.image_channels,
+        "resample": RESAMPLE_NAME,
+        "indexes": list(config.indexes_of_folders_indicating_class),
+        "classes": names,
+        "files": files,
+        "sizes": sizes,
+    }
+    return hashlib.sha256(json.dumps(key, separators=(",", ":")).encode()).hexdigest()
+
+
+def cache_path(folder: Path, config: ExperimentConfig, fingerprint: str) -> Path:
+    size = f"{config.image_height}x{config.image_width}x{config.image_channels}"
+    return folder.parent / f"{folder.name}.{size}.{fingerprint[:16]}{CACHE_SUFFIX}"
+
+
+def _load_cache(
+    path: Path, fingerprint: str, names: list[str], shape: tuple[int, int, int]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The cached (images, class_offsets), or None (with a warning) if unusable."""
+    try:
+        blob = torch.load(path, weights_only=True, mmap=True)
+        images, offsets = blob["images"], blob["class_offsets"]
+        problem = None
+        if blob.get("format") != CACHE_FORMAT or blob.get("fingerprint") != fingerprint:
+            problem = "it was built from different files or settings"
+        elif list(blob.get("class_names", ())) != names:
+            problem = "its classes differ from the data folder"
+        elif images.dtype != torch.uint8 or tuple(images.shape[1:]) != shape:
+            problem = f"its images are {images.dtype} {tuple(images.shape)}"
+        elif offsets.dtype != torch.int64 or offsets.shape != (len(names) + 1,):
+            problem = "its class offsets are malformed"
+        elif int(offsets[0]) != 0 or int(offsets[-1]) != images.shape[0]:
+            problem = "its class offsets do not match its images"
+        elif bool((offsets[1:] < offsets[:-1]).any()):
+            problem = "its class offsets are not increasing"
+    except Exception as exc:  # corrupt file: any decoder error means "rebuild it"
+        problem = f"it cannot be read ({type(exc).__name__}: {exc})"
+    if problem is not None:
+        warnings.warn(f"{path}: rebuilding the image cache, {problem}", UserWarning, stacklevel=3)
+        return None
+    return images, offsets
+
+
+def load_images(
+    config: ExperimentConfig, folder: Path, *, quiet: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Every image of the data set, grouped by class: (images, class_offsets, class_names).
+
+    Loads the cache when it matches; otherwise decodes and writes it atomically.
+    ``reset_stored_paths`` forces a rebuild.
+    """
+    indexes = config.indexes_of_folders_indicating_class
+    names, files, sizes = scan_images(folder, indexes)
+    fingerprint = _fingerprint(config, names, files, sizes)
+    path = cache_path(folder, config, fingerprint)
+    shape = (config.image_channels, config.image_height, config.image_width)
+    if config.reset_stored_paths:
+        path.unlink(missing_ok=True)
+    elif path.is_file():
+        cached = _load_cache(path, fingerprint, names, shape)
+        if cached is not None:
+            return cached[0], cached[1], names
+    counts = [len(f) for f in files]
+    offsets = torch.zeros(len(names) + 1, dtype=torch.int64)
+    offsets[1:] = torch.tensor(np.cumsum(counts), dtype=torch.int64)
+    flat = [str(folder / rel) for class_files in files for rel in class_files]
+    array = decode_images(
+        flat,
+        config.image_height,
+        config.image_width,
+        config.image_channels,
+        workers=config.num_dataprovider_workers,
+        quiet=quiet,
+        desc=f"decoding {folder.name}",
+    )
+    images = torch.from_numpy(array)
+    blob = {
+        "format": CACHE_FORMAT,
+        "fingerprint": fingerprint,
+        "images": images,
+        "class_offsets": offsets,
+        "class_names": names,
+    }
+
+    def write(handle: BinaryIO) -> None:
+        os.fchmod(handle.fileno(), 0o644)  # a shared cache: readable by other users
+        torch.save(blob, handle)
+
+    try:
+        write_with_atomic(path, write)
+    except OSError as exc:  # a read-only data folder still works, just slower next time
+        warnings.warn(f"{path}: cannot write the image cache ({exc})", UserWarning, stacklevel=2)
+    return images, offsets, names
+
+
+# --------------------------------------------------------------------------- splits
+def _split_class_ids(
+    config: ExperimentConfig, names: list[str], folder: Path
+) -> dict[str, list[int]]:
+    """Class indexes (into the sorted ``names``) of each split."""
+    if config.sets_are_pre_split:
+        ids: dict[str, list[int]] = {split: [] for split in SPLITS}
+        for i, name in enumerate(names):
+            split = name.split("/", 1)[0]
+            if split not in ids:
+                raise DatasetError(
+                    f"{folder}: sets_are_pre_split is true, so the first class folder must be "
+                    f"train, val or test, but class {name!r} starts with {split!r} "
+                    f"(indexes_of_folders_indicating_class "
+                    f"{list(config.indexes_of_folders_indicating_class)}; use e.g. [-3, -2] for "
+                    "<split>/<class>/<image>)"
+                )
+            ids[split].append(i)
+        return ids
+    # The reference MAML++ arithmetic, kept exactly so that the same classes land in the
+    # same split: shuffle the sorted classes with RandomState(val_seed), cut at
+    # int(p_train * n) and int((p_train + p_val) * n).
+    if not 0 <= config.val_seed < 2**32:
+        raise ConfigError(f"val_seed must be in [0, 2**32) to split classes, got {config.val_seed}")
+    n = len(names)
+    order = np.arange(n, dtype=np.int32)
+    np.random.RandomState(seed=config.val_seed).shuffle(order)
+    split = config.train_val_test_split
+    cut_train = int(split[0] * n)
+    cut_val = int(np.sum(split[:2]) * n)
+    parts = {"train": order[:cut_train], "val": order[cut_train:cut_val], "test": order[cut_val:]}
+    return {name: sorted(int(i) for i in part) for name, part in parts.items()}
+
+
+def _take_classes(
+    images: torch.Tensor, offsets: torch.Tensor, names: list[str], ids: list[int]
+) -> SplitData:
+    starts, ends = offsets[:-1][ids], offsets[1:][ids]
+    sizes = ends - starts
+    new_offsets = torch.zeros(len(ids) + 1, dtype=torch.int64)
+    new_offsets[1:] = torch.cumsum(sizes, 0)
+    contiguous = len(ids) > 0 and ids == list(range(ids[0], ids[-1] + 1))
+    if contiguous:  # a view: pre-split data sets are stored split by split
+        split_images = images[int(starts[0]) : int(ends[-1])]
+    elif ids:
+        index = torch.cat([torch.arange(int(s), int(e)) for s, e in zip(starts, ends, strict=True)])
+        split_images = images.index_select(0, index)
+    else:
+        split_images = images[:0]
+    return SplitData(split_images, new_offsets, tuple(names[i] for i in ids))
+
+
+def load_splits(
+    config: ExperimentConfig, root: Path | None = None, *, quiet: bool = False
+) -> tuple[dict[str, SplitData], DataSource]:
+    """The train/val/test splits of the configured data set, and where it came from."""
+    source = locate_dataset(config, root, quiet=quiet)
+    images, offsets, names = load_images(config, source.folder, quiet=quiet)
+    ids = _split_class_ids(config, names, source.folder)
+    splits = {split: _take_classes(images, offsets, names, ids[split]) for split in SPLITS}
+    return splits, source
+
+
+__all__ = [
+    "SPLITS",
+    "DataSource",
+    "SplitData",
+    "cache_path",
+    "load_images",
+    "load_splits",
+    "locate_dataset",
+    "scan_images",
+]
