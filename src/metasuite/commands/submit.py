@@ -1,0 +1,161 @@
+"""``metasuite submit``: hand every experiment of a suite to Slurm with ``sbatch``.
+
+Submits the generated ``experiment_scripts/slurm/<name>.sbatch`` files (the suite needs
+a ``[slurm]`` table; see :mod:`metasuite.slurm`) from the suite's root folder, which is
+where the jobs look for their experiment scripts. It refuses out-of-date generated files
+(the job would not run what the suite says), skips experiments that are done or whose
+job is already in the queue, and passes ``PYTHON`` (this interpreter) and the
+experiments root to the jobs through the environment, as ``run-suite`` does.
+``--dry-run`` prints the commands and needs no Slurm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from metasuite.errors import UserError
+
+HELP = "submit the suite's experiments to Slurm (sbatch), skipping done and queued ones"
+
+EXPERIMENTS_ROOT_ENV = "METASUITE_EXPERIMENTS_ROOT"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--only",
+        metavar="PATTERN",
+        action="append",
+        default=[],
+        help="only experiments whose name matches this shell pattern (repeatable)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the sbatch commands, submit nothing"
+    )
+    parser.add_argument(
+        "--suite",
+        metavar="FILE",
+        help="suite file (default: experiment_template_config/suite.toml of this checkout)",
+    )
+    parser.add_argument(
+        "--root", metavar="DIR", help="where the suite's generated files are (as for generate)"
+    )
+    parser.add_argument(
+        "--experiments-root",
+        metavar="DIR",
+        help=f"where experiment folders live (default: ${EXPERIMENTS_ROOT_ENV}, "
+        "else <repo>/experiments); passed on to the jobs",
+    )
+    parser.add_argument(
+        "--resubmit-done",
+        action="store_true",
+        help="submit experiments whose state.json says done as well (they only re-test)",
+    )
+
+
+def _experiments_root(explicit: str | None) -> Path:
+    from metasuite.config import REPO_ROOT
+
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    env = os.environ.get(EXPERIMENTS_ROOT_ENV)
+    return Path(env).expanduser().resolve() if env else REPO_ROOT / "experiments"
+
+
+def _queued_job_names(env: dict[str, str]) -> set[str] | None:
+    """Names of this user's pending or running jobs; None when squeue cannot tell."""
+    squeue = shutil.which("squeue", path=env.get("PATH"))
+    if squeue is None:
+        return None
+    try:
+        result = subprocess.run(
+            [squeue, "--noheader", "--user", getpass.getuser(), "--format=%j"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if result.returncode != 0:
+        return None
+    return {line.strip() for line in result.stdout.splitlines() if line.strip()}
+
+
+def run(args: argparse.Namespace) -> int:
+    from metasuite.experiment import ExperimentDir
+    from metasuite.slurm import sbatch_file
+    from metasuite.suitefiles import config_file, script_file
+    from metasuite.sweep import expand, load_suite
+
+    suite = load_suite(args.suite, root=args.root)
+    if suite.slurm is None:
+        raise UserError(
+            f"{suite.path}: no [slurm] table, so no sbatch files; add one (partition, gres, "
+            "time, ...; see metasuite.slurm) and run: metasuite generate"
+        )
+    experiments = expand(suite, only=args.only)
+    jinja = suite.environment()
+    sbatch_files = {e.name: sbatch_file(suite, e, jinja) for e in experiments}
+    outdated = [
+        f.path
+        for e in experiments
+        for f in (config_file(e), script_file(suite, e, jinja), sbatch_files[e.name])
+        if f.status() != "unchanged"
+    ]
+    if outdated:
+        shown = ", ".join(str(p) for p in outdated[:3])
+        more = f" and {len(outdated) - 3} more" if len(outdated) > 3 else ""
+        raise UserError(
+            f"{len(outdated)} generated files are stale or missing ({shown}{more}); "
+            "run: metasuite generate"
+        )
+
+    env = dict(os.environ)
+    root = _experiments_root(args.experiments_root)
+    env[EXPERIMENTS_ROOT_ENV] = str(root)
+    env.setdefault("PYTHON", sys.executable)  # the scripts use the interpreter we run under
+    sbatch = shutil.which("sbatch", path=env.get("PATH"))
+    if sbatch is None and not args.dry_run:
+        raise UserError(
+            "sbatch not found on PATH: submit runs on a Slurm login node "
+            "(--dry-run prints the commands without Slurm)"
+        )
+    queued = None if args.dry_run else _queued_job_names(env)
+
+    submitted = skipped = failed = 0
+    prefix = f"cd {shlex.quote(str(suite.root))} && " if args.dry_run else ""
+    for exp in experiments:
+        state = ExperimentDir.for_config(root, exp.config).read_state() or {}
+        if state.get("status") == "done" and not args.resubmit_done:
+            print(f"{exp.name}: done, skipped (--resubmit-done to submit it anyway)")
+            skipped += 1
+            continue
+        if queued is not None and exp.name in queued:
+            print(f"{exp.name}: a job of this name is already queued or running, skipped")
+            skipped += 1
+            continue
+        rel = Path(os.path.relpath(sbatch_files[exp.name].path, suite.root)).as_posix()
+        command = [sbatch or "sbatch", "--parsable", rel]
+        if args.dry_run:
+            print(prefix + shlex.join(["sbatch", "--parsable", rel]))
+            continue
+        (suite.root / suite.slurm.log_dir).mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(command, cwd=suite.root, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            message = (result.stderr or result.stdout).strip().replace("\n", " ")
+            print(f"{exp.name}: sbatch failed (exit {result.returncode}): {message}")
+            failed += 1
+            continue
+        job_id = result.stdout.strip().split(";")[0]
+        print(f"{exp.name}: submitted job {job_id}")
+        submitted += 1
+    if not args.dry_run:
+        print(f"{submitted} submitted, {skipped} skipped, {failed} failed")
+    return 1 if failed else 0
