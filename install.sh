@@ -18,6 +18,18 @@ if ! command -v pbzip2 >/dev/null 2>&1; then
     fi
 fi
 
+# Slurm (slurmctld, slurmd, clients) lets tests/test_slurm_cluster.py submit real jobs to
+# a throw-away one-node cluster. Only in CI or on request (METASUITE_INSTALL_SLURM=1): on a
+# workstation with systemd, installing the daemons would also enable them.
+if [ -n "${CI:-}${METASUITE_INSTALL_SLURM:-}" ] && ! command -v slurmctld >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+        echo "install.sh: installing Slurm (slurmctld slurmd slurm-client) with apt-get"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            --no-install-recommends slurmctld slurmd slurm-client >/dev/null) \
+            || echo "install.sh: apt-get could not install Slurm; the local-cluster tests will be skipped"
+    fi
+fi
+
 if "$PYTHON" -c "import torch" >/dev/null 2>&1; then
     echo "install.sh: keeping installed torch $("$PYTHON" -c 'import torch; print(torch.__version__)')"
 elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
