@@ -14,7 +14,8 @@
 set -euo pipefail
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-config="${script_dir}/"../experiment_config/mini_imagenet_maml++_5way_1shot_s0.json
+root="$(cd "${script_dir}/".. && pwd)"
+config="${root}/"experiment_config/mini_imagenet_maml++_5way_1shot_s0.json
 python="${PYTHON:-python3}"
 me="$(basename "${BASH_SOURCE[0]}")"
 

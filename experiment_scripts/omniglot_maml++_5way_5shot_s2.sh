@@ -14,7 +14,8 @@
 set -euo pipefail
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-config="${script_dir}/"../experiment_config/omniglot_maml++_5way_5shot_s2.json
+root="$(cd "${script_dir}/".. && pwd)"
+config="${root}/"experiment_config/omniglot_maml++_5way_5shot_s2.json
 python="${PYTHON:-python3}"
 me="$(basename "${BASH_SOURCE[0]}")"
 

@@ -55,7 +55,7 @@ def test_generate_writes_valid_configs_and_executable_scripts(generated):
         assert os.access(exp.script_path, os.X_OK)
         text = exp.script_path.read_text()
         assert text.startswith("#!/usr/bin/env bash\n")
-        assert f"../experiment_config/{exp.name}.json" in text
+        assert f'config="${{root}}/"experiment_config/{exp.name}.json' in text
         # No absolute path of this machine: committed scripts must be portable.
         assert str(root) not in text.replace(str(suite), "")
 

@@ -40,6 +40,8 @@ def script_file(suite: Suite, exp: Experiment, env: jinja2.Environment | None = 
         "values": dict(exp.values),
         "config": exp.config,
         "config_relpath": _rel(exp.config_path, exp.script_path.parent),
+        "root_relpath": _rel(suite.root, exp.script_path.parent),
+        "config_in_root": _rel(exp.config_path, suite.root),
         "script_relpath": _rel(exp.script_path, suite.root),
         "suite_relpath": _rel(suite.path, suite.root)
         if suite.root in suite.path.parents
