@@ -75,7 +75,7 @@ def test_numbers_match_a_hand_computation(suite, tmp_path):
     assert float(plus["ensemble_std_pct"]) == pytest.approx(1.0)
     assert float(plus["best_single_mean_pct"]) == pytest.approx(92.0)
     assert float(plus["best_single_std_pct"]) == pytest.approx(2.0)
-    assert (plus["seeds_finished"], plus["seeds_total"], plus["seeds"]) == ("3", "3", "0 1 2")
+    assert (plus["seeds_finished"], plus["seeds_total"], plus["seeds"]) == ("3", "3", "0; 1; 2")
     maml = rows[("MAML", "5", "1")]
     assert float(maml["ensemble_mean_pct"]) == pytest.approx(90.0)
     assert maml["ensemble_std_pct"] == ""  # one seed: no spread to report
@@ -179,3 +179,19 @@ def test_cli_report(suite, tmp_path, capsys):
     args[-2] = str(root / "omni_plus_5w1s_s0")
     assert main(args) == 2
     assert "experiment folder" in capsys.readouterr().err
+
+
+def test_seed_labels_name_only_the_seeds_that_vary(tmp_path):
+    root = tmp_path / "exp"
+    for seed in range(3):  # the generated suite: train_seed varies, val/test fixed
+        cfg = make_config(f"a_s{seed}", seed, val_seed=0)
+        write_experiment(root, cfg, status="paused", curves=CURVES[0][:1])
+    for train, val in ((0, 5), (1, 6)):
+        cfg = make_config(f"b_{train}_{val}", train, val_seed=val, cnn_num_filters=16, test_seed=9)
+        write_experiment(root, cfg, status="paused", curves=CURVES[0][:1])
+    groups, _ = report.collect(root, None)
+    labels = {m.name: g.seed_label(m) for g in groups for m in g.members}
+    assert labels == {
+        "a_s0": "0", "a_s1": "1", "a_s2": "2",
+        "b_0_5": "train 0, val 5", "b_1_6": "train 1, val 6",
+    }  # fmt: skip

@@ -86,7 +86,7 @@ def plot_learning_curves(group: Group, path: Path) -> Path | None:
                 alpha=0.8,
                 marker="o" if longest <= 20 else None,
                 markersize=3,
-                label=f"seed {member.seed_label}{suffix}",
+                label=f"seed {group.seed_label(member)}{suffix}",
             )
         epochs, means, stds = _band(series)
         if epochs:

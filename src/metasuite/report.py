@@ -75,10 +75,6 @@ class Member:
     """Why a finished experiment's test results could not be used."""
 
     @property
-    def seed_label(self) -> str:
-        return seed_label(self.config)
-
-    @property
     def has_results(self) -> bool:
         return self.ensemble is not None and self.best_single is not None
 
@@ -104,6 +100,15 @@ class Group:
         # The key's prefix keeps names unique; the text, capped, keeps them readable.
         return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_")[:80] + "_" + self.key[:8]
 
+    def seed_label(self, member: Member) -> str:
+        """The member's seeds, naming only those that vary within the group ("2", or
+        "train 2, val 1"), so a suite that varies train_seed reads "0 1 2"."""
+        seeds = _seeds(member.config)
+        varying = [i for i in range(3) if len({_seeds(m.config)[i] for m in self.members}) > 1]
+        if len({seeds[i] for i in varying}) <= 1:  # one varies, or all vary together
+            return str(seeds[varying[0] if varying else 0])
+        return ", ".join(f"{('train', 'val', 'test')[i]} {seeds[i]}" for i in varying)
+
     def over_seeds(self, which: str) -> tuple[float | None, float | None]:
         """(mean, sample std) over seeds of the per-seed test means; ``which`` is
         ``"ensemble"`` or ``"best_single"``. std is None with fewer than two seeds."""
@@ -128,11 +133,8 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return mean, (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def seed_label(config: ExperimentConfig) -> str:
-    seeds = (config.train_seed, config.val_seed, config.effective_test_seed)
-    if len(set(seeds)) == 1:
-        return str(seeds[0])
-    return f"train {seeds[0]}, val {seeds[1]}, test {seeds[2]}"
+def _seeds(config: ExperimentConfig) -> tuple[int, int, int]:
+    return (config.train_seed, config.val_seed, config.effective_test_seed)
 
 
 def group_key(config: ExperimentConfig) -> str:
@@ -317,8 +319,14 @@ def _method_rank(method: str) -> tuple[int, str]:
     return 1, method
 
 
+def _dataset_rank(dataset: str) -> tuple[int, str]:
+    """The paper's order: Omniglot, then mini-ImageNet, then anything else."""
+    title = dataset_title(dataset)
+    return ({"Omniglot": 0, "mini-ImageNet": 1}.get(title, 2), dataset)
+
+
 def _group_order(g: Group) -> tuple[Any, ...]:
-    return (g.dataset, _method_rank(g.method), g.way, g.shot)
+    return (_dataset_rank(g.dataset), _method_rank(g.method), g.way, g.shot)
 
 
 # ------------------------------------------------------------------ formatting
@@ -382,7 +390,7 @@ def per_seed_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
         for m in g.members:
             best_epoch = m.best_single.epochs[0] if m.best_single and m.best_single.epochs else None
             rows.append([
-                dataset_title(g.dataset), g.method, str(g.way), str(g.shot), m.seed_label,
+                dataset_title(g.dataset), g.method, str(g.way), str(g.shot), g.seed_label(m),
                 m.name, m.status.state, score_text(m.ensemble), score_text(m.best_single),
                 "-" if best_epoch is None else str(best_epoch),
             ])  # fmt: skip
@@ -446,7 +454,7 @@ def summary_csv(groups: list[Group]) -> str:
         best_mean, best_std = g.over_seeds("best_single")
         rows.append([
             g.dataset, g.method, g.way, g.shot, len(g.finished), len(g.members),
-            " ".join(m.seed_label for m in g.finished), _num(ens_mean), _num(ens_std),
+            "; ".join(g.seed_label(m) for m in g.finished), _num(ens_mean), _num(ens_std),
             _num(best_mean), _num(best_std), " ".join(m.name for m in g.members),
         ])  # fmt: skip
     return _csv_text(header, rows)
@@ -454,8 +462,9 @@ def summary_csv(groups: list[Group]) -> str:
 
 def per_seed_csv(groups: list[Group]) -> str:
     header = [
-        "dataset", "method", "way", "shot", "seed", "experiment", "state",
-        "ensemble_mean_pct", "ensemble_ci95_pct", "ensemble_num_tasks", "ensemble_epochs",
+        "dataset", "method", "way", "shot", "seed", "train_seed", "val_seed", "test_seed",
+        "experiment", "state", "ensemble_mean_pct", "ensemble_ci95_pct", "ensemble_num_tasks",
+        "ensemble_epochs",
         "best_single_mean_pct", "best_single_ci95_pct", "best_single_num_tasks",
         "best_single_epoch",
     ]  # fmt: skip
@@ -464,7 +473,8 @@ def per_seed_csv(groups: list[Group]) -> str:
         for m in g.members:
             e, b = m.ensemble, m.best_single
             rows.append([
-                g.dataset, g.method, g.way, g.shot, m.seed_label, m.name, m.status.state,
+                g.dataset, g.method, g.way, g.shot, g.seed_label(m), *_seeds(m.config), m.name,
+                m.status.state,
                 _num(e and e.accuracy_mean), _num(e and e.accuracy_ci95),
                 "" if e is None or e.num_tasks is None else e.num_tasks,
                 "" if e is None else " ".join(map(str, e.epochs)),

@@ -264,7 +264,9 @@ def read_status(
         return ExperimentStatus(experiment.name, folder, UNREADABLE, detail=str(exc), **totals)
     if state is None:
         detail = "" if not folder.exists() else "folder exists but has no state.json yet"
-        return ExperimentStatus(experiment.name, folder, NOT_STARTED, detail=detail, **totals)
+        return ExperimentStatus(
+            experiment.name, folder, NOT_STARTED, detail=detail, epoch=0, iteration=0, **totals
+        )
     if not isinstance(state, dict):
         return ExperimentStatus(
             experiment.name, folder, UNREADABLE, detail=f"{folder / STATE_FILE}: not an object"
