@@ -4,12 +4,16 @@ after the time-limit warning signal. Skipped only when Slurm's binaries are abse
 
 from __future__ import annotations
 
+import json
+import re
+import sys
 from pathlib import Path
 
 import pytest
 
 from metasuite import slurm
 from slurm_cluster import LocalSlurm, missing_binaries
+from suite_helpers import TINY_SUITE, TINY_TEMPLATE, write_suite
 
 pytestmark = [
     pytest.mark.slow,
@@ -63,15 +67,19 @@ def submit(cluster: LocalSlurm, root: Path, sbatch: Path, mode: str) -> str:
     return out.strip().split(";")[0]
 
 
-def finish_after_requeue(cluster: LocalSlurm, job: str) -> dict[str, str]:
+def finish_after_requeue(cluster: LocalSlurm, job: str, timeout: float = 120) -> dict[str, str]:
     cluster.wait_for(
         job,
         lambda j: j.get("Restarts") == "1" and j.get("JobState") == "PENDING",
+        timeout=timeout,
         what="requeued",
     )
     cluster.start_now(job)
     return cluster.wait_for(
-        job, lambda j: j.get("JobState") in ("COMPLETED", "FAILED"), what="finished"
+        job,
+        lambda j: j.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED"),
+        timeout=timeout,
+        what="finished",
     )
 
 
@@ -101,3 +109,30 @@ def test_time_limit_signal_checkpoints_and_requeues(cluster: LocalSlurm, tmp_pat
     assert runs == ["run 1 args cpu restart 0", "run 1 got TERM", "run 2 args cpu restart 1"]
     output = (tmp_path / "slurm_logs" / f"{NAME}-{job}.out").read_text()
     assert "got SIGUSR1" in output and "requeued" in output
+
+
+def test_submitted_tiny_experiment_pauses_requeues_and_finishes(
+    cluster: LocalSlurm, tmp_path: Path
+) -> None:
+    """The whole chain on real Omniglot: generate → submit → train one epoch → pause
+    (exit 3) → scontrol requeue → the same job resumes and finishes."""
+    template = TINY_TEMPLATE.replace(
+        '"total_epochs_before_pause": {{ epochs | tojson }}', '"total_epochs_before_pause": 1'
+    )
+    table = '\n[slurm]\ncpus_per_task = 1\ntime = "30"\nsignal_seconds = 60\n'
+    suite = write_suite(tmp_path, TINY_SUITE + table, template)
+    runs = tmp_path / "runs"
+    metasuite = [sys.executable, "-m", "metasuite"]
+    cluster.run(*metasuite, "generate", "--suite", str(suite))
+    submit = [*metasuite, "submit", "--suite", str(suite), "--only", "maml_5way_1shot_s0"]
+    submit += ["--experiments-root", str(runs)]
+    out = cluster.run(*submit).stdout
+    job = re.search(r"maml_5way_1shot_s0: submitted job (\d+)", out).group(1)
+    info = finish_after_requeue(cluster, job, timeout=300)
+    output = (tmp_path / "slurm_logs" / f"maml_5way_1shot_s0-{job}.out").read_text()
+    assert info["JobState"] == "COMPLETED", output
+    assert "exit 3 (3 paused, 4 checkpointed on a signal): requeued" in output
+    state = json.loads((runs / "maml_5way_1shot_s0" / "state.json").read_text())
+    assert state["status"] == "done" and state["epoch"] == 2, state
+    # Submitting again skips it: the suite is finished.
+    assert "maml_5way_1shot_s0: done, skipped" in cluster.run(*submit).stdout
