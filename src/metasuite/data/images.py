@@ -36,7 +36,7 @@ def decode_image(path: str, height: int, width: int, channels: int) -> np.ndarra
             image = image.convert("L" if channels == 1 else "RGB")
             if image.size != (width, height):
                 image = image.resize((width, height), RESAMPLE)
-            array = np.asarray(image, dtype=np.uint8)
+            array = np.array(image, dtype=np.uint8)  # a writable copy
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise DatasetError(f"{path}: cannot decode image ({exc})") from None
     return array[None] if channels == 1 else np.ascontiguousarray(array.transpose(2, 0, 1))

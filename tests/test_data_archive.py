@@ -1,0 +1,182 @@
+"""Unpacking data set archives: both extractors, counts, corrupt input, interrupted runs."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from data_helpers import make_archive, omniglot_subset
+from metasuite.config import REPO_ROOT
+from metasuite.data import archive as archive_mod
+from metasuite.data.archive import archive_sha256, pbzip2_available, unpack
+from metasuite.errors import DatasetError
+
+REAL_ARCHIVE = REPO_ROOT / "datasets" / "omniglot.tar.bz2"
+needs_pbzip2 = pytest.mark.skipif(not pbzip2_available(), reason="pbzip2 not installed")
+EXTRACTORS = [
+    pytest.param(True, id="pbzip2", marks=needs_pbzip2),
+    pytest.param(False, id="tarfile"),
+]
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def small_archive(omniglot_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real-Omniglot subset packed like the real archive (top folder omniglot_dataset/)."""
+    work = tmp_path_factory.mktemp("small_archive")
+    count = omniglot_subset(omniglot_folder, work / "omniglot_dataset")
+    assert count == 2 * 2 * 3 * 20
+    return make_archive(work / "small.tar.bz2", work / "omniglot_dataset")
+
+
+def _copy(archive: Path, folder: Path, name: str = "small.tar.bz2") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy(archive, folder / name))
+
+
+@needs_pbzip2
+def test_real_archive_unpacks_with_pbzip2_and_has_32460_files(tmp_path: Path) -> None:
+    archive = _copy(REAL_ARCHIVE, tmp_path, "omniglot.tar.bz2")
+    folder = unpack(archive, quiet=True)  # KNOWN_FILE_COUNTS checks 32,460 files
+    assert folder == tmp_path / "omniglot_dataset"
+    assert sum(len(files) for _, _, files in os.walk(folder)) == 32_460
+    assert sorted(p.name for p in folder.iterdir()) == ["images_background", "images_evaluation"]
+    assert not (tmp_path / ".omniglot.tar.bz2.unpacking").exists()
+
+
+@pytest.mark.parametrize("use_pbzip2", EXTRACTORS)
+def test_both_extractors_give_the_same_tree(
+    small_archive: Path, tmp_path: Path, omniglot_folder: Path, use_pbzip2: bool
+) -> None:
+    archive = _copy(small_archive, tmp_path)
+    folder = unpack(archive, expected_files=240, use_pbzip2=use_pbzip2, quiet=True)
+    assert folder == tmp_path / "omniglot_dataset"
+    tree = _tree(folder)
+    assert len(tree) == 240
+    assert all(data == (omniglot_folder / rel).read_bytes() for rel, data in tree.items())
+    visible = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+    assert visible == ["omniglot_dataset", "small.tar.bz2"]
+
+
+def test_fallback_when_pbzip2_is_not_on_path(
+    small_archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    real = archive_mod._extract_tarfile
+    monkeypatch.setattr(
+        archive_mod, "_extract_tarfile", lambda *a: (calls.append("tarfile"), real(*a))
+    )
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    assert not pbzip2_available()
+    folder = unpack(_copy(small_archive, tmp_path), expected_files=240, quiet=True)
+    assert calls == ["tarfile"]
+    assert len(_tree(folder)) == 240
+
+
+@pytest.mark.parametrize("use_pbzip2", EXTRACTORS)
+def test_truncated_archive_is_a_dataset_error(
+    small_archive: Path, tmp_path: Path, use_pbzip2: bool
+) -> None:
+    archive = tmp_path / "cut.tar.bz2"
+    data = small_archive.read_bytes()
+    archive.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match=r"cut\.tar\.bz2.*(corrupt or truncated|expected)"):
+        unpack(archive, use_pbzip2=use_pbzip2, quiet=True)
+    assert not (tmp_path / "omniglot_dataset").exists()  # nothing half-done in place
+    assert not (tmp_path / ".cut.tar.bz2.unpacking").exists()
+
+
+@pytest.mark.parametrize("use_pbzip2", EXTRACTORS)
+def test_garbage_archive_is_a_dataset_error(tmp_path: Path, use_pbzip2: bool) -> None:
+    archive = tmp_path / "garbage.tar.bz2"
+    archive.write_bytes(os.urandom(4096))
+    with pytest.raises(DatasetError, match=r"garbage\.tar\.bz2: cannot unpack.*corrupt"):
+        unpack(archive, use_pbzip2=use_pbzip2, quiet=True)
+
+
+@pytest.mark.parametrize("use_pbzip2", EXTRACTORS)
+def test_wrong_file_count_is_a_dataset_error(
+    small_archive: Path, tmp_path: Path, use_pbzip2: bool
+) -> None:
+    # Named like the real archive, so the known count (32,460) applies.
+    archive = _copy(small_archive, tmp_path, "omniglot.tar.bz2")
+    with pytest.raises(
+        DatasetError, match=r"omniglot\.tar\.bz2: unpacked 240 files but expected 32,460"
+    ):
+        unpack(archive, use_pbzip2=use_pbzip2, quiet=True)
+    assert not (tmp_path / "omniglot_dataset").exists()
+    assert not (tmp_path / ".omniglot.tar.bz2.unpacking").exists()
+
+
+def test_missing_archive_is_a_dataset_error(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"nothing\.tar\.bz2: archive not found"):
+        unpack(tmp_path / "nothing.tar.bz2", quiet=True)
+
+
+@pytest.mark.parametrize("use_pbzip2", EXTRACTORS)
+def test_member_escaping_the_folder_is_refused(tmp_path: Path, use_pbzip2: bool) -> None:
+    archive = tmp_path / "evil.tar.bz2"
+    with tarfile.open(archive, "w:bz2") as tar:
+        payload = b"owned"
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    with pytest.raises(DatasetError, match=r"evil\.tar\.bz2"):
+        unpack(archive, use_pbzip2=use_pbzip2, quiet=True)
+    assert not (tmp_path.parent / "escaped.txt").exists()
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_leftover_of_a_killed_unpack_is_cleaned_up(small_archive: Path, tmp_path: Path) -> None:
+    archive = _copy(small_archive, tmp_path)
+    # What a kill mid-unpack leaves: a partly filled temporary folder, nothing in place.
+    leftover = tmp_path / ".small.tar.bz2.unpacking" / "omniglot_dataset" / "images_background"
+    leftover.mkdir(parents=True)
+    (leftover / "half_written.png").write_bytes(b"\x89PNG")
+    folder = unpack(archive, expected_files=240, quiet=True)
+    assert len(_tree(folder)) == 240
+    assert not (folder / "images_background" / "half_written.png").exists()
+    assert not (tmp_path / ".small.tar.bz2.unpacking").exists()
+
+
+def test_existing_folder_is_not_unpacked_again(small_archive: Path, tmp_path: Path) -> None:
+    archive = _copy(small_archive, tmp_path)
+    (tmp_path / "omniglot_dataset").mkdir()
+    folder = unpack(archive, existing_names=["omniglot_dataset"], quiet=True)
+    assert folder == tmp_path / "omniglot_dataset"
+    assert list(folder.iterdir()) == []  # returned as found, not overwritten
+    with pytest.raises(DatasetError, match="already exists"):
+        unpack(archive, quiet=True)
+
+
+def test_archive_without_a_single_top_folder_unpacks_into_its_own_name(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for name in ("a/x.png", "b/y.png"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(b"data")
+    archive = tmp_path / "flat.tar.bz2"
+    with tarfile.open(archive, "w:bz2") as tar:
+        tar.add(src / "a", arcname="a")
+        tar.add(src / "b", arcname="b")
+    folder = unpack(archive, quiet=True)
+    assert folder == tmp_path / "flat"
+    assert sorted(_tree(folder)) == ["a/x.png", "b/y.png"]
+
+
+def test_archive_sha256_matches_hashlib(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"abc")
+    # sha256("abc") from FIPS 180-2, appendix B.1
+    assert archive_sha256(path) == (
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    )
