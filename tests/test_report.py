@@ -195,3 +195,68 @@ def test_seed_labels_name_only_the_seeds_that_vary(tmp_path):
         "a_s0": "0", "a_s1": "1", "a_s2": "2",
         "b_0_5": "train 0, val 5", "b_1_6": "train 1, val 6",
     }  # fmt: skip
+
+
+@pytest.mark.slow
+def test_real_tiny_run_manifest_status_and_report(tmp_path):
+    """A real tiny Omniglot run, paused after one epoch and resumed: its manifest holds
+    both runs; status shows it done; the report averages it with two synthetic seeds."""
+    import hashlib
+    import json
+    import math
+
+    import torch
+
+    from builder_helpers import train, write_config
+    from metasuite.config import REPO_ROOT, config_hash, load_config, replace
+    from metasuite.manifest import read_manifest
+    from metasuite.status import DONE, list_suite, read_status
+
+    root, configs = tmp_path / "experiments", tmp_path / "experiment_config"
+    configs.mkdir()
+    path = write_config(configs, "tiny_s0", experiment_name="tiny_s0", total_epochs=2,
+                        total_epochs_before_pause=1)  # fmt: skip
+    first = train(path, root)
+    assert first.returncode == 3, first.stderr  # paused after one epoch
+    second = train(path, root)
+    assert second.returncode == 0, second.stderr
+    folder = root / "tiny_s0"
+    config = load_config(folder / "config.json")
+
+    runs = read_manifest(folder)["runs"]
+    assert [r["status"] for r in runs] == ["paused", "done"]
+    assert all(r["ended"] for r in runs)
+    assert runs[0]["resumed_from"] is None
+    assert runs[1]["resumed_from"] == {"epoch": 1, "iteration": 6}
+    for run in runs:
+        assert run["command"]["argv"][1:] == ["train", *first.args[4:]]
+        assert run["software"]["torch"] == torch.__version__
+        assert run["devices"][0]["device"] == "cpu"
+        assert run["config_hash"] == config_hash(config)
+        assert run["seeds"] == {"train_seed": 0, "val_seed": 0, "test_seed": 0}
+        archive = REPO_ROOT / "datasets" / "omniglot.tar.bz2"
+        assert run["dataset"]["archive_sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
+        assert len(run["dataset"]["split_hash"]) == 64
+    assert runs[1]["warnings"] == []
+
+    (status,) = [read_status(e) for e in list_suite(root, configs)]
+    real = json.loads((folder / "test_summary.json").read_text())
+    assert status.state == DONE and (status.epoch, status.total_epochs) == (2, 2)
+    assert status.test_accuracy == pytest.approx(real["ensemble"]["accuracy_mean"])
+
+    # Two more seeds of the same config, written by hand.
+    others = [(0.30, 0.02, 0.28, 0.02), (0.40, 0.03, 0.36, 0.02)]
+    for seed, test in enumerate(others, start=1):
+        cfg = replace(config, experiment_name=f"tiny_s{seed}", train_seed=seed, val_seed=seed)
+        write_experiment(root, cfg, status="done", curves=CURVES[seed][:2], test=test)
+    files = report.write_report(root, configs, tmp_path / "report", quiet=True)
+    with files.summary_csv.open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    values = [real["ensemble"]["accuracy_mean"], 0.30, 0.40]
+    mean = sum(values) / 3
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / 2)
+    assert (row["seeds_finished"], row["seeds"]) == ("3", "0; 1; 2")
+    assert float(row["ensemble_mean_pct"]) == pytest.approx(100 * mean, abs=1e-3)
+    assert float(row["ensemble_std_pct"]) == pytest.approx(100 * std, abs=1e-3)
+    (plot,) = files.plots
+    assert plot.stat().st_size > 20_000

@@ -35,7 +35,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from metasuite import __version__
 from metasuite.config import REPO_ROOT, ExperimentConfig, config_hash, resolve_dataset_path
@@ -238,6 +238,9 @@ def dataset_info(config: ExperimentConfig, tasks: Any = None) -> DatasetInfo:
 # ------------------------------------------------------------------ the manifest
 
 
+_O = TypeVar("_O")
+
+
 @dataclass
 class RunRecord:
     """The run just started; :meth:`finish` fills in its end."""
@@ -249,6 +252,18 @@ class RunRecord:
 
     def finish(self, status: str, message: str = "") -> bool:
         return finish_run(self.exp_dir, status, message=message, run=self.index)
+
+    def ended_with(self, outcome: _O) -> _O:
+        """Record a builder ``Outcome`` (DONE/PAUSED/INTERRUPTED) with the message the
+        builder left in state.json, and pass the outcome on."""
+        status = getattr(outcome, "name", str(outcome)).lower()
+        try:
+            state = json.loads((self.exp_dir / "state.json").read_text(encoding="utf-8"))
+            message = str(state.get("message") or "") if isinstance(state, dict) else ""
+        except (OSError, ValueError):
+            message = ""
+        self.finish(status, message)
+        return outcome
 
 
 def manifest_path(exp_dir: Path) -> Path:
@@ -321,7 +336,8 @@ def start_run(
 
     Call once per process, after the config snapshot is settled and the data is loaded
     (``dataset`` from :func:`dataset_info`), before training. ``resumed_from`` is e.g.
-    ``{"epoch": 3, "iteration": 1500}`` when continuing from a checkpoint. A previous run
+    ``{"epoch": 3, "iteration": 1500}`` (or a checkpoint's whole ``progress``) when
+    continuing from a checkpoint. A previous run
     that never finished (the process was killed) is marked ``"killed"``.
     """
     exp_dir = Path(exp_dir)
@@ -371,7 +387,9 @@ def start_run(
             "val_seed": config.val_seed,
             "test_seed": config.effective_test_seed,
         },
-        "resumed_from": dict(resumed_from) if resumed_from is not None else None,
+        "resumed_from": None
+        if resumed_from is None
+        else {k: int(resumed_from[k]) for k in ("epoch", "iteration") if k in resumed_from},
         "changes_since_previous_run": [],
         "warnings": [],
         "notes": notes,

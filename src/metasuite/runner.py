@@ -36,6 +36,7 @@ from metasuite.config import ExperimentConfig, from_dict, training_differences
 from metasuite.errors import UserError
 from metasuite.experiment import ExperimentDir
 from metasuite.lock import ExperimentLock
+from metasuite.manifest import recorded_run
 from metasuite.runtime import configure, seed_everything
 from metasuite.signals import StopRequest
 
@@ -199,9 +200,12 @@ def run_experiment(
         from metasuite.maml import MamlSystem
 
         if config.evaluate_on_test_set_only:
-            return _test_only(
-                config, exp, store, tasks, device, stop=stop, quiet=quiet, force=force
-            )
+            with recorded_run(exp.path, config, devices=devices, tasks=tasks) as run:
+                return run.ended_with(
+                    _test_only(
+                        config, exp, store, tasks, device, stop=stop, quiet=quiet, force=force
+                    )
+                )
 
         payload = choose_start(config, exp, store, force=force)
         if payload is not None and _already_done(exp, payload, config):
@@ -215,7 +219,11 @@ def run_experiment(
             exp.test_summary_path.unlink(missing_ok=True)
         exp.write_config(config)
         exp.write_summary(builder.progress.rows)
-        return builder.run()
+        resumed = None if payload is None else payload["progress"]
+        with recorded_run(
+            exp.path, config, devices=devices, tasks=tasks, resumed_from=resumed
+        ) as run:
+            return run.ended_with(builder.run())
 
 
 def _already_done(exp: ExperimentDir, payload: dict[str, Any], config: ExperimentConfig) -> bool:
