@@ -174,12 +174,12 @@ def run_experiment(
             "supported yet, name one"
         )
     device = devices[0]
-    configure(devices)
     check_root_writable(root)
     if tasks is None:
         from metasuite.data.tasks import FewShotTasks
 
-        tasks = FewShotTasks.from_config(config)
+        tasks = FewShotTasks.from_config(config, quiet=quiet)
+    configure(devices)
 
     exp = ExperimentDir.for_config(root, config)
     exp.create()
