@@ -116,6 +116,9 @@ def test_missing_and_unfinished_are_listed(suite, tmp_path):
     }
     reason = next(e.reason for e in excluded if e.name == "omni_plus_5w5s_s0")
     assert "test_summary.json is missing" in reason
+    assert (
+        "8 experiments in 4 groups; 4 with test results, 4 not (fully)" in files.index.read_text()
+    )
     for text in (files.index.read_text(), files.results_md.read_text()):
         section = text.split("## Not in the tables", 1)[1]
         for e in excluded:
@@ -260,3 +263,16 @@ def test_real_tiny_run_manifest_status_and_report(tmp_path):
     assert float(row["ensemble_std_pct"]) == pytest.approx(100 * std, abs=1e-3)
     (plot,) = files.plots
     assert plot.stat().st_size > 20_000
+
+
+def test_folder_without_any_config_is_listed(suite, tmp_path):
+    root, configs = suite
+    (root / "stray").mkdir()
+    (root / "stray" / "state.json").write_text('{"status": "failed", "message": "oom"}')
+    files = report.write_report(root, configs, tmp_path / "r", quiet=True)
+    _, excluded = report.collect(root, configs)
+    stray = next(e for e in excluded if e.name == "stray")
+    assert stray.state == "failed" and "no config.json" in stray.reason
+    index = files.index.read_text()
+    assert "9 experiments in 4 groups (and 1 without a usable config)" in index
+    assert "| stray | failed |" in index

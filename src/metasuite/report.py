@@ -547,6 +547,8 @@ def index_markdown(
     groups: list[Group], excluded: list[Excluded], plots: dict[str, Path], out: Path, root: Path
 ) -> str:
     members = sum(len(g.members) for g in groups)
+    grouped = {m.name for g in groups for m in g.members}
+    ungrouped = [e for e in excluded if e.name not in grouped]
     finished = sum(len(g.finished) for g in groups)
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -554,8 +556,9 @@ def index_markdown(
         "",
         f"Experiments root: `{root}`; written {now}.",
         "",
-        f"{members + sum(1 for e in excluded if e.state == 'invalid config')} experiments "
-        f"in {len(groups)} groups; {finished} with test results, "
+        f"{members + len(ungrouped)} experiments in {len(groups)} groups"
+        + (f" (and {len(ungrouped)} without a usable config)" if ungrouped else "")
+        + f"; {finished} with test results, "
         f"{len(excluded)} not (fully) in the tables (listed below).",
         "",
         "- [results.md](results.md): tables of test accuracy (paper layout, and per seed)",
