@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import socket
 import subprocess
 import sys
@@ -508,8 +509,9 @@ def format_manifest(manifest: Mapping[str, Any]) -> str:
         if entry.get("resumed_from"):
             resumed = ", ".join(f"{k} {v}" for k, v in entry["resumed_from"].items())
             lines.append(f"  resumed from {resumed}")
-        argv = " ".join(cmd.get("argv") or [])
-        lines.append(f"  command:     {argv}")
+        argv = " ".join(shlex.quote(a) for a in cmd.get("argv") or [])
+        lines.append(f"  command:     {cmd.get('executable')} {argv}")
+        lines.append(f"  in folder:   {cmd.get('cwd')}")
         lines.append(f"  host:        {entry.get('host')}  (pid {entry.get('pid')})")
         gpus = cmd.get("gpu_ids") or []
         lines.append(

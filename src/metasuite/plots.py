@@ -11,7 +11,7 @@ import io
 import math
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from metasuite.fsutil import write_bytes_atomic
 
@@ -102,10 +102,22 @@ def plot_learning_curves(group: Group, path: Path) -> Path | None:
         ax.tick_params(labelleft=True)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
-        if series:
-            ax.legend(loc="best", fontsize="small")
-        else:
+        if not series:
             ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
+    # One legend for both panels, below them, so it never hides a curve.
+    legend: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    if legend:
+        fig.legend(
+            list(legend.values()),
+            list(legend),
+            loc="outside lower center",
+            ncol=min(len(legend), 6),
+            fontsize="small",
+            frameon=False,
+        )
     total, done = len(group.members), len(group.finished)
     title = f"{dataset_title(group.dataset)} {group.way}-way {group.shot}-shot — {group.method}"
     # Long labels (a method disambiguated by its settings) wrap instead of running off.

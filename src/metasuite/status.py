@@ -278,7 +278,8 @@ def read_status(
         total_epochs * per_epoch if total_epochs is not None and per_epoch is not None else None
     )
     status = state.get("status")
-    message = state.get("message") or ""
+    # A finished run's message repeats the test accuracy the table already shows.
+    message = "" if status == "done" else state.get("message") or ""
     pid = _int_or_none(state.get("pid"))
     state_host = state.get("host")
     detail = str(message)
