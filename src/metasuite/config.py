@@ -146,7 +146,9 @@ def _expected(tp: Any) -> str:
     if origin in (Union, types.UnionType):
         return " or ".join(_expected(a) for a in get_args(tp))
     if origin is tuple:
-        return f"a list of {_expected(get_args(tp)[0])}s"
+        item = get_args(tp)[0]
+        plural = {int: "integers", float: "numbers", str: "strings"}.get(item, str(item))
+        return f"a list of {plural}"
     if tp is type(None):
         return "null"
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
@@ -419,11 +421,12 @@ def resolve_dataset_path(config: ExperimentConfig, root: Path | None = None) -> 
     path = Path(os.path.expanduser(config.dataset_path))
     if path.is_absolute():
         return path
-    candidate = path.resolve()
-    if candidate == root or root in candidate.parents:
-        return candidate
-    if path.parts and path.parts[0] == root.name:
-        return root.parent / path
+    # Strip the longest leading part of the path that repeats the root's last folders
+    # ("datasets/omniglot" under ".../datasets"). Never consult the working directory: the
+    # same config must name the same folder wherever it is run from.
+    for n in range(min(len(path.parts), len(root.parts) - 1), 0, -1):
+        if path.parts[:n] == root.parts[-n:]:
+            return root.joinpath(*path.parts[n:])
     return root / path
 
 
