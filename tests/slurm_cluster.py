@@ -147,5 +147,11 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         raise AssertionError(f"job {job_id}: not {what} within {timeout} s: {info}\n{self.logs()}")
 
     def start_now(self, job_id: str) -> None:
-        """A requeued job waits ~2 minutes before it is eligible again; skip the wait."""
+        """A requeued job waits ~2 minutes before it is eligible again; skip the wait.
+
+        Not quite all of it: slurmd refuses a launch credential issued in the same second
+        as the revocation of the previous run ("Job 1 already killed, do not launch"),
+        so leave a couple of seconds.
+        """
+        time.sleep(2.5)
         self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
