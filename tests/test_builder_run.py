@@ -36,8 +36,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One uninterrupted run of the tiny experiment."""
+def reference(tmp_path_factory: pytest.TempPathFactory, omniglot_folder: Path) -> dict[str, Any]:
+    """One uninterrupted run of the tiny experiment (``omniglot_folder``: the data set is
+    unpacked and cached before any subprocess needs it)."""
     base = tmp_path_factory.mktemp("reference")
     config = write_config(base)
     proc = train(config, base / "experiments")
@@ -243,7 +244,7 @@ def test_pause_fallback_config_check_and_continue(
     assert (folder / "test_summary.json").read_bytes() == before
 
 
-def test_second_process_is_refused_by_the_lock(tmp_path: Path) -> None:
+def test_second_process_is_refused_by_the_lock(tmp_path: Path, omniglot_folder: Path) -> None:
     config, root = write_config(tmp_path), tmp_path / "experiments"
     with ExperimentLock(root / "tiny").hold():
         result = train(config, root)
