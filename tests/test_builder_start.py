@@ -184,3 +184,59 @@ def test_negative_checkpoint_every_is_one_line(tmp_path: Path, capsys) -> None:
     code, err = _cli(capsys, "--config", str(config), "--gpus", "cpu", "--checkpoint-every", "-1")
     assert code == 2
     assert "checkpoint_every_n_iters" in _one_error_line(err)
+
+
+# ------------------------------------------------------------------- a crash in the loop
+
+
+class _Tasks:
+    """Stand-in samplers: this test is about bookkeeping, not learning."""
+
+    class _Sampler:
+        def batch(self, indices):
+            from metasuite.data.batch import TaskBatch
+
+            t = len(indices)
+            return TaskBatch(
+                torch.zeros(t, 5, 1, 28, 28),
+                torch.zeros(t, 5, dtype=torch.int64),
+                torch.zeros(t, 5, 1, 28, 28),
+                torch.zeros(t, 5, dtype=torch.int64),
+                tuple(indices),
+            )
+
+    train = val = test = _Sampler()
+
+
+class _CrashingLearner:
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def train_step(self, batch, epoch, *, total_tasks=None, sync_gradients=None):
+        self.steps += 1
+        if self.steps == 3:
+            raise RuntimeError("out of memory (simulated)")
+        return {"loss": 1.0, "accuracy": 0.5, "learning_rate": 0.001}
+
+    def state_dict(self):
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.steps = state["steps"]
+
+
+def test_crash_marks_state_failed_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+    from metasuite.builder import Builder
+
+    exp = ExperimentDir(tmp_path / "tiny")
+    exp.create()
+    builder = Builder(
+        _config(), _CrashingLearner(), _Tasks(), exp, device=torch.device("cpu"), quiet=True
+    )
+    with pytest.raises(RuntimeError, match="simulated"):
+        builder.run()
+    state = exp.read_state()
+    assert state is not None
+    assert state["status"] == "failed" and "out of memory (simulated)" in state["message"]
+    assert state["iteration"] == 2  # the checkpoint after iteration 2 is the resume point
+    assert [f.iteration for f in CheckpointStore(exp.checkpoints).files()] == [2]

@@ -274,7 +274,8 @@ class Builder:
                 "interrupted", "aborted by a second signal; resumes from the last checkpoint"
             )
             raise
-        except UserError:
+        except UserError as exc:
+            self.write_state("failed", str(exc))
             raise
         except Exception as exc:
             self.write_state("failed", f"{type(exc).__name__}: {exc}")
