@@ -157,7 +157,8 @@ class Builder:
 
     ``rank``/``world_size``/``sync_gradients`` let a distributed launcher run the same
     loop on several processes: each rank trains its share of a meta-batch
-    (:meth:`meta_iteration`) and only the rank with ``is_writer`` writes files.
+    (:meth:`meta_iteration`) and only the rank with ``is_writer`` writes files;
+    ``barrier`` (all ranks wait) runs before the test reads the writer's checkpoints.
     """
 
     def __init__(
@@ -174,6 +175,7 @@ class Builder:
         world_size: int = 1,
         sync_gradients: SyncGradients | None = None,
         is_writer: bool = True,
+        barrier: Callable[[], None] | None = None,
     ) -> None:
         self.cfg = config
         self.learner = learner
@@ -187,6 +189,7 @@ class Builder:
         self.world_size = world_size
         self.sync_gradients = sync_gradients
         self.is_writer = is_writer
+        self.barrier = barrier
         self.progress = Progress()
         self.epochs_this_run = 0
 
@@ -445,6 +448,8 @@ class Builder:
             raise UserError(
                 f"{self.exp.path}: no validated epoch to test (train at least one epoch)"
             )
+        if self.barrier is not None:
+            self.barrier()  # every rank reads the checkpoints the writer has just saved
         files = self.store.epoch_files()
         used: list[int] = []
         summed: torch.Tensor | None = None

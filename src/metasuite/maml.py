@@ -232,6 +232,7 @@ class EvalResult:
 
 
 SyncGradients = Callable[[list[torch.Tensor]], None]
+SyncStats = Callable[[list[StatsRecord]], list[StatsRecord]]
 
 
 def _check_supported(cfg: ExperimentConfig) -> None:
@@ -352,6 +353,7 @@ class MamlSystem:
         *,
         total_tasks: int | None = None,
         sync_gradients: SyncGradients | None = None,
+        sync_stats: SyncStats | None = None,
     ) -> dict[str, float]:
         """One meta-iteration: adapt to every task, then one Adam step on the meta-loss.
 
@@ -359,7 +361,9 @@ class MamlSystem:
         ``total_tasks`` (default: the tasks in this batch), so ranks holding parts of a
         meta-batch produce gradients that ``sync_gradients`` (an all-reduce SUM over
         the gradient list, called before the optimizer step) turns into the full
-        batch's mean.
+        batch's mean. ``sync_stats`` maps this rank's per-task batch-norm records to
+        those of the whole meta-batch in task order (an all-gather), so every rank folds
+        the same statistics into its running stats as a single process would.
         """
         self.epoch = int(epoch)
         plan = train_plan(self.cfg, epoch)
@@ -387,6 +391,8 @@ class MamlSystem:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if records is not None:
+            if sync_stats is not None:
+                records = sync_stats(records)
             self.net.update_running_stats(self.buffers, records)
         accuracy = _task_accuracy(logits, batch.query_y).mean()
         return {
