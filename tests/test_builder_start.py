@@ -240,3 +240,16 @@ def test_crash_marks_state_failed_and_keeps_the_checkpoint(tmp_path: Path) -> No
     assert state["status"] == "failed" and "out of memory (simulated)" in state["message"]
     assert state["iteration"] == 2  # the checkpoint after iteration 2 is the resume point
     assert [f.iteration for f in CheckpointStore(exp.checkpoints).files()] == [2]
+
+
+def test_setting_the_learner_refuses_is_one_line_before_the_folder_exists(
+    tmp_path: Path, capsys, omniglot_folder: Path
+) -> None:
+    config = write_config(tmp_path, dropout_rate_value=0.1)
+    root = tmp_path / "experiments"
+    code, err = _cli(
+        capsys, "--config", str(config), "--gpus", "cpu", "--experiments-root", str(root)
+    )
+    assert code == 2
+    assert "dropout_rate_value" in _one_error_line(err)
+    assert not (root / "tiny").exists()

@@ -180,6 +180,12 @@ def run_experiment(
 
         tasks = FewShotTasks.from_config(config, quiet=quiet)
     configure(devices)
+    from metasuite.maml import MamlSystem
+
+    # Built before the folder is touched: a setting the learner refuses is a user error.
+    # Seeded so that a fresh start is reproducible; a resume overwrites it all.
+    seed_everything(config.train_seed)
+    learner = MamlSystem(config, device)
 
     exp = ExperimentDir.for_config(root, config)
     exp.create()
@@ -197,22 +203,15 @@ def run_experiment(
             log.info("removed %d unfinished checkpoint files from a killed save", leftovers)
         log.info("experiment %s in %s on %s", config.experiment_name, exp.path, device)
 
-        from metasuite.maml import MamlSystem
-
         if config.evaluate_on_test_set_only:
+            builder = Builder(config, learner, tasks, exp, device=device, stop=stop, quiet=quiet)
             with recorded_run(exp.path, config, devices=devices, tasks=tasks) as run:
-                return run.ended_with(
-                    _test_only(
-                        config, exp, store, tasks, device, stop=stop, quiet=quiet, force=force
-                    )
-                )
+                return run.ended_with(_test_only(builder, force=force))
 
         payload = choose_start(config, exp, store, force=force)
         if payload is not None and _already_done(exp, payload, config):
             log.info("experiment already done; test results in %s", exp.test_summary_path)
             return Outcome.DONE
-        seed_everything(config.train_seed)
-        learner = MamlSystem(config, device)
         builder = Builder(config, learner, tasks, exp, device=device, stop=stop, quiet=quiet)
         if payload is not None:
             builder.restore(payload)
@@ -235,20 +234,9 @@ def _already_done(exp: ExperimentDir, payload: dict[str, Any], config: Experimen
     )
 
 
-def _test_only(
-    config: ExperimentConfig,
-    exp: ExperimentDir,
-    store: CheckpointStore,
-    tasks: Any,
-    device: torch.device,
-    *,
-    stop: StopRequest,
-    quiet: bool,
-    force: bool,
-) -> Outcome:
+def _test_only(builder: Builder, *, force: bool) -> Outcome:
     """evaluate_on_test_set_only: test the best saved epochs, train nothing."""
-    from metasuite.maml import MamlSystem
-
+    config, store = builder.cfg, builder.store
     found = store.load_latest()
     if found is None:
         raise UserError(f"evaluate_on_test_set_only: no checkpoints in {store.folder}; train first")
@@ -256,14 +244,11 @@ def _test_only(
     differences = training_differences(from_dict(payload["config"], str(ckpt.path)), config)
     if differences and not force:
         raise UserError(
-            f"{exp.path}: the config differs from the trained run in: "
+            f"{builder.exp.path}: the config differs from the trained run in: "
             f"{'; '.join(differences)}. Use --force to test anyway"
         )
-    seed_everything(config.train_seed)
-    learner = MamlSystem(config, device)
-    builder = Builder(config, learner, tasks, exp, device=device, stop=stop, quiet=quiet)
     builder.restore(payload)
-    log.info("evaluate_on_test_set_only: testing checkpoints of %s", exp.path)
+    log.info("evaluate_on_test_set_only: testing checkpoints of %s", builder.exp.path)
     return builder.test()
 
 
