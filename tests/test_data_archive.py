@@ -5,7 +5,11 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -180,3 +184,49 @@ def test_archive_sha256_matches_hashlib(tmp_path: Path) -> None:
     assert archive_sha256(path) == (
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     )
+
+
+def _unpack_in_subprocess(archive: Path, *args: str) -> subprocess.Popen:
+    code = (
+        "import sys; from metasuite.data.archive import unpack; "
+        "print(unpack(sys.argv[1], quiet=True, existing_names=['omniglot_dataset'], "
+        "use_pbzip2=sys.argv[2] == 'pbzip2', expected_files=int(sys.argv[3])))"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(archive), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_killed_unpack_is_never_taken_for_finished_and_the_next_one_recovers(
+    tmp_path: Path,
+) -> None:
+    archive = _copy(REAL_ARCHIVE, tmp_path, "omniglot.tar.bz2")
+    temp = tmp_path / ".omniglot.tar.bz2.unpacking"
+    process = _unpack_in_subprocess(archive, "tarfile", "32460")  # the slow extractor
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if sum(1 for _ in temp.rglob("*.png")) > 100:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "unpack finished before it could be interrupted"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert temp.is_dir()  # the half-filled temporary folder is all that is left
+    assert not (tmp_path / "omniglot_dataset").exists()
+    folder = unpack(archive, existing_names=["omniglot_dataset"], quiet=True)
+    assert sum(len(files) for _, _, files in os.walk(folder)) == 32_460
+    assert not temp.exists()
+
+
+def test_concurrent_unpacks_share_one_result(small_archive: Path, tmp_path: Path) -> None:
+    archive = _copy(small_archive, tmp_path)
+    method = "pbzip2" if pbzip2_available() else "tarfile"
+    processes = [_unpack_in_subprocess(archive, method, "240") for _ in range(3)]
+    outputs = [p.communicate(timeout=120) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0], outputs
+    assert {out.strip() for out, _ in outputs} == {str(tmp_path / "omniglot_dataset")}
+    assert len(_tree(tmp_path / "omniglot_dataset")) == 240
+    assert not (tmp_path / ".small.tar.bz2.unpacking").exists()

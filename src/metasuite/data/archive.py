@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -82,18 +83,24 @@ def _count_files(folder: Path) -> int:
 
 def _extract_pbzip2(archive: Path, into: Path, expected: int | None, quiet: bool) -> None:
     command = ["tar", "-I", "pbzip2", "--no-same-owner", "-xvf", str(archive), "-C", str(into)]
-    with tqdm(
-        total=expected, unit="file", desc=f"unpacking {archive.name} (pbzip2)", disable=quiet
-    ) as bar:
+    # stderr goes to a file, not a pipe: tar can warn once per member (clock skew), and a
+    # full pipe nobody reads would block it forever.
+    with (
+        tempfile.TemporaryFile() as errors,
+        tqdm(
+            total=expected, unit="file", desc=f"unpacking {archive.name} (pbzip2)", disable=quiet
+        ) as bar,
+    ):
         process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace"
+            command, stdout=subprocess.PIPE, stderr=errors, text=True, errors="replace"
         )
-        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout is not None
         for line in process.stdout:  # -v prints one member per line: the progress bar
             if not line.rstrip("\n").endswith("/"):
                 bar.update(1)
-        stderr = process.stderr.read()
         code = process.wait()
+        errors.seek(0)
+        stderr = errors.read().decode(errors="replace")
     if code != 0:
         detail = " ".join(stderr.strip().splitlines()[-3:]) or f"exit status {code}"
         raise DatasetError(
@@ -113,10 +120,15 @@ def _extract_tarfile(archive: Path, into: Path, expected: int | None, quiet: boo
                 disable=quiet,
             ) as bar,
         ):
-            for member in tar:
-                tar.extract(member, into, filter="data")
-                if member.isfile():
-                    bar.update(1)
+
+            def members() -> Iterator[tarfile.TarInfo]:
+                for member in tar:
+                    yield member
+                    if member.isfile():
+                        bar.update(1)
+
+            # extractall (not extract per member) sets folder permissions last.
+            tar.extractall(into, members=members(), filter="data")
     except tarfile.FilterError as exc:
         raise DatasetError(f"{archive}: refused an unsafe archive member ({exc})") from None
     except (tarfile.TarError, EOFError, OSError) as exc:

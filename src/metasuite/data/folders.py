@@ -238,7 +238,12 @@ def load_images(
     path = cache_path(folder, config, fingerprint)
     shape = (config.image_channels, config.image_height, config.image_width)
     if config.reset_stored_paths:
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:  # read-only data folder: rebuild in memory anyway
+            warnings.warn(
+                f"{path}: cannot remove the image cache ({exc})", UserWarning, stacklevel=2
+            )
     elif path.is_file():
         cached = _load_cache(path, fingerprint, names, shape)
         if cached is not None:
