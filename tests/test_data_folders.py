@@ -13,7 +13,7 @@ from data_helpers import make_archive, omniglot_subset, random_jpeg_tree
 from metasuite.config import REPO_ROOT, ExperimentConfig, replace
 from metasuite.data import folders
 from metasuite.data.archive import KNOWN_FILE_COUNTS
-from metasuite.data.folders import load_images, load_splits, locate_dataset
+from metasuite.data.folders import find_archive, load_images, load_splits, locate_dataset
 from metasuite.data.images import decode_image, decode_images
 from metasuite.data.tasks import FewShotTasks
 from metasuite.errors import DatasetError
@@ -358,3 +358,14 @@ def test_class_folders_deeper_than_the_data_is_an_error(tmp_path: Path) -> None:
     config = _mini_config(indexes_of_folders_indicating_class=[-4, -2])
     with pytest.raises(DatasetError, match=r"only 2 folder.*needs 3"):
         load_splits(config, tmp_path, quiet=True)
+
+
+def test_find_archive_names_the_archive_without_unpacking(
+    omniglot_config: ExperimentConfig, tmp_path: Path
+) -> None:
+    assert find_archive(omniglot_config, tmp_path) is None
+    (tmp_path / "omniglot.tar.bz2").write_bytes(b"not unpacked")
+    for path in ("omniglot", "omniglot_dataset"):
+        config = replace(omniglot_config, dataset_path=path)
+        assert find_archive(config, tmp_path) == tmp_path / "omniglot.tar.bz2"
+    assert not (tmp_path / "omniglot_dataset").exists()

@@ -94,6 +94,14 @@ def _archive_candidates(config: ExperimentConfig, root: Path, folders: list[Path
     return _unique(archives)
 
 
+def find_archive(config: ExperimentConfig, root: Path | None = None) -> Path | None:
+    """The archive the data set comes from (the one :func:`locate_dataset` would unpack),
+    or None; nothing is unpacked. For reproducibility records."""
+    root = (root or dataset_root()).resolve()
+    archives = _archive_candidates(config, root, _folder_candidates(config, root))
+    return next((a for a in archives if a.is_file()), None)
+
+
 def locate_dataset(
     config: ExperimentConfig, root: Path | None = None, *, quiet: bool = False
 ) -> DataSource:
@@ -106,7 +114,7 @@ def locate_dataset(
     root = (root or dataset_root()).resolve()
     folders = _folder_candidates(config, root)
     archives = _archive_candidates(config, root, folders)
-    archive = next((a for a in archives if a.is_file()), None)
+    archive = find_archive(config, root)
     for folder in folders:
         if folder.is_dir():
             return DataSource(folder, archive)
@@ -349,6 +357,7 @@ __all__ = [
     "DataSource",
     "SplitData",
     "cache_path",
+    "find_archive",
     "load_images",
     "load_splits",
     "locate_dataset",
