@@ -11,9 +11,12 @@ import argparse
 import os
 from pathlib import Path
 
+from metasuite.errors import UserError
+
 HELP = "train (or resume, or test) one experiment from its config file"
 
 EXPERIMENTS_ROOT_ENV = "METASUITE_EXPERIMENTS_ROOT"
+NPROC_ENV = "METASUITE_NPROC"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--gpus",
         metavar="IDS",
         default=None,
-        help="'cpu' or a GPU id such as 0 (default: GPU 0 when CUDA is available, else cpu)",
+        help="'cpu', a GPU id such as 0, or several (0,1: one process per GPU, data-parallel) "
+        "(default: GPU 0 when CUDA is available, else cpu)",
+    )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        default=None,
+        help=f"data-parallel processes (default: one per GPU given, 1 on the CPU; "
+        f"${NPROC_ENV} sets it too); N > 1 on the CPU runs N gloo processes",
     )
     parser.add_argument(
         "--experiments-root",
@@ -58,6 +70,7 @@ def experiments_root(explicit: str | None) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from metasuite import distributed
     from metasuite.config import load_config, replace
     from metasuite.runner import run_experiment
     from metasuite.runtime import resolve_devices
@@ -68,11 +81,67 @@ def run(args: argparse.Namespace) -> int:
             config, source="--checkpoint-every", checkpoint_every_n_iters=args.checkpoint_every
         )
     devices = resolve_devices(args.gpus)
-    outcome = run_experiment(
-        config,
-        experiments_root(args.experiments_root),
-        devices,
-        quiet=args.quiet,
-        force=args.force,
-    )
+    root = experiments_root(args.experiments_root)
+    ctx = distributed.worker_context()
+    if ctx is not None:
+        return _run_worker(args, config, root, devices, ctx)
+    nproc = _process_count(args, devices)
+    if nproc > 1:
+        return distributed.launch(_worker_argv(args, root), nproc)
+    outcome = run_experiment(config, root, devices, quiet=args.quiet, force=args.force)
     return int(outcome)
+
+
+def _process_count(args: argparse.Namespace, devices: list) -> int:
+    """--nproc, else $METASUITE_NPROC, else one process per GPU (1 on the CPU)."""
+    nproc = args.nproc
+    if nproc is None and os.environ.get(NPROC_ENV):
+        try:
+            nproc = int(os.environ[NPROC_ENV])
+        except ValueError:
+            raise UserError(
+                f"${NPROC_ENV}={os.environ[NPROC_ENV]!r}: expected an integer"
+            ) from None
+    gpus = [d for d in devices if d.type == "cuda"]
+    if nproc is None:
+        return max(1, len(gpus))
+    if nproc < 1:
+        raise UserError(f"--nproc must be >= 1, got {nproc}")
+    if gpus and nproc != len(gpus):
+        raise UserError(
+            f"--nproc {nproc} with --gpus {args.gpus}: one process per GPU, so give "
+            f"{nproc} GPU ids or leave --nproc out"
+        )
+    return nproc
+
+
+def _worker_argv(args: argparse.Namespace, root: Path) -> list[str]:
+    """The same command for each worker, with absolute paths."""
+    argv = ["--config", str(Path(args.config).resolve()), "--experiments-root", str(root)]
+    if args.gpus is not None:
+        argv += ["--gpus", args.gpus]
+    if args.checkpoint_every is not None:
+        argv += ["--checkpoint-every", str(args.checkpoint_every)]
+    argv += [flag for flag, on in (("--quiet", args.quiet), ("--force", args.force)) if on]
+    return argv
+
+
+def _run_worker(args: argparse.Namespace, config, root: Path, devices: list, ctx) -> int:
+    """One torchrun worker: rank 0 records the exit status for the launcher."""
+    from metasuite import distributed
+
+    try:
+        code = int(
+            distributed.run_worker(config, root, devices, ctx, quiet=args.quiet, force=args.force)
+        )
+    except UserError as exc:
+        distributed.record_outcome(ctx, exc.exit_code)
+        raise
+    except BaseException:
+        distributed.record_outcome(ctx, 1)
+        raise
+    # Under metasuite's launcher a pause or a stop is not a failure for torchrun to
+    # report: the launcher returns the recorded status instead.
+    if distributed.record_outcome(ctx, code) and code in (3, 4):
+        return 0
+    return code
