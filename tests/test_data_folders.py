@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from data_helpers import make_archive, omniglot_subset, random_jpeg_tree
-from metasuite.config import REPO_ROOT, ExperimentConfig, replace
+from metasuite.config import REPO_ROOT, ExperimentConfig, dataset_root, replace
 from metasuite.data import folders
 from metasuite.data.archive import KNOWN_FILE_COUNTS
 from metasuite.data.folders import find_archive, load_images, load_splits, locate_dataset
@@ -91,14 +91,15 @@ def test_omniglot_images_are_white_background_dark_strokes(omniglot_tasks: FewSh
 
 
 # ------------------------------------------------------------------ locating the data
-@pytest.mark.parametrize("dataset_path", ["omniglot", "omniglot_dataset", "datasets/omniglot"])
+@pytest.mark.parametrize("dataset_path", ["omniglot", "omniglot_dataset", "{root}/omniglot"])
 def test_reference_dataset_paths_find_the_unpacked_folder(
     omniglot_config: ExperimentConfig, omniglot_folder: Path, dataset_path: str
 ) -> None:
+    dataset_path = dataset_path.format(root=dataset_root().name)  # e.g. datasets/omniglot
     config = replace(omniglot_config, dataset_path=dataset_path, dataset_name="omniglot")
-    source = locate_dataset(config, REPO_ROOT / "datasets")
+    source = locate_dataset(config)
     assert source.folder == omniglot_folder
-    assert source.archive == REPO_ROOT / "datasets" / "omniglot.tar.bz2"
+    assert source.archive == dataset_root() / "omniglot.tar.bz2"
 
 
 def test_dataset_dir_environment_variable_is_the_root(

@@ -87,10 +87,11 @@ def _folder_candidates(config: ExperimentConfig, root: Path) -> list[Path]:
     return _unique([primary.parent / name for name in names])
 
 
-def _archive_candidates(config: ExperimentConfig, root: Path, folders: list[Path]) -> list[Path]:
+def _archive_candidates(config: ExperimentConfig, folders: list[Path]) -> list[Path]:
+    # Only beside the expected folder: an archive elsewhere could never unpack into it.
     archives = [f.parent / (f.name + ARCHIVE_SUFFIX) for f in folders]
     for name in (config.dataset_name, *FOLDER_ALIASES.get(config.dataset_name, ())):
-        archives.append(root / (name + ARCHIVE_SUFFIX))
+        archives.append(folders[0].parent / (name + ARCHIVE_SUFFIX))
     return _unique(archives)
 
 
@@ -98,7 +99,7 @@ def find_archive(config: ExperimentConfig, root: Path | None = None) -> Path | N
     """The archive the data set comes from (the one :func:`locate_dataset` would unpack),
     or None; nothing is unpacked. For reproducibility records."""
     root = (root or dataset_root()).resolve()
-    archives = _archive_candidates(config, root, _folder_candidates(config, root))
+    archives = _archive_candidates(config, _folder_candidates(config, root))
     return next((a for a in archives if a.is_file()), None)
 
 
@@ -113,7 +114,7 @@ def locate_dataset(
     """
     root = (root or dataset_root()).resolve()
     folders = _folder_candidates(config, root)
-    archives = _archive_candidates(config, root, folders)
+    archives = _archive_candidates(config, folders)
     archive = find_archive(config, root)
     for folder in folders:
         if folder.is_dir():
