@@ -4,7 +4,7 @@
 #
 #   bash experiment_scripts/omniglot_maml_5way_5shot_s1.sh          run on the CPU (same as: cpu)
 #   bash experiment_scripts/omniglot_maml_5way_5shot_s1.sh 0        run on GPU 0
-#   bash experiment_scripts/omniglot_maml_5way_5shot_s1.sh 0 1      run on GPUs 0 and 1
+#   bash experiment_scripts/omniglot_maml_5way_5shot_s1.sh 0 1      run on GPUs 0 and 1 (one data-parallel process each)
 #   bash experiment_scripts/omniglot_maml_5way_5shot_s1.sh 0 -- --quiet    arguments after -- go to `metasuite train`
 #
 # Works from any directory. Running it again resumes from the last checkpoint.
@@ -71,7 +71,14 @@ elif ((${#devices[@]} == 1)); then
     exec "$python" -m metasuite train --config "$config" --gpus 0 \
         "${train_args[@]+"${train_args[@]}"}"
 else
-    # Several GPUs: one process per GPU under the distributed launcher (issue 6).
-    echo "$me: several GPUs (${devices[*]}) are not supported yet; run on one GPU, e.g.: bash $me ${devices[0]}" >&2
-    exit 2
+    # Several GPUs: one data-parallel process per GPU. `metasuite train` starts them
+    # under torchrun (python -m torch.distributed.run) and exits with rank 0's status.
+    visible="$(IFS=,; echo "${devices[*]}")"
+    ids=()
+    for i in "${!devices[@]}"; do
+        ids+=("$i")
+    done
+    export CUDA_VISIBLE_DEVICES="$visible"
+    exec "$python" -m metasuite train --config "$config" --gpus "$(IFS=,; echo "${ids[*]}")" \
+        "${train_args[@]+"${train_args[@]}"}"
 fi

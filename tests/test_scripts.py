@@ -83,7 +83,15 @@ def _call(exp, fake, out, *args, cwd="/", **env):
 
 @pytest.mark.parametrize(
     ("args", "cvd", "gpus"),
-    [((), "", "cpu"), (("cpu",), "", "cpu"), (("3",), "3", "0"), (("12",), "12", "0")],
+    [
+        ((), "", "cpu"),
+        (("cpu",), "", "cpu"),
+        (("3",), "3", "0"),
+        (("12",), "12", "0"),
+        # Several GPUs: train sees them as 0..n-1 and runs one process per GPU.
+        (("2", "5"), "2,5", "0,1"),
+        (("0", "1", "3"), "0,1,3", "0,1,2"),
+    ],
 )
 def test_devices_become_cuda_visible_devices(fake_suite, args, cvd, gpus):
     exp, fake, out = fake_suite
@@ -118,7 +126,6 @@ def test_exit_status_propagates(fake_suite, code):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("0", "1"), "several GPUs (0 1) are not supported yet"),
         (("x",), "'x' is not a device"),
         (("-1",), "'-1' is not a device"),
         (("cpu", "0"), "'cpu' cannot be combined with GPU ids"),
