@@ -115,7 +115,7 @@ def locate_dataset(
     root = (root or dataset_root()).resolve()
     folders = _folder_candidates(config, root)
     archives = _archive_candidates(config, folders)
-    archive = find_archive(config, root)
+    archive = next((a for a in archives if a.is_file()), None)
     for folder in folders:
         if folder.is_dir():
             return DataSource(folder, archive)
