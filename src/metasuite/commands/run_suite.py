@@ -1,0 +1,152 @@
+"""``metasuite run-suite``: every experiment of the suite on a pool of devices.
+
+Thin glue around :mod:`metasuite.suite_runner`: expand the suite, refuse to run
+generated files that are out of date, build the device slots, and print what happened.
+Exit status: 0 when every selected experiment is done, 1 when any failed (all others
+still ran), 2 for a usage mistake, 128+signal when stopped by SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from metasuite.errors import UserError
+
+HELP = "run every experiment of the suite on a pool of devices, resuming unfinished ones"
+
+EXPERIMENTS_ROOT_ENV = "METASUITE_EXPERIMENTS_ROOT"
+THREADS_ENV = "METASUITE_NUM_THREADS"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--gpus",
+        nargs="+",
+        default=["cpu"],
+        metavar="ID",
+        help="GPU ids of the pool (e.g. --gpus 0 1 2 3), or cpu (default: cpu)",
+    )
+    parser.add_argument(
+        "--per-experiment",
+        type=int,
+        default=1,
+        metavar="K",
+        help="GPUs per experiment: the pool runs len(gpus)/K experiments at once (default 1)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="experiments at once on the CPU (default 1); threads are shared out among them",
+    )
+    parser.add_argument(
+        "--only",
+        metavar="PATTERN",
+        action="append",
+        default=[],
+        help="only experiments whose name matches this shell pattern (repeatable)",
+    )
+    parser.add_argument(
+        "--experiments-root",
+        metavar="DIR",
+        help=f"where experiment folders live (default: ${EXPERIMENTS_ROOT_ENV}, "
+        "else <repo>/experiments)",
+    )
+    parser.add_argument(
+        "--suite",
+        metavar="FILE",
+        help="suite file (default: experiment_template_config/suite.toml of this checkout)",
+    )
+    parser.add_argument(
+        "--root", metavar="DIR", help="where the suite's generated files are (as for generate)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, no start lines")
+
+
+def _experiments_root(explicit: str | None) -> Path:
+    from metasuite.config import REPO_ROOT
+
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    env = os.environ.get(EXPERIMENTS_ROOT_ENV)
+    return Path(env).expanduser().resolve() if env else REPO_ROOT / "experiments"
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from metasuite.suite_runner import Job, Pool, Result, StopFlag, make_slots
+    from metasuite.suitefiles import config_file, script_file
+    from metasuite.sweep import expand, load_suite
+
+    try:
+        slots = make_slots(args.gpus, args.per_experiment, args.jobs)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    suite = load_suite(args.suite, root=args.root)
+    experiments = expand(suite, only=args.only)
+    env_jinja = suite.environment()
+    outdated = [
+        f.path
+        for e in experiments
+        for f in (config_file(e), script_file(suite, e, env_jinja))
+        if f.status() != "unchanged"
+    ]
+    if outdated:
+        shown = ", ".join(str(p) for p in outdated[:3])
+        more = f" and {len(outdated) - 3} more" if len(outdated) > 3 else ""
+        raise UserError(
+            f"{len(outdated)} generated files are stale or missing ({shown}{more}); "
+            "run: metasuite generate"
+        )
+
+    root = _experiments_root(args.experiments_root)
+    env = dict(os.environ)
+    env[EXPERIMENTS_ROOT_ENV] = str(root)
+    env.setdefault("PYTHON", sys.executable)  # the scripts use the interpreter we run under
+    if slots[0].devices == ("cpu",) and len(slots) > 1 and THREADS_ENV not in env:
+        env[THREADS_ENV] = str(max(1, (os.cpu_count() or 1) // len(slots)))
+
+    jobs = [Job(e.name, e.script_path) for e in experiments]
+    bar = tqdm(total=len(jobs), unit="exp", disable=args.quiet, file=sys.stderr, leave=False)
+
+    def report(line: str) -> None:
+        if not args.quiet:
+            tqdm.write(line, file=sys.stderr)
+
+    def on_finish(result: Result) -> None:
+        if result.status == "failed":
+            tqdm.write(f"{result.name} failed: {result.message}", file=sys.stderr)
+        elif result.status == "done":
+            report(f"{result.name} done")
+        if result.status in ("done", "skipped", "failed"):
+            bar.update(1)
+
+    stop = StopFlag()
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        pool = Pool(jobs, slots, root, env=env, stop=stop, report=report, on_finish=on_finish)
+        results = pool.run()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        bar.close()
+
+    order = ("done", "skipped", "failed", "stopped", "running elsewhere")
+    counts = {status: sum(r.status == status for r in results) for status in order}
+    summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "nothing to do"
+    print(f"{len(results)} experiments on {', '.join(s.label for s in slots)}: {summary}")
+    for r in results:
+        if r.status == "failed":
+            print(f"failed: {r.name} (exit {r.exit_code}): {r.message} [log: {r.log}]")
+        elif r.status == "running elsewhere":
+            print(f"skipped: {r.name} is running in {r.message} on this host")
+    if stop.signum is not None:
+        print("stopped: run the same command again to resume", file=sys.stderr)
+        return 128 + stop.signum
+    return 1 if counts.get("failed") else 0
