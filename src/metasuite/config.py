@@ -38,6 +38,7 @@ LEGACY_IGNORED_KEYS: dict[str, str] = {
     "reverse_channels": "images are always RGB or grayscale as stored",
     "augment_images": "Omniglot is always augmented by rotation, other data sets never",
     "seed": "use train_seed / val_seed",
+    "optimize_final_target_loss_only": "use_multi_step_loss_optimization decides (MSL on/off)",
 }
 # Keys whose spelling changed: old name -> new name.
 RENAMED_KEYS: dict[str, str] = {"evalute_on_test_set_only": "evaluate_on_test_set_only"}
