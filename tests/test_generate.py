@@ -164,7 +164,7 @@ def test_committed_paper_suite_is_up_to_date(capsys):
     code = main(["generate", "--check"])
     captured = capsys.readouterr()
     assert code == 0, captured.out + captured.err
-    assert "36 experiments, 72 files up to date" in captured.out
+    assert "36 experiments, 108 files up to date" in captured.out
     assert load_suite(DEFAULT_SUITE).config_dir == REPO_ROOT / "experiment_config"
 
 
@@ -176,7 +176,7 @@ def test_reference_style_entry_points(tool, tmp_path):
         [sys.executable, tool, "--check"], cwd=folder, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "36 experiments, 72 files up to date" in result.stdout
+    assert "36 experiments, 108 files up to date" in result.stdout
     suite = write_suite(tmp_path)
     result = subprocess.run(
         [sys.executable, folder / tool, "--suite", str(suite)],
