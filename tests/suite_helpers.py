@@ -24,7 +24,7 @@ TINY_TEMPLATE = """\
   "use_multi_step_loss_optimization": {{ plus_plus | tojson }},
   "total_epochs": {{ epochs | tojson }},
   "total_iter_per_epoch": {{ iters | tojson }},
-  "total_epochs_before_pause": {{ epochs | tojson }},
+  "total_epochs_before_pause": {{ pause | default(epochs) | tojson }},
   "num_evaluation_tasks": 4,
   "num_dataprovider_workers": 0,
   "checkpoint_every_n_iters": 1,

@@ -221,11 +221,14 @@ def test_sigterm_is_forwarded_and_a_restart_picks_up(fake):
 
 @pytest.mark.slow
 def test_run_suite_trains_three_real_experiments_one_failing(tmp_path, capsys, monkeypatch):
-    """Real Omniglot on the CPU; the experiment with a missing data set fails, others finish."""
+    """Real Omniglot on the CPU; the experiment with a missing data set fails, others finish.
+
+    The good ones pause after each epoch (total_epochs_before_pause = 1, exit 3), so the
+    pool must run each of them twice.
+    """
     suite_text = (
-        TINY_SUITE.replace('dataset_path = "omniglot_dataset"\n', "")
-        .replace("epochs = 2", "epochs = 1")
-        .replace("iters = 3", "iters = 2")
+        TINY_SUITE.replace('dataset_path = "omniglot_dataset"\n', "pause = 1\n")
+        .replace("iters = 3", "iters = 1")
         .replace(
             "way = [5, 20]",
             'way = [5]\ndata = { data = ["ok", "bad"], '
@@ -250,8 +253,10 @@ def test_run_suite_trains_three_real_experiments_one_failing(tmp_path, capsys, m
     assert f"failed: {failed} (exit 2): " in out and "no_such_dataset" in out
     for name in done:
         state = json.loads((experiments / name / "state.json").read_text())
-        assert state["status"] == "done" and state["iteration"] == 2
+        assert state["status"] == "done" and (state["epoch"], state["iteration"]) == (2, 2)
         assert (experiments / name / "test_summary.json").exists()
+        log = (experiments / name / "logs" / "run_suite.log").read_text()
+        assert log.count("=== run-suite") == 2  # paused after epoch 1, run again to the end
 
     assert main(args) == 1  # run again: the done ones are skipped, the failed one retried
     assert "3 experiments on cpu: 2 skipped, 1 failed" in capsys.readouterr().out
