@@ -260,3 +260,27 @@ def test_run_suite_trains_three_real_experiments_one_failing(tmp_path, capsys, m
 
     assert main(args) == 1  # run again: the done ones are skipped, the failed one retried
     assert "3 experiments on cpu: 2 skipped, 1 failed" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux")
+def test_experiments_get_sigterm_when_run_suite_is_killed_outright(fake):
+    """SIGKILL leaves run-suite no chance to forward; the kernel sends SIGTERM instead."""
+    fake.plan(**{n: ["wait"] for n in NAMES})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metasuite", *fake.args("--gpus", "0", "--quiet")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not list(fake.dir.glob("started_*")) and time.monotonic() < deadline:
+        assert proc.poll() is None
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=30)
+    got_term = fake.dir / f"got_term_{NAMES[0]}"
+    deadline = time.monotonic() + 30
+    while not got_term.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert got_term.exists()
+    state = json.loads((fake.experiments / NAMES[0] / "state.json").read_text())
+    assert state["status"] == "interrupted"
