@@ -113,7 +113,7 @@ class ExperimentConfig:
     # --- metasuite's own ---------------------------------------------------------
     test_seed: int | None = None
     """Seed of the fixed test task set; None means val_seed, as in the reference code."""
-    backend: Literal["auto", "loop", "vmap", "batched"] = "auto"
+    backend: Literal["auto", "loop", "vmap", "threads"] = "auto"
     """Inner-loop implementation; 'auto' picks the fastest measured one for the device."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16 autocasts the network's forward; fp32 is the reference."""

@@ -290,7 +290,7 @@ class MamlSystem:
         }
         self.buffers: Params = {k: v.to(self.device) for k, v in self.net.init_buffers().items()}
         self.backend = maml_backends.resolve_backend(backend or cfg.backend, self.device)
-        self._meta_loss = maml_backends.BACKENDS[self.backend]
+        self._backend = maml_backends.BACKENDS[self.backend]
         self.optimizer = torch.optim.Adam(
             self.meta_parameters(), lr=cfg.meta_learning_rate, weight_decay=cfg.weight_decay
         )
@@ -372,14 +372,14 @@ class MamlSystem:
             group["lr"] = lr
         batch = batch.to(self.device)
         records: list[StatsRecord] | None = [] if self.net.per_step_stats else None
-        with self._autocast():
-            loss_sum, logits = self._meta_loss(
-                self.net, self.params, self.rates, self.inner_names, batch, plan, records
-            )
-        denominator = total_tasks if total_tasks is not None else len(batch)
         meta = self.meta_parameters()
-        grads = torch.autograd.grad(loss_sum / denominator, meta, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(meta, grads, strict=True)]
+        with self._autocast():
+            result = self._backend(
+                self.net, self.params, self.rates, self.inner_names, batch, plan, records, meta
+            )
+        assert result.grads is not None
+        denominator = total_tasks if total_tasks is not None else len(batch)
+        grads = [g / denominator for g in result.grads]
         if sync_gradients is not None:
             sync_gradients(grads)
         if self.clamp_gradients:
@@ -394,9 +394,9 @@ class MamlSystem:
             if sync_stats is not None:
                 records = sync_stats(records)
             self.net.update_running_stats(self.buffers, records)
-        accuracy = _task_accuracy(logits, batch.query_y).mean()
+        accuracy = _task_accuracy(result.logits, batch.query_y).mean()
         return {
-            "loss": float(loss_sum.detach()) / len(batch),
+            "loss": float(result.loss_sum) / len(batch),
             "accuracy": float(accuracy),
             "learning_rate": lr,
             "second_order": float(plan.second_order),
@@ -408,10 +408,10 @@ class MamlSystem:
         plan = eval_plan(self.cfg)
         batch = batch.to(self.device)
         with torch.enable_grad(), self._autocast():
-            _, logits = self._meta_loss(
-                self.net, self.params, self.rates, self.inner_names, batch, plan, None
+            result = self._backend(
+                self.net, self.params, self.rates, self.inner_names, batch, plan, None, None
             )
-        logits = logits.float()
+        logits = result.logits.float()
         n = logits.shape[-1]
         losses = F.cross_entropy(
             logits.reshape(-1, n), batch.query_y.reshape(-1), reduction="none"

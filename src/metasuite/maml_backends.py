@@ -1,35 +1,75 @@
-"""Interchangeable implementations of the meta-batch loss, and the rule choosing one.
+"""Interchangeable implementations of the meta-batch loss and gradient, and the rule
+choosing one.
 
-Every backend is a function ``(net, params, rates, inner_names, batch, plan, records)
--> (sum of task losses, final query logits [T, NQ, N])`` computing exactly what the
-reference loop (:func:`metasuite.maml.meta_loss_loop`) computes; they differ only in
-how the work is laid out for the hardware. A test holds each to the loop to 1e-5.
+Every backend is a function ``(net, params, rates, inner_names, batch, plan, records,
+wrt) -> MetaBatchResult``: the sum over tasks of the task losses, the final query
+logits and, when ``wrt`` is given, the gradient of that sum with respect to ``wrt``.
+They compute exactly what the reference loop (:func:`metasuite.maml.meta_loss_loop`)
+computes and differ only in how the work is laid out for the hardware; a test holds
+each to the loop to 1e-5.
 
 - ``loop``: per-task Python loop with ``torch.autograd.grad`` (the reference).
 - ``vmap``: ``torch.func.vmap`` over tasks with ``torch.func.grad`` in the inner loop.
-  On a GPU this turns batch_size x steps small launches into a few batched kernels;
-  on a CPU the per-task weights become grouped convolutions, which are slower.
+  On a GPU this turns batch_size x steps small launches into a few batched kernels; on
+  a CPU the per-task weights become grouped convolutions, which are slower.
+- ``threads``: the per-task loop spread over a pool of threads, one intra-op thread
+  each, with each task's outer backward run in its own thread. The ops of one small
+  task parallelise poorly inside an op; whole tasks parallelise perfectly. Each
+  task's graph is freed after its backward, so it also needs less memory.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from metasuite.data.batch import TaskBatch
 from metasuite.errors import ConfigError
-from metasuite.maml import StepPlan, inner_update, meta_loss_loop
+from metasuite.maml import StepPlan, inner_update, meta_loss_loop, task_loss
 from metasuite.models import Backbone, Params, StatsRecord
 
-MetaLossFn = Callable[
-    [Backbone, Params, Params, Sequence[str], TaskBatch, StepPlan, list[StatsRecord] | None],
-    tuple[torch.Tensor, torch.Tensor],
+
+@dataclass(frozen=True)
+class MetaBatchResult:
+    """What a backend returns for one meta-batch."""
+
+    loss_sum: torch.Tensor
+    """Detached scalar: the sum over tasks of the (MSL-weighted) task losses."""
+    logits: torch.Tensor
+    """Detached final query logits ``[T, NQ, N]``."""
+    grads: list[torch.Tensor] | None
+    """d(loss_sum)/d(wrt), zeros where a tensor is unused; None when not asked for."""
+
+
+Backend = Callable[
+    [
+        Backbone,
+        Params,
+        Params,
+        Sequence[str],
+        TaskBatch,
+        StepPlan,
+        list[StatsRecord] | None,
+        Sequence[torch.Tensor] | None,
+    ],
+    MetaBatchResult,
 ]
 
 
-def meta_loss_vmap(
+def _gradients(loss: torch.Tensor, wrt: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    grads = torch.autograd.grad(loss, list(wrt), allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(wrt, grads, strict=True)]
+
+
+# ---------------------------------------------------------------------------- loop
+def loop_backend(
     net: Backbone,
     params: Params,
     rates: Params,
@@ -37,8 +77,27 @@ def meta_loss_vmap(
     batch: TaskBatch,
     plan: StepPlan,
     records: list[StatsRecord] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    wrt: Sequence[torch.Tensor] | None = None,
+) -> MetaBatchResult:
+    """The reference: every task's graph is kept, then one backward of the sum."""
+    loss, logits = meta_loss_loop(net, params, rates, inner_names, batch, plan, records)
+    grads = _gradients(loss, wrt) if wrt is not None else None
+    return MetaBatchResult(loss.detach(), logits, grads)
+
+
+# ---------------------------------------------------------------------------- vmap
+def vmap_backend(
+    net: Backbone,
+    params: Params,
+    rates: Params,
+    inner_names: Sequence[str],
+    batch: TaskBatch,
+    plan: StepPlan,
+    records: list[StatsRecord] | None = None,
+    wrt: Sequence[torch.Tensor] | None = None,
+) -> MetaBatchResult:
     """The loop's computation, vmapped over the tasks of the batch."""
+    net = dataclasses.replace(net, composite_norm=True)
     if not plan.differentiable:
         params = {k: v.detach() for k, v in params.items()}
         rates = {k: v.detach() for k, v in rates.items()}
@@ -83,7 +142,9 @@ def meta_loss_vmap(
     )
     if want_stats and records is not None:
         records.extend(_unflatten_stats(net, plan, stats))
-    return losses.sum(), logits.detach()
+    loss = losses.sum()
+    grads = _gradients(loss, wrt) if wrt is not None else None
+    return MetaBatchResult(loss.detach(), logits.detach(), grads)
 
 
 def _flatten_stats(stats: StatsRecord) -> list[torch.Tensor]:
@@ -104,22 +165,115 @@ def _unflatten_stats(net: Backbone, plan: StepPlan, stats: torch.Tensor) -> list
     return out
 
 
-BACKENDS: dict[str, MetaLossFn] = {
-    "loop": meta_loss_loop,
-    "vmap": meta_loss_vmap,
+# ---------------------------------------------------------------------------- threads
+_POOL_LOCK = threading.Lock()
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool per size (threads are reused across meta-steps)."""
+    with _POOL_LOCK:
+        if workers not in _POOLS:
+            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="maml-task")
+        return _POOLS[workers]
+
+
+def default_workers() -> int:
+    """One worker per core the process may use (intra-op threads are set to 1)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, torch.get_num_threads()))
+
+
+def threads_backend(
+    net: Backbone,
+    params: Params,
+    rates: Params,
+    inner_names: Sequence[str],
+    batch: TaskBatch,
+    plan: StepPlan,
+    records: list[StatsRecord] | None = None,
+    wrt: Sequence[torch.Tensor] | None = None,
+    *,
+    workers: int | None = None,
+) -> MetaBatchResult:
+    """Tasks in parallel threads; per-task gradients summed in task order.
+
+    Summing per-task gradients in a fixed order keeps the result independent of
+    thread scheduling, so a step is deterministic. Autocast is thread-local, so the
+    caller's autocast state is re-entered in each worker.
+    """
+    workers = workers or default_workers()
+    device_type = batch.support_x.device.type
+    autocast = torch.is_autocast_enabled(device_type)
+    autocast_dtype = torch.get_autocast_dtype(device_type)
+    want_stats = records is not None
+
+    def run(t: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None, StatsRecord]:
+        torch.set_num_threads(1)  # per-thread setting: the caller keeps its own
+        stats: StatsRecord = []
+        with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast):
+            loss, logits = task_loss(
+                net,
+                params,
+                rates,
+                inner_names,
+                batch.support_x[t],
+                batch.support_y[t],
+                batch.query_x[t],
+                batch.query_y[t],
+                plan,
+                stats if want_stats else None,
+            )
+        grads = _gradients(loss, wrt) if wrt is not None else None
+        return loss.detach(), logits.detach(), grads, stats
+
+    if workers == 1:
+        outs = [run(t) for t in range(len(batch))]
+    else:
+        outs = list(_pool(workers).map(run, range(len(batch))))
+    loss_sum = torch.stack([o[0] for o in outs]).sum()
+    logits = torch.stack([o[1] for o in outs])
+    grads = None
+    if wrt is not None:
+        grads = [torch.stack([o[2][i] for o in outs]).sum(0) for i in range(len(wrt))]  # type: ignore[index]
+    if records is not None:
+        records.extend(o[3] for o in outs)
+    return MetaBatchResult(loss_sum, logits, grads)
+
+
+# ---------------------------------------------------------------------------- choice
+BACKENDS: dict[str, Backend] = {
+    "loop": loop_backend,
+    "vmap": vmap_backend,
+    "threads": threads_backend,
 }
 
-# Measured defaults (bench/meta_step.py): see resolve_backend.
-_AUTO = {"cpu": "loop", "cuda": "vmap"}
+# The fastest measured per device type (bench/meta_step.py, results in bench/results/).
+AUTO_BACKEND: dict[str, str] = {"cpu": "threads", "cuda": "vmap"}
 
 
 def resolve_backend(name: str, device: torch.device) -> str:
     """The backend to run: ``auto`` means the fastest measured for the device type."""
     if name == "auto":
-        return _AUTO.get(device.type, "loop")
+        return AUTO_BACKEND.get(device.type, "loop")
     if name not in BACKENDS:
         raise ConfigError(f"backend must be one of auto, {', '.join(BACKENDS)}; got {name!r}")
+    if name == "threads" and device.type != "cpu":
+        raise ConfigError(f"backend 'threads' runs on the CPU only; the device is {device}")
     return name
 
 
-__all__ = ["BACKENDS", "MetaLossFn", "meta_loss_vmap", "resolve_backend"]
+__all__ = [
+    "AUTO_BACKEND",
+    "BACKENDS",
+    "Backend",
+    "MetaBatchResult",
+    "default_workers",
+    "loop_backend",
+    "resolve_backend",
+    "threads_backend",
+    "vmap_backend",
+]

@@ -59,6 +59,10 @@ class Backbone:
     learn_beta: bool
     eps: float = 1e-5
     momentum: float = 0.1
+    composite_norm: bool = False
+    """Normalise with elementary ops instead of the fused kernels. Same function; needed
+    under torch.func.vmap, whose batching rule for the fused norms' backward is wrong
+    when gamma/beta are batched (pytorch/functorch#534)."""
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig) -> Backbone:
@@ -209,11 +213,16 @@ class Backbone:
             )
             gamma, beta = self.affine(params, layer, step)
             if self.norm == "layer_norm":
-                out = F.layer_norm(out, out.shape[1:], gamma, beta, self.eps)
+                if self.composite_norm:
+                    out = _composite_norm(out, gamma, beta, self.eps, (1, 2, 3), None)
+                else:
+                    out = F.layer_norm(out, out.shape[1:], gamma, beta, self.eps)
             else:
-                if stats is not None:
-                    record.append(batch_statistics(out))
-                out = F.batch_norm(out, None, None, gamma, beta, True, 0.0, self.eps)
+                keep = record if stats is not None else None
+                if self.composite_norm:
+                    out = _composite_norm(out, gamma, beta, self.eps, (0, 2, 3), keep)
+                else:
+                    out = batch_norm(out, gamma, beta, self.eps, keep)
             out = F.leaky_relu(out, NEGATIVE_SLOPE)
             if self.pools_after(layer):
                 out = F.max_pool2d(out, 2, 2)
@@ -244,11 +253,52 @@ class Backbone:
                         rv.mul_(1 - m).add_(var, alpha=m)
 
 
-def batch_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Detached per-channel mean and unbiased variance, as F.batch_norm tracks them."""
-    with torch.no_grad():
-        var, mean = torch.var_mean(x.detach(), dim=(0, 2, 3), correction=1)
-    return mean, var
+def batch_norm(
+    x: torch.Tensor,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    eps: float,
+    record: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> torch.Tensor:
+    """Batch norm with the batch's own statistics (what F.batch_norm computes in
+    training mode, the same kernel), optionally recording them for running stats.
+
+    The statistics come from the kernel's saved mean and inverse std, so tracking them
+    costs no extra pass over the activations.
+    """
+    out, mean, invstd = torch.native_batch_norm(x, gamma, beta, None, None, True, 0.0, eps)
+    if record is not None:
+        n = x.numel() // x.shape[1]
+        with torch.no_grad():
+            var = (invstd.detach().float() ** -2 - eps) * (n / max(n - 1, 1))
+        record.append((mean.detach(), var))
+    return out
+
+
+def _composite_norm(
+    x: torch.Tensor,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    eps: float,
+    dims: tuple[int, ...],
+    record: list[tuple[torch.Tensor, torch.Tensor]] | None,
+) -> torch.Tensor:
+    """Batch norm (dims 0, 2, 3) or layer norm (dims 1, 2, 3) from elementary ops.
+
+    gamma/beta are per channel ``[C]`` for batch norm and ``[C, H, W]`` for layer norm.
+    """
+    var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    shape = (1, -1, 1, 1) if dims == (0, 2, 3) else (1, *x.shape[1:])
+    if gamma is not None:
+        out = out * gamma.reshape(shape)
+    if beta is not None:
+        out = out + beta.reshape(shape)
+    if record is not None:
+        n = x.numel() // x.shape[1]
+        with torch.no_grad():
+            record.append((mean.detach().flatten(), var.detach().flatten() * (n / max(n - 1, 1))))
+    return out
 
 
 def _xavier_uniform(t: torch.Tensor, generator: torch.Generator) -> None:
@@ -260,4 +310,4 @@ def _xavier_uniform(t: torch.Tensor, generator: torch.Generator) -> None:
         t.uniform_(-bound, bound, generator=generator)
 
 
-__all__ = ["NEGATIVE_SLOPE", "Backbone", "Params", "StatsRecord", "batch_statistics"]
+__all__ = ["NEGATIVE_SLOPE", "Backbone", "Params", "StatsRecord", "batch_norm"]
