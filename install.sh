@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything metasuite needs; safe to run again (idempotent).
-#   - pbzip2 (parallel bzip2) through apt when apt is there; carries on without it
+#   - system tools through apt when apt is there (see below); carries on without them
 #   - torch: kept when already installed; else torch==2.13.0 (CPU wheel) when no GPU
 #     is visible, or the default (CUDA) build when nvidia-smi sees a GPU
 #   - metasuite itself, editable, with its test extras
@@ -8,25 +8,29 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 PYTHON="${PYTHON:-python3}"
 
-if ! command -v pbzip2 >/dev/null 2>&1; then
-    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
-        echo "install.sh: installing pbzip2 with apt-get"
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pbzip2 shellcheck >/dev/null) \
-            || echo "install.sh: apt-get could not install pbzip2; archives will be unpacked with Python's tarfile"
-    else
-        echo "install.sh: no apt-get (or not root); archives will be unpacked with Python's tarfile"
-    fi
-fi
-
-# Slurm (slurmctld, slurmd, clients) lets tests/test_slurm_cluster.py submit real jobs to
-# a throw-away one-node cluster. Only in CI or on request (METASUITE_INSTALL_SLURM=1): on a
-# workstation with systemd, installing the daemons would also enable them.
+# System tools through apt (root only; everything works without them):
+#   pbzip2     parallel bzip2 for the data set archives (else Python's tarfile)
+#   ShellCheck: lints the generated experiment scripts in the tests (else only bash -n)
+#   Slurm      slurmctld, slurmd and clients let tests/test_slurm_cluster.py submit real jobs
+#              to a throw-away one-node cluster; only in CI or on request
+#              (METASUITE_INSTALL_SLURM=1): on a workstation with systemd, installing the
+#              daemons would also enable them.
+apt_packages=()
+command -v pbzip2 >/dev/null 2>&1 || apt_packages+=(pbzip2)
+command -v shellcheck >/dev/null 2>&1 || apt_packages+=(shellcheck)
 if [ -n "${CI:-}${METASUITE_INSTALL_SLURM:-}" ] && ! command -v slurmctld >/dev/null 2>&1; then
+    apt_packages+=(slurmctld slurmd slurm-client)
+fi
+if [ "${#apt_packages[@]}" -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
-        echo "install.sh: installing Slurm (slurmctld slurmd slurm-client) with apt-get"
+        echo "install.sh: installing ${apt_packages[*]} with apt-get"
         (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-            --no-install-recommends slurmctld slurmd slurm-client >/dev/null) \
-            || echo "install.sh: apt-get could not install Slurm; the local-cluster tests will be skipped"
+            --no-install-recommends "${apt_packages[@]}" >/dev/null) \
+            || echo "install.sh: apt-get could not install ${apt_packages[*]}; carrying on" \
+                "(archives unpack with Python's tarfile; shellcheck/Slurm tests are skipped)"
+    else
+        echo "install.sh: no apt-get (or not root): ${apt_packages[*]} not installed; carrying on" \
+            "(archives unpack with Python's tarfile; shellcheck/Slurm tests are skipped)"
     fi
 fi
 
