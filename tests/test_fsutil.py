@@ -1,0 +1,39 @@
+"""Atomic writes: all or nothing, and files as readable as a plain open() makes them."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from metasuite.fsutil import atomic_open, write_text_atomic
+
+
+def test_write_replaces_whole_file(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "state.json"
+    write_text_atomic(target, "first")
+    write_text_atomic(target, "second")
+    assert target.read_text() == "second"
+    assert [p.name for p in target.parent.iterdir()] == ["state.json"]
+
+
+def test_failure_mid_write_keeps_previous_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "ckpt.bin"
+    write_text_atomic(target, "good")
+    with pytest.raises(RuntimeError), atomic_open(target) as handle:
+        handle.write(b"half")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "good"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.bin"]
+
+
+def test_mode_follows_umask_not_mkstemp(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        target = tmp_path / "config.json"
+        write_text_atomic(target, "{}")
+        assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    finally:
+        os.umask(old)
