@@ -206,6 +206,8 @@ def threads_backend(
     caller's autocast state is re-entered in each worker.
     """
     workers = workers or default_workers()
+    if batch.support_x.device.type == "cpu":
+        net = dataclasses.replace(net, fused_blocks=True)
     device_type = batch.support_x.device.type
     autocast = torch.is_autocast_enabled(device_type)
     autocast_dtype = torch.get_autocast_dtype(device_type)

@@ -29,13 +29,11 @@ import torch.nn.functional as F
 
 from metasuite.config import ExperimentConfig
 from metasuite.errors import ConfigError
+from metasuite.fastops import NEGATIVE_SLOPE, norm_act_pool
 
 Params = dict[str, torch.Tensor]
 # Detached batch statistics of one forward pass: (norm-step row, [(mean, unbiased var)]).
 StatsRecord = list[tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]]
-
-NEGATIVE_SLOPE = 0.01
-"""F.leaky_relu's default, which the reference uses."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +57,10 @@ class Backbone:
     learn_beta: bool
     eps: float = 1e-5
     momentum: float = 0.1
+    fused_blocks: bool = False
+    """Compute each batch norm -> leaky ReLU -> max-pool block with
+    :func:`metasuite.fastops.norm_act_pool` (same function, far less full-resolution
+    memory traffic on a CPU)."""
     composite_norm: bool = False
     """Normalise with elementary ops instead of the fused kernels. Same function; needed
     under torch.func.vmap, whose batching rule for the fused norms' backward is wrong
@@ -212,26 +214,39 @@ class Backbone:
                 padding=self.padding,
             )
             gamma, beta = self.affine(params, layer, step)
-            if self.norm == "layer_norm":
-                if self.composite_norm:
-                    out = _composite_norm(out, gamma, beta, self.eps, (1, 2, 3), None)
-                else:
-                    out = F.layer_norm(out, out.shape[1:], gamma, beta, self.eps)
-            else:
-                keep = record if stats is not None else None
-                if self.composite_norm:
-                    out = _composite_norm(out, gamma, beta, self.eps, (0, 2, 3), keep)
-                else:
-                    out = batch_norm(out, gamma, beta, self.eps, keep)
-            out = F.leaky_relu(out, NEGATIVE_SLOPE)
-            if self.pools_after(layer):
-                out = F.max_pool2d(out, 2, 2)
+            out = self._norm_act_pool(
+                out, layer, gamma, beta, record if stats is not None else None
+            )
         if not self.max_pooling:
             out = out.mean(dim=(2, 3))
         out = out.flatten(1)
         if stats is not None and record:
             stats.append((self.norm_step(step), record))
         return F.linear(out, params["linear.weight"], params["linear.bias"])
+
+    def _norm_act_pool(
+        self,
+        out: torch.Tensor,
+        layer: int,
+        gamma: torch.Tensor | None,
+        beta: torch.Tensor | None,
+        record: list[tuple[torch.Tensor, torch.Tensor]] | None,
+    ) -> torch.Tensor:
+        """norm -> leaky ReLU -> (max-pool at the end of a stage) after conv ``layer``."""
+        pools = self.pools_after(layer)
+        if self.norm == "layer_norm":
+            if self.composite_norm:
+                out = _composite_norm(out, gamma, beta, self.eps, (1, 2, 3), None)
+            else:
+                out = F.layer_norm(out, out.shape[1:], gamma, beta, self.eps)
+        elif self.fused_blocks and pools:
+            return norm_act_pool(out, gamma, beta, self.eps, record)
+        elif self.composite_norm:
+            out = _composite_norm(out, gamma, beta, self.eps, (0, 2, 3), record)
+        else:
+            out = batch_norm(out, gamma, beta, self.eps, record)
+        out = F.leaky_relu(out, NEGATIVE_SLOPE)
+        return F.max_pool2d(out, 2, 2) if pools else out
 
     def update_running_stats(self, buffers: Params, records: list[StatsRecord]) -> None:
         """Fold recorded batch statistics into the per-step running stats, in order.
