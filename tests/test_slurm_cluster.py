@@ -13,7 +13,7 @@ import pytest
 
 from metasuite import slurm
 from slurm_cluster import LocalSlurm, missing_binaries
-from suite_helpers import TINY_SUITE, TINY_TEMPLATE, write_suite
+from suite_helpers import TINY_SUITE, write_suite
 
 pytestmark = [
     pytest.mark.slow,
@@ -25,6 +25,7 @@ pytestmark = [
 ]
 
 NAME = "tiny_s0"
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
 
 # Stand-in for experiment_scripts/<name>.sh: the first run pauses (exit 3) or waits for
 # SIGTERM and checkpoints (exit 4); the next run finishes (exit 0).
@@ -68,16 +69,17 @@ def submit(cluster: LocalSlurm, root: Path, sbatch: Path, mode: str) -> str:
 
 
 def finish_after_requeue(cluster: LocalSlurm, job: str, timeout: float = 120) -> dict[str, str]:
-    cluster.wait_for(
-        job,
-        lambda j: j.get("Restarts") == "1" and j.get("JobState") == "PENDING",
-        timeout=timeout,
-        what="requeued",
-    )
+
+    def requeued(j: dict[str, str]) -> bool:
+        if j.get("Restarts") == "0" and j.get("JobState") in ENDED:
+            raise AssertionError(f"job {job} ended without a requeue: {j}")
+        return j.get("Restarts") == "1" and j.get("JobState") == "PENDING"
+
+    cluster.wait_for(job, requeued, timeout=timeout, what="requeued")
     cluster.start_now(job)
     return cluster.wait_for(
         job,
-        lambda j: j.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED"),
+        lambda j: j.get("JobState") in ENDED,
         timeout=timeout,
         what="finished",
     )
@@ -116,11 +118,10 @@ def test_submitted_tiny_experiment_pauses_requeues_and_finishes(
 ) -> None:
     """The whole chain on real Omniglot: generate → submit → train one epoch → pause
     (exit 3) → scontrol requeue → the same job resumes and finishes."""
-    template = TINY_TEMPLATE.replace(
-        '"total_epochs_before_pause": {{ epochs | tojson }}', '"total_epochs_before_pause": 1'
-    )
+    suite_text = TINY_SUITE.replace("epochs = 2\n", "epochs = 2\npause = 1\n", 1)
+    assert "pause = 1" in suite_text  # total_epochs_before_pause (tests/suite_helpers.py)
     table = '\n[slurm]\ncpus_per_task = 1\ntime = "30"\nsignal_seconds = 60\n'
-    suite = write_suite(tmp_path, TINY_SUITE + table, template)
+    suite = write_suite(tmp_path, suite_text + table)
     runs = tmp_path / "runs"
     metasuite = [sys.executable, "-m", "metasuite"]
     cluster.run(*metasuite, "generate", "--suite", str(suite))
