@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from maml_helpers import tiny_config
 from metasuite.errors import ConfigError
-from metasuite.fastops import NEGATIVE_SLOPE, ChannelMoments, norm_act_pool
+from metasuite.fastops import NEGATIVE_SLOPE, PooledMoments, norm_act_pool
 from metasuite.models import Backbone
 
 
@@ -50,13 +50,21 @@ def test_norm_act_pool_is_the_reference_block(size, gamma_kind):
         torch.testing.assert_close(a, b)
 
 
-def test_channel_moments_match_batch_statistics_and_are_twice_differentiable():
-    x = torch.randn(4, 3, 5, 5, dtype=torch.float64, requires_grad=True) + 10
-    mean, var = ChannelMoments.apply(x)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_pooled_moments_are_batch_statistics_and_twice_differentiable(layout):
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64) + 10
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    _, index = F.max_pool2d(x.detach(), 2, 2, return_indices=True)
+    rows = index.permute(0, 2, 3, 1).reshape(3, 4, 2)
+    mean, var, pooled = PooledMoments.apply(x, rows)
     torch.testing.assert_close(mean.flatten(), x.mean((0, 2, 3)))
     torch.testing.assert_close(var.flatten(), x.var((0, 2, 3), correction=0))
-    assert torch.autograd.gradcheck(ChannelMoments.apply, (x,))
-    assert torch.autograd.gradgradcheck(ChannelMoments.apply, (x,))
+    torch.testing.assert_close(pooled.view(3, 2, 2, 2).permute(0, 3, 1, 2), F.max_pool2d(x, 2, 2))
+    fn = lambda t: PooledMoments.apply(t, rows)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x,))
+    assert torch.autograd.gradgradcheck(fn, (x,))
 
 
 def test_norm_act_pool_records_unbiased_statistics():

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from metasuite.config import ExperimentConfig
 from metasuite.errors import ConfigError
-from metasuite.fastops import NEGATIVE_SLOPE, norm_act_pool
+from metasuite.fastops import NEGATIVE_SLOPE, conv2d, norm_act_pool, to_channels_last
 
 Params = dict[str, torch.Tensor]
 # Detached batch statistics of one forward pass: (norm-step row, [(mean, unbiased var)]).
@@ -58,9 +58,9 @@ class Backbone:
     eps: float = 1e-5
     momentum: float = 0.1
     fused_blocks: bool = False
-    """Compute each batch norm -> leaky ReLU -> max-pool block with
-    :func:`metasuite.fastops.norm_act_pool` (same function, far less full-resolution
-    memory traffic on a CPU)."""
+    """Run in channels-last layout and compute each batch norm -> leaky ReLU -> max-pool
+    block with :func:`metasuite.fastops.norm_act_pool` (same function, far less
+    full-resolution memory traffic on a CPU)."""
     composite_norm: bool = False
     """Normalise with elementary ops instead of the fused kernels. Same function; needed
     under torch.func.vmap, whose batching rule for the fused norms' backward is wrong
@@ -203,10 +203,10 @@ class Backbone:
         batch statistics of every batch-norm layer are appended to it (for the running
         statistics, which never influence the output).
         """
-        out = x
+        out = to_channels_last(x) if self.fused_blocks else x
         record: list[tuple[torch.Tensor, torch.Tensor]] = []
         for layer in range(self.num_layers):
-            out = F.conv2d(
+            out = (conv2d if self.fused_blocks else F.conv2d)(
                 out,
                 params[f"conv{layer}.weight"],
                 params[f"conv{layer}.bias"],

@@ -1,0 +1,310 @@
+"""Meta-iterations/s, evaluation tasks/s and peak memory of each learner backend.
+
+    python bench/meta_step.py [--ways 5 20] [--backends loop,vmap,threads] [--reps 5]
+                              [--bf16] [--no-memory] [--accuracy-iters N] [--quiet]
+
+Setting: real Omniglot (the first training meta-batch and the first validation tasks),
+MAML++ as in the reference 1-shot configs: batch 8, 64 filters, 5 inner steps, second
+order, MSL at epoch 0, per-step BN, LSLR. Every backend starts from the same
+initialisation, and the backends are timed interleaved (one step of each in turn,
+``--reps`` times, medians reported), so load from other processes on a shared machine
+hits them alike. Also reported per backend: CPU seconds per meta-iteration (the work,
+less sensitive to load), the agreement with the reference loop on the same batch
+(relative loss and meta-gradient difference), and the peak resident memory of one
+training step (measured in a fresh subprocess).
+
+``--accuracy-iters N`` additionally trains a small 5-way 1-shot model for N
+meta-iterations in fp32 and in bf16 and reports validation accuracy, the accuracy
+effect of ``precision: bf16``.
+
+Writes ``bench/results/meta_step-<UTC time>.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from metasuite.config import REPO_ROOT, ExperimentConfig, replace
+from metasuite.data.batch import TaskBatch
+from metasuite.data.tasks import FewShotTasks, train_indices
+from metasuite.maml import MamlSystem, train_plan
+from metasuite.maml_backends import AUTO_BACKEND, BACKENDS
+
+RESULTS = REPO_ROOT / "bench" / "results"
+
+
+@dataclass(frozen=True)
+class Variant:
+    backend: str
+    precision: str
+
+    @property
+    def name(self) -> str:
+        return self.backend if self.precision == "fp32" else f"{self.backend}+{self.precision}"
+
+
+def bench_config(ways: int, precision: str = "fp32") -> ExperimentConfig:
+    """The reference Omniglot MAML++ 1-shot setting with ``ways`` classes."""
+    return replace(ExperimentConfig(), num_classes_per_set=ways, precision=precision)
+
+
+def _batches(cfg: ExperimentConfig, eval_tasks: int) -> tuple[TaskBatch, TaskBatch]:
+    tasks = FewShotTasks.from_config(cfg, quiet=True)
+    return tasks.train.batch(train_indices(0, cfg.batch_size)), tasks.val.batch(range(eval_tasks))
+
+
+def _flat(grads: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([g.flatten().double() for g in grads])
+
+
+def agreement(
+    cfg: ExperimentConfig, variant: Variant, batch: TaskBatch, dtype: torch.dtype
+) -> dict[str, float]:
+    """Relative loss and meta-gradient difference from the loop on one batch, in ``dtype``.
+
+    In float32 the real images' blank regions make exact ties in max-pool windows, and
+    which tied element receives the gradient depends on the last bit of each conv
+    output, which differs between conv algorithms; in float64 the same computation
+    shows whether the math is the same.
+    """
+    system = MamlSystem(cfg)
+    params = {k: v.detach().to(dtype).requires_grad_() for k, v in system.params.items()}
+    rates = {k: v.detach().to(dtype).requires_grad_() for k, v in system.rates.items()}
+    meta = list(params.values()) + list(rates.values())
+    images = TaskBatch(
+        batch.support_x.to(dtype), batch.support_y, batch.query_x.to(dtype), batch.query_y, ()
+    )
+    out = {}
+    for key, v in (("ref", Variant("loop", "fp32")), ("got", variant)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=v.precision == "bf16"):
+            out[key] = BACKENDS[v.backend](
+                system.net,
+                params,
+                rates,
+                system.inner_names,
+                images,
+                train_plan(cfg, 0),
+                [],
+                meta,
+            )
+    ref, got = out["ref"], out["got"]
+    g_ref, g_got = _flat(ref.grads), _flat(got.grads)
+    return {
+        "loss_rel_diff": abs(float(got.loss_sum - ref.loss_sum)) / abs(float(ref.loss_sum)),
+        "grad_rel_diff": float((g_got - g_ref).norm() / g_ref.norm()),
+    }
+
+
+def _timed(fn) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def timings(
+    cfg: ExperimentConfig,
+    variants: list[Variant],
+    train: TaskBatch,
+    val: TaskBatch,
+    reps: int,
+    quiet: bool,
+) -> dict[str, dict[str, float]]:
+    """Median wall/CPU seconds per meta-iteration and per evaluation batch, interleaved."""
+    systems = {
+        v.name: MamlSystem(replace(cfg, precision=v.precision), backend=v.backend) for v in variants
+    }
+    for system in systems.values():  # warm-up: thread pools, allocator, kernels
+        system.train_step(train, epoch=0)
+        system.evaluate(val)
+    samples: dict[str, dict[str, list[float]]] = {
+        v.name: {"wall": [], "cpu": [], "eval_wall": []} for v in variants
+    }
+    steps = tqdm(total=reps * len(variants), desc=f"{cfg.num_classes_per_set}-way", disable=quiet)
+    for _ in range(reps):
+        for v in variants:
+            wall, cpu = _timed(lambda s=systems[v.name]: s.train_step(train, epoch=0))
+            samples[v.name]["wall"].append(wall)
+            samples[v.name]["cpu"].append(cpu)
+            wall, _ = _timed(lambda s=systems[v.name]: s.evaluate(val))
+            samples[v.name]["eval_wall"].append(wall)
+            steps.update()
+    steps.close()
+    out = {}
+    for name, s in samples.items():
+        wall = statistics.median(s["wall"])
+        out[name] = {
+            "meta_iters_per_s": 1.0 / wall,
+            "wall_s_per_iter": wall,
+            "wall_s_all": [round(x, 4) for x in s["wall"]],
+            "cpu_s_per_iter": statistics.median(s["cpu"]),
+            "eval_tasks_per_s": len(val) / statistics.median(s["eval_wall"]),
+        }
+    return out
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def child_memory(ways: int, backend: str, precision: str) -> None:
+    """Subprocess: peak resident memory added by one training step (after a warm-up)."""
+    cfg = bench_config(ways, precision)
+    train, _ = _batches(cfg, 1)
+    system = MamlSystem(cfg, backend=backend)
+    system.train_step(train, epoch=0)
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to now
+    before = _rss_kib("VmRSS")
+    system.train_step(train, epoch=0)
+    print(json.dumps({"peak_step_mib": (_rss_kib("VmHWM") - before) / 1024}))
+
+
+def memory(ways: int, variant: Variant) -> float | None:
+    cmd = [sys.executable, __file__, "--child-memory", str(ways), variant.backend]
+    cmd.append(variant.precision)
+    # A fixed mmap threshold stops glibc from keeping freed tensors in the heap, so the
+    # resident-set peak follows the live tensors.
+    env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536"}
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    if done.returncode != 0:
+        print(done.stderr[-2000:], file=sys.stderr)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])["peak_step_mib"]
+
+
+def bf16_accuracy(iters: int, quiet: bool) -> dict[str, float]:
+    """Validation accuracy of a small first-order 5-way 1-shot model, fp32 vs bf16."""
+    out = {}
+    for precision in ("fp32", "bf16"):
+        cfg = replace(
+            ExperimentConfig(),
+            precision=precision,
+            cnn_num_filters=32,
+            number_of_training_steps_per_iter=2,
+            number_of_evaluation_steps_per_iter=2,
+            second_order=False,
+            batch_size=4,
+            meta_learning_rate=0.005,
+            multi_step_loss_num_epochs=1,
+        )
+        tasks = FewShotTasks.from_config(cfg, quiet=True)
+        system = MamlSystem(cfg)
+        for it in tqdm(range(iters), desc=f"accuracy {precision}", disable=quiet):
+            system.train_step(tasks.train.batch(train_indices(it, cfg.batch_size)), epoch=0)
+        accs = [system.evaluate(tasks.val.batch(range(i, i + 50))).accuracy for i in (0, 50)]
+        out[precision] = sum(accs) / len(accs)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ways", type=int, nargs="+", default=[5, 20])
+    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--eval-tasks", type=int, default=16)
+    parser.add_argument("--bf16", action="store_true", help="also time loop and threads in bf16")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--accuracy-iters", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--child-memory", nargs=3, metavar=("WAYS", "BACKEND", "PRECISION"))
+    args = parser.parse_args()
+    if args.child_memory:
+        ways, backend, precision = args.child_memory
+        child_memory(int(ways), backend, precision)
+        return
+
+    variants = [Variant(b, "fp32") for b in args.backends.split(",")]
+    if args.bf16:
+        variants += [Variant(b, "bf16") for b in ("loop", "threads") if b in args.backends]
+    report = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "load_average_start": os.getloadavg(),
+        },
+        "settings": {
+            "reps": args.reps,
+            "eval_tasks": args.eval_tasks,
+            "auto_backend": AUTO_BACKEND,
+            "setting": "Omniglot 1-shot, batch 8, 64 filters, 5 inner steps, MAML++ 2nd order",
+        },
+        "rows": [],
+    }
+    for ways in args.ways:
+        cfg = bench_config(ways)
+        train, val = _batches(cfg, args.eval_tasks)
+        times = timings(cfg, variants, train, val, args.reps, args.quiet)
+        base = times[Variant("loop", "fp32").name]["wall_s_per_iter"] if "loop" in times else None
+        for v in variants:
+            row = {"ways": ways, "backend": v.backend, "precision": v.precision, **times[v.name]}
+            row["speedup_vs_loop"] = base / row["wall_s_per_iter"] if base else None
+            for tag, dtype in (("fp32", torch.float32), ("fp64", torch.float64)):
+                if tag == "fp64" and v.precision != "fp32":
+                    continue
+                diffs = agreement(cfg, v, train, dtype)
+                row.update({f"{k}_{tag}": x for k, x in diffs.items()})
+            row["peak_step_mib"] = None if args.no_memory else memory(ways, v)
+            report["rows"].append(row)
+    if args.accuracy_iters:
+        report["bf16_accuracy"] = {
+            "iters": args.accuracy_iters,
+            "setting": "5-way 1-shot, 32 filters, 2 steps, first order, batch 4, 100 val tasks",
+            **bf16_accuracy(args.accuracy_iters, args.quiet),
+        }
+    report["machine"]["load_average_end"] = os.getloadavg()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS / f"meta_step-{stamp}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    _print_table(report)
+    print(f"\nwritten: {path.relative_to(REPO_ROOT)}")
+
+
+def _print_table(report: dict) -> None:
+    head = (
+        f"{'ways':>4} {'backend':<14} {'it/s':>6} {'speed-up':>8} {'cpu s/it':>8} "
+        f"{'eval tasks/s':>12} {'peak MiB':>8} {'grad rel fp32':>13} {'grad rel fp64':>13}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in report["rows"]:
+        name = r["backend"] if r["precision"] == "fp32" else f"{r['backend']}+{r['precision']}"
+        speed = f"{r['speedup_vs_loop']:.2f}x" if r["speedup_vs_loop"] else "-"
+        peak = f"{r['peak_step_mib']:.0f}" if r["peak_step_mib"] is not None else "-"
+        fp64 = f"{r['grad_rel_diff_fp64']:.1e}" if "grad_rel_diff_fp64" in r else "-"
+        print(
+            f"{r['ways']:>4} {name:<14} {r['meta_iters_per_s']:>6.3f} {speed:>8} "
+            f"{r['cpu_s_per_iter']:>8.2f} {r['eval_tasks_per_s']:>12.1f} {peak:>8} "
+            f"{r['grad_rel_diff_fp32']:>13.1e} {fp64:>13}"
+        )
+    if "bf16_accuracy" in report:
+        acc = report["bf16_accuracy"]
+        print(
+            f"\nbf16 accuracy effect ({acc['setting']}, {acc['iters']} iterations): "
+            f"fp32 {acc['fp32']:.3f}, bf16 {acc['bf16']:.3f}"
+        )
+    load = report["machine"]
+    print(f"load average start {load['load_average_start']}, end {load['load_average_end']}")
+
+
+if __name__ == "__main__":
+    main()
