@@ -147,3 +147,16 @@ def test_training_steps_agree_across_backends():
                     atol=1e-5,
                     msg=lambda m, n=name, k=key: f"{n} {k}: {m}",
                 )
+
+
+@pytest.mark.parametrize("backend", ["loop", "threads"])
+def test_bf16_autocast_runs_close_to_fp32(backend):
+    cfg = tiny_config()
+    batch = random_batch(cfg)
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        system = MamlSystem(tiny_config(precision=precision), backend=backend)
+        metrics = system.train_step(batch, epoch=0)
+        assert all(torch.isfinite(p).all() for p in system.meta_parameters())
+        losses[precision] = metrics["loss"]
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from maml_helpers import tiny_config
 from metasuite.errors import ConfigError
-from metasuite.fastops import NEGATIVE_SLOPE, PooledMoments, norm_act_pool
+from metasuite.fastops import NEGATIVE_SLOPE, PooledMoments, conv2d, norm_act_pool
 from metasuite.models import Backbone
 
 
@@ -158,3 +158,34 @@ def test_initialisation_uses_its_generator_only():
     bound = (6 / (9 * 6 + 9 * 6)) ** 0.5  # Xavier-uniform, conv1: fan_in = fan_out = 6*9
     assert a["conv1.weight"].abs().max() <= bound
     assert torch.all(a["conv1.bias"] == 0) and torch.all(a["norm1.weight"] == 1)
+
+
+@pytest.mark.parametrize(
+    ("stride", "padding", "image_input"), [(1, 1, False), (2, 1, False), (1, 0, True)]
+)
+def test_fast_conv2d_first_and_second_derivatives(stride, padding, image_input):
+    g = torch.Generator().manual_seed(stride + padding)
+    x = torch.randn(2, 2, 5, 5, generator=g, dtype=torch.float64, requires_grad=not image_input)
+    w = torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+    inputs = (w, b) if image_input else (x, w, b)
+
+    def fn(*args):
+        xx, ww, bb = (x, *args) if image_input else args
+        return conv2d(xx, ww, bb, stride, padding)
+
+    torch.testing.assert_close(fn(*inputs), F.conv2d(x, w, b, stride, padding))
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+def test_fast_conv2d_follows_bf16_autocast():
+    x = torch.rand(2, 3, 8, 8)
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv2d(x, w, None, 1, 1)
+        ref = F.conv2d(x, w, None, 1, 1)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref)
+    (grad,) = torch.autograd.grad(out.float().square().sum(), w)
+    assert grad.dtype == torch.float32

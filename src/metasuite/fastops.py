@@ -48,8 +48,10 @@ class PooledMoments(torch.autograd.Function):
         ctx, x: torch.Tensor, index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows = _spatial_major(x)
-        mean = rows.mean((0, 1), keepdim=True)
-        var = (rows - mean).square_().mean((0, 1), keepdim=True)  # two-pass: no cancellation
+        # Statistics in at least float32, also for bf16 activations under autocast.
+        wide = rows.float() if rows.element_size() < 4 else rows
+        mean = wide.mean((0, 1), keepdim=True)
+        var = (wide - mean).square_().mean((0, 1), keepdim=True)  # two-pass: no cancellation
         pooled = rows.gather(1, index)
         ctx.save_for_backward(x, mean, index)
         ctx.mark_non_differentiable(index)
@@ -69,9 +71,9 @@ class PooledMoments(torch.autograd.Function):
         scale = g_var * (2.0 / count)
         grad = torch.addcmul(g_mean / count - scale * mean, rows, scale)
         if g_pooled is not None:
-            grad = grad.scatter_add_(1, index, g_pooled)
+            grad = grad.scatter_add_(1, index, g_pooled.to(grad.dtype))
         n, c, h, w = x.shape
-        return grad.view(n, h, w, c).permute(0, 3, 1, 2), None
+        return grad.view(n, h, w, c).permute(0, 3, 1, 2).to(x.dtype), None
 
 
 def _spatial_major(x: torch.Tensor) -> torch.Tensor:
@@ -144,17 +146,34 @@ class Conv2d(torch.autograd.Function):
         stride: int,
         padding: int,
     ) -> torch.Tensor:
+        ctx.dtypes = (x.dtype, weight.dtype)
+        low = _autocast_dtype(x)
+        if low is not None:  # autocast does not reach inside a Function: cast explicitly
+            x, weight = x.to(low), weight.to(low)
+            bias = None if bias is None else bias.to(low)
         ctx.save_for_backward(x, weight)
         ctx.geometry = (stride, padding)
         ctx.has_bias = bias is not None
-        return F.conv2d(x, weight, bias, stride, padding)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.conv2d(x, weight, bias, stride, padding)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         x, weight = ctx.saved_tensors
         mask = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias)
-        gx, gw, gb = _Conv2dGrad.apply(grad_out, x, weight, ctx.geometry, mask)
-        return gx, gw, (gb if ctx.needs_input_grad[2] else None), None, None
+        gx, gw, gb = _Conv2dGrad.apply(grad_out.to(x.dtype), x, weight, ctx.geometry, mask)
+        x_dtype, w_dtype = ctx.dtypes
+        gx = None if gx is None else gx.to(x_dtype)
+        gw = None if gw is None else gw.to(w_dtype)
+        gb = gb.to(w_dtype) if (gb is not None and ctx.needs_input_grad[2]) else None
+        return gx, gw, gb, None, None
+
+
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The lower precision autocast would run a convolution in, or None."""
+    if not torch.is_autocast_enabled(x.device.type):
+        return None
+    return torch.get_autocast_dtype(x.device.type)
 
 
 def _conv_backward(
@@ -200,13 +219,16 @@ class _Conv2dGrad(torch.autograd.Function):
     ) -> tuple[torch.Tensor | None, ...]:
         ctx.save_for_backward(grad_out, x, weight)
         ctx.geometry = geometry
-        return tuple(_conv_backward(grad_out, x, weight, geometry, mask))
+        with torch.autocast(x.device.type, enabled=False):
+            return tuple(_conv_backward(grad_out, x, weight, geometry, mask))
 
     @staticmethod
     @once_differentiable
+    @torch.autocast("cpu", enabled=False)
     def backward(ctx, gg_x, gg_w, gg_b):  # type: ignore[override]
         grad_out, x, weight = ctx.saved_tensors
         stride, padding = ctx.geometry
+        gg_x, gg_w, gg_b = (None if g is None else g.to(x.dtype) for g in (gg_x, gg_w, gg_b))
         g_out = g_x = g_w = None
         if ctx.needs_input_grad[0]:
             terms = []
