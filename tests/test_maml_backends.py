@@ -114,11 +114,13 @@ def test_threads_backend_is_deterministic_and_independent_of_worker_count():
     plan = train_plan(cfg, epoch=0)
     meta = system.meta_parameters()
     args = (system.net, system.params, system.rates, system.inner_names, batch, plan, None, meta)
+    threads_before = torch.get_num_threads()
     one = threads_backend(*args, workers=1)
     for workers in (2, 3, 2):
         other = threads_backend(*args, workers=workers)
         assert torch.equal(one.loss_sum, other.loss_sum)
         assert all(torch.equal(a, b) for a, b in zip(one.grads, other.grads, strict=True))
+    assert torch.get_num_threads() == threads_before  # workers set their own, not ours
 
 
 def test_training_steps_agree_across_backends():

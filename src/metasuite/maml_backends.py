@@ -168,13 +168,14 @@ def _unflatten_stats(net: Backbone, plan: StepPlan, stats: torch.Tensor) -> list
 # ---------------------------------------------------------------------------- threads
 _POOL_LOCK = threading.Lock()
 _POOLS: dict[int, ThreadPoolExecutor] = {}
+_WORKER_PREFIX = "maml-task"
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
     """A process-wide pool per size (threads are reused across meta-steps)."""
     with _POOL_LOCK:
         if workers not in _POOLS:
-            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="maml-task")
+            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix=_WORKER_PREFIX)
         return _POOLS[workers]
 
 
@@ -214,7 +215,8 @@ def threads_backend(
     want_stats = records is not None
 
     def run(t: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None, StatsRecord]:
-        torch.set_num_threads(1)  # per-thread setting: the caller keeps its own
+        if threading.current_thread().name.startswith(_WORKER_PREFIX):
+            torch.set_num_threads(1)  # a per-thread setting: the caller keeps its own
         stats: StatsRecord = []
         with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast):
             loss, logits = task_loss(
