@@ -234,8 +234,13 @@ def threads_backend(
         grads = _gradients(loss, wrt) if wrt is not None else None
         return loss.detach(), logits.detach(), grads, stats
 
-    if workers == 1:
-        outs = [run(t) for t in range(len(batch))]
+    if workers == 1:  # in the calling thread, also with one intra-op thread: same numbers
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            outs = [run(t) for t in range(len(batch))]
+        finally:
+            torch.set_num_threads(before)
     else:
         outs = list(_pool(workers).map(run, range(len(batch))))
     loss_sum = torch.stack([o[0] for o in outs]).sum()
