@@ -55,6 +55,16 @@ way = 20
 """
 """6 experiments: maml 5-way s0/s1, maml++ 5-way and 20-way s0/s1."""
 
+TINY_NAMES = [
+    "maml_5way_1shot_s0",
+    "maml_5way_1shot_s1",
+    "maml++_5way_1shot_s0",
+    "maml++_5way_1shot_s1",
+    "maml++_20way_1shot_s0",
+    "maml++_20way_1shot_s1",
+]
+"""TINY_SUITE's experiment names in grid order (method slowest, seed fastest)."""
+
 
 def write_suite(
     root: Path, suite: str = TINY_SUITE, template: str = TINY_TEMPLATE, **extra: str

@@ -11,16 +11,7 @@ import pytest
 from metasuite.cli import main
 from metasuite.config import REPO_ROOT, load_config, to_json
 from metasuite.sweep import DEFAULT_SUITE, expand, load_suite
-from suite_helpers import TINY_SUITE, write_suite
-
-NAMES = [
-    "maml_5way_1shot_s0",
-    "maml_5way_1shot_s1",
-    "maml++_5way_1shot_s0",
-    "maml++_5way_1shot_s1",
-    "maml++_20way_1shot_s0",
-    "maml++_20way_1shot_s1",
-]
+from suite_helpers import TINY_NAMES, TINY_SUITE, write_suite
 
 
 def _snapshot(root):
@@ -46,8 +37,8 @@ def test_generate_writes_valid_configs_and_executable_scripts(generated):
     root, suite = generated
     configs = sorted(p.name for p in (root / "experiment_config").iterdir())
     scripts = sorted(p.name for p in (root / "experiment_scripts").iterdir())
-    assert configs == sorted(f"{n}.json" for n in NAMES)
-    assert scripts == sorted(f"{n}.sh" for n in NAMES)
+    assert configs == sorted(f"{n}.json" for n in TINY_NAMES)
+    assert scripts == sorted(f"{n}.sh" for n in TINY_NAMES)
     for exp in expand(load_suite(suite)):
         config = load_config(exp.config_path)
         assert config == exp.config
@@ -101,7 +92,7 @@ def test_files_the_grid_no_longer_produces_are_listed_then_cleaned(generated, ca
     suite.write_text(TINY_SUITE.replace("seed = [0, 1]", "seed = [0]"))
     assert main(["generate", "--suite", str(suite)]) == 0
     out = capsys.readouterr().out
-    dropped = [n for n in NAMES if n.endswith("_s1")]
+    dropped = [n for n in TINY_NAMES if n.endswith("_s1")]
     assert out.count("kept;") == 6
     for name in dropped:
         assert f"(kept; --clean removes it): experiment_config/{name}.json" in out

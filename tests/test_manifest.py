@@ -205,9 +205,13 @@ def shown(tmp_path):
     return root, configs, folder
 
 
+def _show(name, root, configs):
+    return main(["show", name, "--experiments-root", str(root), "--configs", str(configs)])
+
+
 def test_show_prints_manifest_and_no_differences(shown, capsys):
     root, configs, _ = shown
-    assert main(["show", "omni_s0", "--root", str(root), "--configs", str(configs)]) == 0
+    assert _show("omni_s0", root, configs) == 0
     out = capsys.readouterr().out
     assert "run 1: paused" in out
     assert f"torch {torch.__version__}" in out
@@ -219,7 +223,7 @@ def test_show_reveals_a_hand_edited_config(shown, capsys):
     root, configs, folder = shown
     edited = from_dict(to_dict(load_config(folder / "config.json")) | {"cnn_num_filters": 32})
     save_config(edited, folder / "config.json")
-    assert main(["show", "omni_s0", "--root", str(root), "--configs", str(configs)]) == 0
+    assert _show("omni_s0", root, configs) == 0
     out = capsys.readouterr().out
     assert '-  "cnn_num_filters": 64,' in out
     assert '+  "cnn_num_filters": 32,' in out
@@ -229,5 +233,5 @@ def test_show_reveals_a_hand_edited_config(shown, capsys):
 
 def test_show_unknown_experiment_is_a_user_error(shown, capsys):
     root, configs, _ = shown
-    assert main(["show", "nope", "--root", str(root), "--configs", str(configs)]) == 2
+    assert _show("nope", root, configs) == 2
     assert "no experiment 'nope'" in capsys.readouterr().err

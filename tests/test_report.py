@@ -174,7 +174,8 @@ def test_method_labels_follow_the_paper():
 def test_cli_report(suite, tmp_path, capsys):
     root, configs = suite
     out = tmp_path / "out"
-    args = ["report", "--root", str(root), "--configs", str(configs), "--out", str(out), "--quiet"]
+    args = ["report", "--experiments-root", str(root), "--configs", str(configs)]
+    args += ["--out", str(out), "--quiet"]
     assert main(args) == 0
     assert "report written" in capsys.readouterr().out
     assert (out / "index.md").is_file() and (out / "results.csv").is_file()

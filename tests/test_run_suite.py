@@ -13,16 +13,7 @@ import pytest
 
 from metasuite.cli import main
 from metasuite.suite_runner import Slot, make_slots
-from suite_helpers import TINY_SUITE, write_suite
-
-NAMES = [
-    "maml_5way_1shot_s0",
-    "maml_5way_1shot_s1",
-    "maml++_5way_1shot_s0",
-    "maml++_5way_1shot_s1",
-    "maml++_20way_1shot_s0",
-    "maml++_20way_1shot_s1",
-]
+from suite_helpers import TINY_NAMES, TINY_SUITE, write_suite
 
 # Stands in for python running `metasuite train`: follows a plan of exit codes per
 # experiment and run, writes state.json as the builder would, and flags two experiments
@@ -149,7 +140,7 @@ def test_pool_runs_everything_one_per_device_past_failures_and_pauses(fake, caps
     assert {c.split()[1] for c in calls} == {"0", "1"}  # both GPUs were used
     assert all(c.endswith("--gpus 0 --quiet") for c in calls)  # each sees its GPU as 0
     assert fake.runs(pausing) == 3  # paused twice, run again each time, then done
-    for name in NAMES:
+    for name in TINY_NAMES:
         state = json.loads((fake.experiments / name / "state.json").read_text())
         assert state["status"] == ("failed" if name == failing else "done")
 
@@ -157,14 +148,14 @@ def test_pool_runs_everything_one_per_device_past_failures_and_pauses(fake, caps
     fake.plan()
     assert main(fake.args("--gpus", "0", "1")) == 0
     assert "6 experiments on gpu 0, gpu 1: 1 done, 5 skipped" in capsys.readouterr().out
-    assert [fake.runs(n) for n in NAMES] == [1, 3, 2, 1, 1, 1]
+    assert [fake.runs(n) for n in TINY_NAMES] == [1, 3, 2, 1, 1, 1]
 
 
 def test_cpu_jobs_and_only(fake, capsys):
     fake.plan()
     assert main(fake.args("--only", "*20way*", "--quiet")) == 0
     assert "2 experiments on cpu: 2 done" in capsys.readouterr().out
-    assert sorted(c.split()[0] for c in fake.calls()) == NAMES[4:]
+    assert sorted(c.split()[0] for c in fake.calls()) == TINY_NAMES[4:]
     assert all(c.split()[1:] == ["cpu", "-", "--gpus", "cpu", "--quiet"] for c in fake.calls())
     assert main(fake.args("--jobs", "2", "--quiet")) == 0
     assert "6 experiments on cpu, cpu: 4 done, 2 skipped" in capsys.readouterr().out
@@ -174,14 +165,14 @@ def test_cpu_jobs_and_only(fake, capsys):
 
 
 def test_pause_without_progress_is_a_failure_not_a_loop(fake, capsys):
-    fake.plan(**{NAMES[0]: ["stuck"]})
-    assert main(fake.args("--only", NAMES[0])) == 1
+    fake.plan(**{TINY_NAMES[0]: ["stuck"]})
+    assert main(fake.args("--only", TINY_NAMES[0])) == 1
     assert "paused without finishing an epoch" in capsys.readouterr().out
-    assert fake.runs(NAMES[0]) == 1
+    assert fake.runs(TINY_NAMES[0]) == 1
 
 
 def test_stale_generated_files_are_refused(fake, capsys):
-    script = fake.root / "experiment_scripts" / f"{NAMES[0]}.sh"
+    script = fake.root / "experiment_scripts" / f"{TINY_NAMES[0]}.sh"
     script.write_text(script.read_text() + "# edited\n")
     assert main(fake.args()) == 2
     err = capsys.readouterr().err
@@ -191,7 +182,7 @@ def test_stale_generated_files_are_refused(fake, capsys):
 
 def test_sigterm_is_forwarded_and_a_restart_picks_up(fake):
     """Kill run-suite: running experiments get SIGTERM, nothing new starts; rerun finishes."""
-    fake.plan(**{n: ["wait", 0] for n in NAMES})
+    fake.plan(**{n: ["wait", 0] for n in TINY_NAMES})
     proc = subprocess.Popen(
         [sys.executable, "-m", "metasuite", *fake.args("--gpus", "0", "1", "--quiet")],
         stdout=subprocess.PIPE,
@@ -203,19 +194,19 @@ def test_sigterm_is_forwarded_and_a_restart_picks_up(fake):
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
     started = sorted(p.name.removeprefix("started_") for p in fake.dir.glob("started_*"))
-    assert started == sorted(NAMES[:2])
+    assert started == sorted(TINY_NAMES[:2])
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, out + err
     assert sorted(p.name.removeprefix("got_term_") for p in fake.dir.glob("got_term_*")) == started
     assert "6 experiments on gpu 0, gpu 1: 6 stopped" in out
     assert "run the same command again to resume" in err
-    assert [fake.runs(n) for n in NAMES] == [1, 1, 0, 0, 0, 0]
+    assert [fake.runs(n) for n in TINY_NAMES] == [1, 1, 0, 0, 0, 0]
 
     fake.plan()  # from now on every run finishes
     assert main(fake.args("--gpus", "0", "1", "--quiet")) == 0
-    assert [fake.runs(n) for n in NAMES] == [2, 2, 1, 1, 1, 1]
-    for name in NAMES[:2]:  # the interrupted ones ran again (and would resume)
+    assert [fake.runs(n) for n in TINY_NAMES] == [2, 2, 1, 1, 1, 1]
+    for name in TINY_NAMES[:2]:  # the interrupted ones ran again (and would resume)
         assert json.loads((fake.experiments / name / "state.json").read_text())["epoch"] == 2
 
 
@@ -265,7 +256,7 @@ def test_run_suite_trains_three_real_experiments_one_failing(tmp_path, capsys, m
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux")
 def test_experiments_get_sigterm_when_run_suite_is_killed_outright(fake):
     """SIGKILL leaves run-suite no chance to forward; the kernel sends SIGTERM instead."""
-    fake.plan(**{n: ["wait"] for n in NAMES})
+    fake.plan(**{n: ["wait"] for n in TINY_NAMES})
     proc = subprocess.Popen(
         [sys.executable, "-m", "metasuite", *fake.args("--gpus", "0", "--quiet")],
         stdout=subprocess.DEVNULL,
@@ -277,10 +268,10 @@ def test_experiments_get_sigterm_when_run_suite_is_killed_outright(fake):
         time.sleep(0.05)
     proc.kill()
     proc.wait(timeout=30)
-    got_term = fake.dir / f"got_term_{NAMES[0]}"
+    got_term = fake.dir / f"got_term_{TINY_NAMES[0]}"
     deadline = time.monotonic() + 30
     while not got_term.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert got_term.exists()
-    state = json.loads((fake.experiments / NAMES[0] / "state.json").read_text())
+    state = json.loads((fake.experiments / TINY_NAMES[0] / "state.json").read_text())
     assert state["status"] == "interrupted"

@@ -84,6 +84,25 @@ def test_pid_alive(suite):
     assert not st.pid_alive(0)
 
 
+def test_pid_alive_a_zombie_is_dead():
+    """A killed child its parent has not reaped yet still answers os.kill(pid, 0)."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    stat = Path(f"/proc/{proc.pid}/stat")
+    try:
+        deadline = time.monotonic() + 30
+        while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child never exited"
+            time.sleep(0.01)
+        assert not st.pid_alive(proc.pid)
+    finally:
+        proc.wait()
+
+
 def test_unreadable_state_and_invalid_config_are_listed(tmp_path):
     root, configs = tmp_path / "exp", tmp_path / "cfg"
     write_experiment(root, make_config("broken", 0), status="done", curves=CURVES)
@@ -107,15 +126,45 @@ def test_folders_without_generated_config_are_included(tmp_path):
     assert got["by_hand"].state == st.PAUSED
 
 
+def _names(out: str) -> list[str]:
+    """Experiment names of a status table (between the header and the count line)."""
+    return [line.split()[0] for line in out.splitlines()[1:-1]]
+
+
 def test_cli_status_only_pattern(suite, capsys):
     root, configs = suite
-    assert main(["status", "--root", str(root), "--configs", str(configs), "--only", "*kill*"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    names = [line.split()[0] for line in out[1:-1]]
-    assert names == ["exp_killed", "exp_killed_nockpt"]
+    args = ["status", "--experiments-root", str(root), "--configs", str(configs)]
+    assert main([*args, "--only", "*kill*"]) == 0
+    assert _names(capsys.readouterr().out) == ["exp_killed", "exp_killed_nockpt"]
+    assert main([*args, "--only", "done"]) == 0
+    assert _names(capsys.readouterr().out) == ["exp_done"]
+    # Repeatable, as in generate, run-suite and submit.
+    assert main([*args, "--only", "done", "--only", "*paused"]) == 0
+    assert _names(capsys.readouterr().out) == ["exp_done", "exp_paused"]  # file-name order
+
+
+def test_cli_status_older_option_names_still_work(suite, capsys):
+    """--root (now --experiments-root) and --suite naming the configs folder."""
+    root, configs = suite
     assert main(["status", "--root", str(root), "--suite", str(configs), "--only", "done"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in out[1:-1]] == ["exp_done"]
+    assert _names(capsys.readouterr().out) == ["exp_done"]
+
+
+def test_cli_status_suite_file_gives_its_generated_configs(tmp_path, capsys):
+    """status --suite FILE lists the experiments that generate --suite FILE wrote."""
+    from suite_helpers import TINY_NAMES, write_suite
+
+    suite = write_suite(tmp_path)
+    assert main(["generate", "--suite", str(suite)]) == 0
+    capsys.readouterr()
+    root = tmp_path / "experiments"
+    root.mkdir()
+    assert main(["status", "--experiments-root", str(root), "--suite", str(suite)]) == 0
+    out = capsys.readouterr().out
+    assert _names(out) == sorted(TINY_NAMES)
+    assert out.splitlines()[-1] == f"{len(TINY_NAMES)} experiments: {len(TINY_NAMES)} not started"
+    assert main(["status", "--suite", str(suite), "--configs", str(tmp_path)]) == 2
+    assert "give one" in capsys.readouterr().err
 
 
 def test_cli_status_default_root_from_environment(suite, capsys, monkeypatch):
@@ -125,7 +174,8 @@ def test_cli_status_default_root_from_environment(suite, capsys, monkeypatch):
     assert "exp_paused" in capsys.readouterr().out
 
 
-def test_cli_status_missing_root_is_a_user_error(tmp_path, capsys):
-    assert main(["status", "--root", str(tmp_path / "nope")]) == 2
+@pytest.mark.parametrize("option", ["--experiments-root", "--configs"])
+def test_cli_status_missing_folder_is_a_user_error(tmp_path, capsys, option):
+    assert main(["status", option, str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
-    assert "--root" in err and "no such folder" in err and len(err.splitlines()) == 1
+    assert option in err and "no such folder" in err and len(err.splitlines()) == 1

@@ -11,21 +11,14 @@ from metasuite.config import REPO_ROOT
 from metasuite.errors import ConfigError
 from metasuite.render import make_environment, render_string
 from metasuite.sweep import DEFAULT_SUITE, combinations, expand, load_suite
-from suite_helpers import TINY_SUITE, TINY_TEMPLATE, write_suite
+from suite_helpers import TINY_NAMES, TINY_SUITE, TINY_TEMPLATE, write_suite
 
 
 def test_product_order_zip_and_exclude(tmp_path):
     suite = load_suite(write_suite(tmp_path))
     names = [e.name for e in expand(suite)]
     # method varies slowest, seed fastest; (maml, 20-way) is excluded.
-    assert names == [
-        "maml_5way_1shot_s0",
-        "maml_5way_1shot_s1",
-        "maml++_5way_1shot_s0",
-        "maml++_5way_1shot_s1",
-        "maml++_20way_1shot_s0",
-        "maml++_20way_1shot_s1",
-    ]
+    assert names == TINY_NAMES
     for exp in expand(suite):
         # The zip group keeps method and plus_plus paired.
         assert exp.values["plus_plus"] == (exp.values["method"] == "maml++")

@@ -35,7 +35,6 @@ peer gets an error from gloo at once, or after ``$METASUITE_DIST_TIMEOUT_S`` (de
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -52,6 +51,7 @@ import torch
 import torch.distributed as dist
 
 from metasuite.errors import UserError
+from metasuite.signals import parent_death_signal
 
 log = logging.getLogger("metasuite")
 
@@ -345,23 +345,12 @@ def _silenced() -> Iterator[None]:
 
 
 def _writer_start(config: Any, exp: Any, store: Any, *, force: bool) -> dict[str, Any]:
-    """Rank 0 decides where the job starts; the others get the decision."""
-    from metasuite.config import from_dict, training_differences
-    from metasuite.runner import _already_done, choose_start
+    """Rank 0 decides where the job starts (as one process would); the others get the
+    decision."""
+    from metasuite.runner import _already_done, checkpoint_to_test, choose_start
 
     if config.evaluate_on_test_set_only:
-        found = store.load_latest()
-        if found is None:
-            raise UserError(
-                f"evaluate_on_test_set_only: no checkpoints in {store.folder}; train first"
-            )
-        ckpt, payload = found
-        differences = training_differences(from_dict(payload["config"], str(ckpt.path)), config)
-        if differences and not force:
-            raise UserError(
-                f"{exp.path}: the config differs from the trained run in: "
-                f"{'; '.join(differences)}. Use --force to test anyway"
-            )
+        payload = checkpoint_to_test(config, exp, store, force=force)
         return {"payload": payload, "done": False}
     payload = choose_start(config, exp, store, force=force)
     done = payload is not None and _already_done(exp, payload, config)
@@ -408,7 +397,7 @@ def _run_rank(
     from metasuite.lock import ExperimentLock
     from metasuite.maml import MamlSystem
     from metasuite.manifest import recorded_run
-    from metasuite.runner import check_root_writable, logging_to
+    from metasuite.runner import check_root_writable, logging_to, recover_from_a_kill
     from metasuite.runtime import seed_everything
     from metasuite.signals import StopRequest
 
@@ -431,15 +420,7 @@ def _run_rank(
                 lock = ExperimentLock(exp.path)
                 stack.enter_context(logging_to(exp.log_file))
                 stack.enter_context(lock.hold())
-                if lock.took_over is not None:
-                    log.warning(
-                        "took over a stale lock of pid %s on %s (that process is gone)",
-                        lock.took_over.get("pid", "?"),
-                        lock.took_over.get("host", "?"),
-                    )
-                leftovers = store.remove_temp_files()
-                if leftovers:
-                    log.info("removed %d unfinished checkpoint files from a killed save", leftovers)
+                recover_from_a_kill(lock, store)
                 log.info(
                     "experiment %s in %s on %d processes (%s, %s)",
                     config.experiment_name,
@@ -507,21 +488,6 @@ def _run_rank(
 # ---------------------------------------------------------------------- the launcher
 
 
-def _parent_death_signal() -> Any:
-    """A preexec hook: the child gets SIGTERM if the launcher dies (Linux only)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-    return preexec
-
-
 def _worker_pids(folder: Path) -> list[int]:
     pids = []
     for path in folder.glob("pid.*"):
@@ -549,7 +515,7 @@ def launch(worker_argv: Sequence[str], nproc: int) -> int:
         # the workers get exactly one stop signal (from us), not one from the terminal
         # and a second one from torchrun.
         proc = subprocess.Popen(
-            command, env=env, start_new_session=True, preexec_fn=_parent_death_signal()
+            command, env=env, start_new_session=True, preexec_fn=parent_death_signal()
         )
         signals_seen = 0
 

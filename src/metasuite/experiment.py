@@ -20,10 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from metasuite.config import ExperimentConfig, load_config, save_config
+from metasuite.config import REPO_ROOT, ExperimentConfig, load_config, save_config
 from metasuite.fsutil import write_text_atomic
 
 Status = Literal["running", "paused", "done", "failed", "interrupted"]
+
+EXPERIMENTS_ROOT_ENV = "METASUITE_EXPERIMENTS_ROOT"
+"""Where experiment folders live when no ``--experiments-root`` is given; ``run-suite``
+and ``submit`` also pass it to the scripts they start, so the jobs write where asked."""
+
+CONFIG_FILE = "config.json"
+STATE_FILE = "state.json"
+SUMMARY_FILE = "summary_statistics.csv"
+TEST_SUMMARY_FILE = "test_summary.json"
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "epoch",
@@ -38,6 +47,16 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "learning_rate",
     "epoch_time_s",
 )
+
+
+def experiments_root(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """``explicit`` (``--experiments-root``), else ``$METASUITE_EXPERIMENTS_ROOT``, else
+    ``<repo>/experiments``: one rule for every command, so that ``train``, ``run-suite``,
+    ``status`` and ``report`` never look in different places."""
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    env = os.environ.get(EXPERIMENTS_ROOT_ENV)
+    return Path(env).expanduser().resolve() if env else REPO_ROOT / "experiments"
 
 
 def _utc_now() -> str:
@@ -63,7 +82,7 @@ class ExperimentDir:
 
     @property
     def config_path(self) -> Path:
-        return self.path / "config.json"
+        return self.path / CONFIG_FILE
 
     @property
     def checkpoints(self) -> Path:
@@ -79,15 +98,15 @@ class ExperimentDir:
 
     @property
     def state_path(self) -> Path:
-        return self.path / "state.json"
+        return self.path / STATE_FILE
 
     @property
     def summary_path(self) -> Path:
-        return self.path / "summary_statistics.csv"
+        return self.path / SUMMARY_FILE
 
     @property
     def test_summary_path(self) -> Path:
-        return self.path / "test_summary.json"
+        return self.path / TEST_SUMMARY_FILE
 
     def create(self) -> None:
         for folder in (self.path, self.checkpoints, self.logs):
@@ -104,10 +123,16 @@ class ExperimentDir:
 
     # ---------------------------------------------------------------- state
     def read_state(self) -> dict[str, Any] | None:
+        """``state.json``, or None when absent, unreadable or not a JSON object.
+
+        It is written atomically, so it is never half written; ``metasuite status``
+        reads it with :func:`metasuite.status.read_json` to say *why* it is unreadable.
+        """
         try:
-            return json.loads(self.state_path.read_text())
+            state = json.loads(self.state_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
+        return state if isinstance(state, dict) else None
 
     def write_state(
         self,
@@ -176,4 +201,14 @@ def _csv_value(value: float | int) -> str:
     return repr(float(value))
 
 
-__all__ = ["SUMMARY_COLUMNS", "ExperimentDir", "Status"]
+__all__ = [
+    "CONFIG_FILE",
+    "EXPERIMENTS_ROOT_ENV",
+    "STATE_FILE",
+    "SUMMARY_COLUMNS",
+    "SUMMARY_FILE",
+    "TEST_SUMMARY_FILE",
+    "ExperimentDir",
+    "Status",
+    "experiments_root",
+]

@@ -29,7 +29,7 @@ LOCK_NAME = "lock"
 GUARD_NAME = ".lock.guard"
 
 
-def _start_time(pid: int) -> str | None:
+def process_start_time(pid: int) -> str | None:
     """The kernel's start time of ``pid`` (guards against a recycled pid), if known."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -39,7 +39,17 @@ def _start_time(pid: int) -> str | None:
     return stat.rpartition(")")[2].split()[19]
 
 
-def _alive(pid: int, start_time: str | None) -> bool:
+def pid_alive(pid: Any, start_time: str | None = None) -> bool:
+    """Whether ``pid`` is a live process that could be ours (not a zombie, not reused).
+
+    The one liveness check behind the lock, ``metasuite status`` and ``run-suite``: a
+    file naming a pid (lock, ``state.json``) outlives a killed process, and the OS
+    recycles pid numbers. So a zombie is dead; a process whose kernel start time differs
+    from ``start_time`` (when recorded) is another process; and a live process whose
+    command line mentions neither python nor metasuite is taken to be somebody else's.
+    """
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -47,10 +57,18 @@ def _alive(pid: int, start_time: str | None) -> bool:
     except PermissionError:
         return True  # exists, owned by someone else
     if start_time is not None:
-        current = _start_time(pid)
+        current = process_start_time(pid)
         if current is not None and current != start_time:
             return False  # the pid was reused by another process
-    return True
+    proc = Path("/proc") / str(pid)
+    try:
+        stat = (proc / "stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            return False
+        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").lower()
+    except (OSError, IndexError):
+        return True  # no /proc (macOS) or it vanished meanwhile: trust os.kill
+    return not cmdline or b"python" in cmdline or b"metasuite" in cmdline
 
 
 class ExperimentLock:
@@ -76,7 +94,7 @@ class ExperimentLock:
         me = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "start_time": _start_time(os.getpid()),
+            "start_time": process_start_time(os.getpid()),
             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         with open(self.folder / GUARD_NAME, "a") as guard:
@@ -98,7 +116,7 @@ class ExperimentLock:
     def _refuse_or_take_over(self, owner: dict[str, Any]) -> None:
         pid, host = owner.get("pid"), owner.get("host")
         if isinstance(pid, int) and host == socket.gethostname():
-            if pid != os.getpid() and _alive(pid, owner.get("start_time")):
+            if pid != os.getpid() and pid_alive(pid, owner.get("start_time")):
                 raise UserError(
                     f"{self.folder}: experiment is already running (pid {pid} on {host}, "
                     f"since {owner.get('since', '?')}); lock file {self.path}"
@@ -130,4 +148,4 @@ class ExperimentLock:
             self.release()
 
 
-__all__ = ["ExperimentLock"]
+__all__ = ["ExperimentLock", "pid_alive", "process_start_time"]

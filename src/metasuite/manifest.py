@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 
 from metasuite import __version__
 from metasuite.config import REPO_ROOT, ExperimentConfig, config_hash, resolve_dataset_path
+from metasuite.experiment import ExperimentDir
 from metasuite.fsutil import write_text_atomic
 
 MANIFEST_FILE = "manifest.json"
@@ -187,32 +188,17 @@ class DatasetInfo:
     note: str = ""
 
 
-def find_archive(config: ExperimentConfig) -> Path | None:
-    """The ``.tar.bz2`` the data set folder is unpacked from, when it is beside it.
-
-    ``omniglot_dataset`` comes from ``omniglot.tar.bz2`` (or ``omniglot_dataset.tar.bz2``).
-    """
-    folder = resolve_dataset_path(config)
-    stems = [folder.name]
-    if folder.name.endswith("_dataset"):
-        stems.append(folder.name.removesuffix("_dataset"))
-    for stem in stems:
-        for suffix in (".tar.bz2", ".tar.gz", ".tar", ".zip"):
-            candidate = folder.parent / f"{stem}{suffix}"
-            if candidate.is_file():
-                return candidate
-    return None
-
-
 def dataset_info(config: ExperimentConfig, tasks: Any = None) -> DatasetInfo:
     """Hashes of the data a run uses.
 
     ``tasks`` (a ``data.tasks.FewShotTasks``) tells where the data came from
     (``tasks.source``: folder and archive) and the class split (``tasks.split_hash``);
-    without it the archive is looked up beside the data set folder and there is no split
-    hash. The archive is hashed here, on every start, so a replaced archive is noticed.
+    without it the archive is the one the data loader would unpack
+    (:func:`metasuite.data.folders.find_archive`) and there is no split hash. The archive
+    is hashed here, on every start, so a replaced archive is noticed.
     """
     from metasuite.data.archive import archive_sha256
+    from metasuite.data.folders import find_archive
 
     source = getattr(tasks, "source", None)
     folder = Path(source.folder) if source is not None else resolve_dataset_path(config)
@@ -258,12 +244,8 @@ class RunRecord:
         """Record a builder ``Outcome`` (DONE/PAUSED/INTERRUPTED) with the message the
         builder left in state.json, and pass the outcome on."""
         status = getattr(outcome, "name", str(outcome)).lower()
-        try:
-            state = json.loads((self.exp_dir / "state.json").read_text(encoding="utf-8"))
-            message = str(state.get("message") or "") if isinstance(state, dict) else ""
-        except (OSError, ValueError):
-            message = ""
-        self.finish(status, message)
+        state = ExperimentDir(self.exp_dir).read_state() or {}
+        self.finish(status, str(state.get("message") or ""))
         return outcome
 
 
@@ -635,7 +617,7 @@ def show_experiment(name: str, root: Path, configs: Path) -> str:
         else:
             parts.append(format_manifest(manifest))
     parts.append("\n")
-    snapshot = folder / "config.json"
+    snapshot = ExperimentDir(folder).config_path
     if not snapshot.is_file():
         parts.append(f"config: no snapshot {snapshot} yet\n")
     elif generated is None:

@@ -24,7 +24,7 @@ import json
 import math
 import re
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,12 +32,10 @@ from typing import Any
 
 from metasuite.config import ExperimentConfig, load_config, to_dict
 from metasuite.errors import UserError
+from metasuite.experiment import CONFIG_FILE, SUMMARY_FILE, TEST_SUMMARY_FILE
 from metasuite.fsutil import write_text_atomic
 from metasuite.status import (
-    CONFIG_FILE,
     DONE,
-    SUMMARY_FILE,
-    TEST_SUMMARY_FILE,
     ExperimentStatus,
     SuiteExperiment,
     list_suite,
@@ -250,7 +248,7 @@ def _member_config(experiment: SuiteExperiment) -> tuple[ExperimentConfig | None
 
 
 def collect(
-    root: Path, configs: Path | None, only: str | None = None
+    root: Path, configs: Path | None, only: str | Sequence[str] | None = None
 ) -> tuple[list[Group], list[Excluded]]:
     """Read every experiment of the suite; group them; list what cannot be tabulated."""
     groups: dict[str, Group] = {}
@@ -500,7 +498,12 @@ class ReportFiles:
 
 
 def write_report(
-    root: Path, configs: Path | None, out: Path, *, only: str | None = None, quiet: bool = False
+    root: Path,
+    configs: Path | None,
+    out: Path,
+    *,
+    only: str | Sequence[str] | None = None,
+    quiet: bool = False,
 ) -> ReportFiles:
     """Collect the suite under ``root`` and write index.md, tables and plots into ``out``."""
     from metasuite.plots import plot_learning_curves

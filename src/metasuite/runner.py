@@ -95,6 +95,20 @@ def check_root_writable(root: Path) -> None:
         raise UserError(f"experiments root {root}: not writable ({exc.strerror or exc})") from None
 
 
+def recover_from_a_kill(lock: ExperimentLock, store: CheckpointStore) -> None:
+    """Once the lock is held: say whose stale lock was taken over, and delete the
+    temporary files of a checkpoint save that a kill cut short."""
+    if lock.took_over is not None:
+        log.warning(
+            "took over a stale lock of pid %s on %s (that process is gone)",
+            lock.took_over.get("pid", "?"),
+            lock.took_over.get("host", "?"),
+        )
+    leftovers = store.remove_temp_files()
+    if leftovers:
+        log.info("removed %d unfinished checkpoint files from a killed save", leftovers)
+
+
 def _wipe(exp: ExperimentDir, store: CheckpointStore) -> None:
     removed = store.remove_all()
     for path in (exp.summary_path, exp.test_summary_path):
@@ -192,15 +206,7 @@ def run_experiment(
     store = CheckpointStore(exp.checkpoints)
     lock = ExperimentLock(exp.path)
     with logging_to(exp.log_file), lock.hold(), StopRequest() as stop:
-        if lock.took_over is not None:
-            log.warning(
-                "took over a stale lock of pid %s on %s (that process is gone)",
-                lock.took_over.get("pid", "?"),
-                lock.took_over.get("host", "?"),
-            )
-        leftovers = store.remove_temp_files()
-        if leftovers:
-            log.info("removed %d unfinished checkpoint files from a killed save", leftovers)
+        recover_from_a_kill(lock, store)
         log.info("experiment %s in %s on %s", config.experiment_name, exp.path, device)
 
         if config.evaluate_on_test_set_only:
@@ -234,9 +240,11 @@ def _already_done(exp: ExperimentDir, payload: dict[str, Any], config: Experimen
     )
 
 
-def _test_only(builder: Builder, *, force: bool) -> Outcome:
-    """evaluate_on_test_set_only: test the best saved epochs, train nothing."""
-    config, store = builder.cfg, builder.store
+def checkpoint_to_test(
+    config: ExperimentConfig, exp: ExperimentDir, store: CheckpointStore, *, force: bool
+) -> dict[str, Any]:
+    """evaluate_on_test_set_only: the newest checkpoint, whose training settings must
+    match ``config`` (unless ``force``); a user error when nothing was trained yet."""
     found = store.load_latest()
     if found is None:
         raise UserError(f"evaluate_on_test_set_only: no checkpoints in {store.folder}; train first")
@@ -244,12 +252,24 @@ def _test_only(builder: Builder, *, force: bool) -> Outcome:
     differences = training_differences(from_dict(payload["config"], str(ckpt.path)), config)
     if differences and not force:
         raise UserError(
-            f"{builder.exp.path}: the config differs from the trained run in: "
+            f"{exp.path}: the config differs from the trained run in: "
             f"{'; '.join(differences)}. Use --force to test anyway"
         )
-    builder.restore(payload)
+    return payload
+
+
+def _test_only(builder: Builder, *, force: bool) -> Outcome:
+    """evaluate_on_test_set_only: test the best saved epochs, train nothing."""
+    builder.restore(checkpoint_to_test(builder.cfg, builder.exp, builder.store, force=force))
     log.info("evaluate_on_test_set_only: testing checkpoints of %s", builder.exp.path)
     return builder.test()
 
 
-__all__ = ["check_root_writable", "choose_start", "logging_to", "run_experiment"]
+__all__ = [
+    "check_root_writable",
+    "checkpoint_to_test",
+    "choose_start",
+    "logging_to",
+    "recover_from_a_kill",
+    "run_experiment",
+]

@@ -8,8 +8,11 @@ first, so a second Ctrl-C raises KeyboardInterrupt and a second SIGTERM terminat
 
 from __future__ import annotations
 
+import ctypes
 import signal
+import sys
 import threading
+from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -51,4 +54,26 @@ class StopRequest:
         self._previous.clear()
 
 
-__all__ = ["StopRequest"]
+def parent_death_signal() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to SIGTERM the child when its parent dies (prctl).
+
+    ``run-suite`` and the distributed launcher start children in sessions of their own
+    (so that they alone decide which signal reaches them); without this, a parent killed
+    with SIGKILL would leave its experiments training unattended. None elsewhere.
+    The function only calls prctl, which is safe between fork and exec.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return preexec
+
+
+__all__ = ["StopRequest", "parent_death_signal"]

@@ -13,17 +13,19 @@ resumable, not that it is still busy.
 from __future__ import annotations
 
 import csv
-import fnmatch
 import json
-import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from metasuite.config import REPO_ROOT, ExperimentConfig, load_config
+from metasuite.config import ExperimentConfig, load_config
 from metasuite.errors import ConfigError, UserError
+from metasuite.experiment import CONFIG_FILE, STATE_FILE
+from metasuite.lock import pid_alive
+from metasuite.selection import matches
 
 # States shown to the user.
 NOT_STARTED = "not started"
@@ -38,34 +40,6 @@ INTERRUPTED = "interrupted (resumable)"
 UNREADABLE = "unreadable"
 INVALID_CONFIG = "invalid config"
 
-STATE_FILE = "state.json"
-CONFIG_FILE = "config.json"
-SUMMARY_FILE = "summary_statistics.csv"
-TEST_SUMMARY_FILE = "test_summary.json"
-
-
-def experiments_root(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """``--root``, else ``$METASUITE_EXPERIMENTS_ROOT``, else ``<repo>/experiments``."""
-    if explicit:
-        return Path(explicit).expanduser().resolve()
-    env = os.environ.get("METASUITE_EXPERIMENTS_ROOT")
-    return Path(env).expanduser().resolve() if env else REPO_ROOT / "experiments"
-
-
-def configs_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """``--configs``, else ``<repo>/experiment_config`` (where ``generate`` writes)."""
-    return Path(explicit).expanduser().resolve() if explicit else REPO_ROOT / "experiment_config"
-
-
-def check_explicit_folders(
-    root_arg: str | None, root: Path, configs_arg: str | None, configs: Path
-) -> None:
-    """A folder named on the command line must exist: a typo must not read as 'empty'."""
-    if root_arg and not root.is_dir():
-        raise UserError(f"--root {root_arg}: no such folder ({root})")
-    if configs_arg and not configs.is_dir():
-        raise UserError(f"--configs {configs_arg}: no such folder ({configs})")
-
 
 @dataclass(frozen=True)
 class SuiteExperiment:
@@ -79,11 +53,13 @@ class SuiteExperiment:
     """Why the generated config could not be read (the experiment is still listed)."""
 
 
-def list_suite(root: Path, configs: Path | None, only: str | None = None) -> list[SuiteExperiment]:
+def list_suite(
+    root: Path, configs: Path | None, only: str | Sequence[str] | None = None
+) -> list[SuiteExperiment]:
     """Generated configs in file-name order, then folders under ``root`` nobody generated.
 
-    ``only`` is a shell pattern (``*omniglot*5_way*``) matched against the experiment
-    name; without wildcard characters it matches as a substring.
+    ``only``: patterns selecting experiment names, as for every command's ``--only``
+    (:func:`metasuite.selection.matches`).
     """
     found: dict[str, SuiteExperiment] = {}
     if configs is not None and configs.is_dir():
@@ -116,14 +92,6 @@ EXPERIMENT_MARKERS: tuple[str, ...] = (
 def looks_like_experiment(folder: Path) -> bool:
     """A folder the builder wrote (not e.g. the report folder beside the experiments)."""
     return any((folder / marker).exists() for marker in EXPERIMENT_MARKERS)
-
-
-def matches(name: str, pattern: str | None) -> bool:
-    if not pattern:
-        return True
-    if any(ch in pattern for ch in "*?["):
-        return fnmatch.fnmatchcase(name, pattern)
-    return pattern in name
 
 
 def read_json(path: Path) -> Any:
@@ -161,31 +129,6 @@ def read_summary_statistics(path: Path) -> list[dict[str, float]]:
                 parsed[key] = float("nan")
         out.append(parsed)
     return out
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process that could be ours (not a zombie, not reused).
-
-    A pid number is recycled by the OS; a live process whose command line mentions
-    neither python nor metasuite is taken to be somebody else's process.
-    """
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = Path("/proc") / str(pid)
-    try:
-        stat = (proc / "stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-            return False
-        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").lower()
-    except (OSError, IndexError):
-        return True  # no /proc (macOS) or it vanished meanwhile: trust os.kill
-    return not cmdline or b"python" in cmdline or b"metasuite" in cmdline
 
 
 @dataclass(frozen=True)

@@ -20,19 +20,20 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
-import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
+
+from metasuite.experiment import ExperimentDir
+from metasuite.lock import pid_alive
+from metasuite.signals import parent_death_signal
 
 EXIT_DONE, EXIT_USER_ERROR, EXIT_PAUSED, EXIT_STOPPED = 0, 2, 3, 4
 POLL_SECONDS = 0.2
@@ -83,35 +84,13 @@ def make_slots(gpus: Sequence[str], per_experiment: int = 1, jobs: int = 1) -> l
     return [Slot(tuple(gpus[i : i + per_experiment])) for i in range(0, len(gpus), per_experiment)]
 
 
-def read_state(folder: Path) -> dict[str, Any] | None:
-    """The experiment's ``state.json``, or None when absent or unreadable (half-written
-    files cannot happen: the builder writes it atomically)."""
-    try:
-        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return state if isinstance(state, dict) else None
-
-
-def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def running_elsewhere(state: Mapping[str, Any] | None) -> int | None:
     """The pid of a live process of this host that holds the experiment, if any."""
     if not state or state.get("status") != "running":
         return None
     if state.get("host") != socket.gethostname() or state.get("pid") == os.getpid():
         return None
-    return state["pid"] if _pid_alive(state.get("pid")) else None
+    return state["pid"] if pid_alive(state.get("pid")) else None
 
 
 @dataclass
@@ -147,22 +126,6 @@ def _last_line(path: Path) -> str:
         return ""
     lines = [ln.strip() for ln in tail.replace("\r", "\n").splitlines() if ln.strip()]
     return lines[-1] if lines else ""
-
-
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A preexec function asking Linux to SIGTERM the child if run-suite dies (prctl)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-    return preexec
 
 
 class StopFlag:
@@ -201,7 +164,7 @@ class Pool:
         self.report = report
         self.on_finish = on_finish
         self.results: dict[str, Result] = {}
-        self._preexec = _parent_death_signal()
+        self._preexec = parent_death_signal()
 
     # -------------------------------------------------------------------- launching
     def _launch(self, job: Job, slot: Slot, runs: int) -> _Running:
@@ -212,7 +175,7 @@ class Pool:
         now = datetime.now(UTC).isoformat(timespec="seconds")
         log.write(f"\n=== run-suite {now}: {job.script} on {slot.label} ===\n".encode())
         log.flush()
-        state = read_state(folder) or {}
+        state = ExperimentDir(folder).read_state() or {}
         epoch = state.get("epoch") if isinstance(state.get("epoch"), int) else 0
         cmd = ["bash", str(job.script), *slot.devices, "--", *self.train_args]
         proc = subprocess.Popen(
@@ -242,7 +205,7 @@ class Pool:
         if code == EXIT_DONE:
             return Result(name, "done", code, log=log_path, runs=r.runs)
         if code == EXIT_PAUSED and self.stop.signum is None:
-            state = read_state(self.root / name) or {}
+            state = ExperimentDir(self.root / name).read_state() or {}
             epoch = state.get("epoch")
             if isinstance(epoch, int) and epoch > r.epoch_before:
                 self.report(f"{name} paused after epoch {epoch}; continuing")
@@ -269,7 +232,7 @@ class Pool:
     def run(self) -> list[Result]:
         pending: collections.deque[tuple[Job, int]] = collections.deque()
         for job in self.jobs:
-            state = read_state(self.root / job.name)
+            state = ExperimentDir(self.root / job.name).read_state()
             if state is not None and state.get("status") == "done":
                 self._record(Result(job.name, "skipped", message="already done"))
                 continue

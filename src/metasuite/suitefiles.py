@@ -10,12 +10,15 @@ Slurm ``.sbatch`` files) is one more renderer here.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import jinja2
 
 from metasuite.config import to_json
+from metasuite.errors import UserError
+from metasuite.experiment import EXPERIMENTS_ROOT_ENV
 from metasuite.render import OutputFile, render_file
 from metasuite.sweep import Experiment, Suite
 
@@ -73,3 +76,29 @@ def extra_files(suite: Suite, files: Sequence[OutputFile]) -> list[Path]:
         if folder.is_dir():
             found.update(p for p in folder.glob(pattern) if p.is_file())
     return sorted(found - produced)
+
+
+def refuse_outdated(files: Iterable[OutputFile]) -> None:
+    """A :class:`UserError` when any of ``files`` is stale or missing: running or
+    submitting it would not run what the suite says."""
+    outdated = [f.path for f in files if f.status() != "unchanged"]
+    if outdated:
+        shown = ", ".join(str(p) for p in outdated[:3])
+        more = f" and {len(outdated) - 3} more" if len(outdated) > 3 else ""
+        raise UserError(
+            f"{len(outdated)} generated files are stale or missing ({shown}{more}); "
+            "run: metasuite generate"
+        )
+
+
+def job_environment(experiments_root: Path) -> dict[str, str]:
+    """The environment for the experiment scripts that run-suite and submit start.
+
+    The scripts read ``$METASUITE_EXPERIMENTS_ROOT`` (where results go) and ``$PYTHON``
+    (which interpreter runs ``metasuite train``): the jobs must write where this command
+    was told and run the metasuite it runs under.
+    """
+    env = dict(os.environ)
+    env[EXPERIMENTS_ROOT_ENV] = str(experiments_root)
+    env.setdefault("PYTHON", sys.executable)
+    return env

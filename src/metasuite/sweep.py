@@ -29,7 +29,6 @@ half-written suite behind.
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import itertools
 import json
 import re
@@ -45,6 +44,7 @@ import jinja2
 from metasuite.config import REPO_ROOT, ExperimentConfig, from_dict
 from metasuite.errors import ConfigError
 from metasuite.render import PACKAGE_TEMPLATES, make_environment, render_file, render_string
+from metasuite.selection import matches
 
 if TYPE_CHECKING:
     from metasuite.slurm import SlurmSettings
@@ -374,7 +374,8 @@ def _expand_one(suite: Suite, env: jinja2.Environment, values: dict[str, Scalar]
 
 
 def expand(suite: Suite, only: Sequence[str] = ()) -> list[Experiment]:
-    """Render and validate every combination; keep those whose name matches ``only``.
+    """Render and validate every combination; keep those whose name matches ``only``
+    (:func:`metasuite.selection.matches`: shell patterns, a plain word as a substring).
 
     All combinations are validated even when ``only`` selects a few, so a partial
     generation cannot hide a broken template. The first error is raised, with a count
@@ -401,7 +402,7 @@ def expand(suite: Suite, only: Sequence[str] = ()) -> list[Experiment]:
             )
         by_name[exp.name] = exp
     if only:
-        experiments = [e for e in experiments if any(fnmatch.fnmatchcase(e.name, p) for p in only)]
+        experiments = [e for e in experiments if matches(e.name, only)]
         if not experiments:
             raise ConfigError(
                 f"--only {' '.join(only)} matches none of the {len(by_name)} experiments of "

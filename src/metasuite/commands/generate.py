@@ -13,23 +13,14 @@ import os
 import sys
 from pathlib import Path
 
+from metasuite.commands import _options
 from metasuite.errors import UserError
 
 HELP = "render the suite's templates into experiment configs and scripts"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--suite",
-        metavar="FILE",
-        help="suite file (default: experiment_template_config/suite.toml of this checkout)",
-    )
-    parser.add_argument(
-        "--root",
-        metavar="DIR",
-        help="write experiment_config/ and experiment_scripts/ under DIR "
-        "(default: the suite's [suite] root)",
-    )
+    _options.add_suite(parser)
     parser.add_argument(
         "--check",
         action="store_true",
@@ -40,14 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="remove configs and scripts that the grid no longer produces",
     )
-    parser.add_argument(
-        "--only",
-        metavar="PATTERN",
-        action="append",
-        default=[],
-        help="only experiments whose name matches this shell pattern (repeatable); "
-        "the whole grid is still validated",
-    )
+    _options.add_only(parser, note="; the whole grid is still validated")
     parser.add_argument("-v", "--verbose", action="store_true", help="list every file written")
 
 
@@ -61,15 +45,13 @@ def _show(path: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from metasuite.suitefiles import extra_files, suite_files
-    from metasuite.sweep import expand, load_suite
 
     if args.check and args.clean:
         raise UserError("--check writes nothing; it cannot be combined with --clean")
     if args.clean and args.only:
         raise UserError("--clean works on the whole suite; it cannot be combined with --only")
 
-    suite = load_suite(args.suite, root=args.root)
-    experiments = expand(suite, only=args.only)
+    suite, experiments = _options.selected_experiments(args)
     files = suite_files(suite, experiments)
     extras = [] if args.only else extra_files(suite, files)
     seen: set[str] = set()

@@ -4,27 +4,21 @@ from __future__ import annotations
 
 import argparse
 
+from metasuite.commands import _options
+
 HELP = "summarise finished experiments over seeds: Markdown/CSV tables and learning-curve PNGs"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _options.add_configs(parser)
+    _options.add_experiments_root(parser, old_root_alias=True)
+    _options.add_only(parser)
     parser.add_argument(
-        "--root",
-        help="experiments folder (default: $METASUITE_EXPERIMENTS_ROOT, else <repo>/experiments)",
+        "--out",
+        metavar="DIR",
+        help="where to write the report (default: <experiments-root>/report)",
     )
-    parser.add_argument(
-        "--configs",
-        "--suite",
-        dest="configs",
-        help="folder of generated configs (default: <repo>/experiment_config)",
-    )
-    parser.add_argument("--out", help="where to write the report (default: <root>/report)")
-    parser.add_argument(
-        "--only",
-        metavar="PATTERN",
-        help="only experiments whose name matches this shell pattern (or contains it)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _options.add_quiet(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,16 +26,10 @@ def run(args: argparse.Namespace) -> int:
 
     from metasuite.errors import UserError
     from metasuite.report import write_report
-    from metasuite.status import (
-        check_explicit_folders,
-        configs_dir,
-        experiments_root,
-        looks_like_experiment,
-    )
+    from metasuite.status import looks_like_experiment
 
-    root = experiments_root(args.root)
-    configs = configs_dir(args.configs)
-    check_explicit_folders(args.root, root, args.configs, configs)
+    root = _options.experiments_root_of(args, must_exist=True)
+    configs = _options.configs_of(args)
     out = Path(args.out).expanduser().resolve() if args.out else root / "report"
     if looks_like_experiment(out):
         raise UserError(f"--out {out}: this is an experiment folder; choose another folder")

@@ -12,14 +12,14 @@ import argparse
 import os
 import signal
 import sys
-from pathlib import Path
 
+from metasuite.commands import _options
 from metasuite.errors import UserError
 
 HELP = "run every experiment of the suite on a pool of devices, resuming unfinished ones"
 
-EXPERIMENTS_ROOT_ENV = "METASUITE_EXPERIMENTS_ROOT"
 THREADS_ENV = "METASUITE_NUM_THREADS"
+"""= metasuite.runtime.THREADS_ENV, named here so that run-suite does not import torch."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,71 +44,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="experiments at once on the CPU (default 1); threads are shared out among them",
     )
-    parser.add_argument(
-        "--only",
-        metavar="PATTERN",
-        action="append",
-        default=[],
-        help="only experiments whose name matches this shell pattern (repeatable)",
-    )
-    parser.add_argument(
-        "--experiments-root",
-        metavar="DIR",
-        help=f"where experiment folders live (default: ${EXPERIMENTS_ROOT_ENV}, "
-        "else <repo>/experiments)",
-    )
-    parser.add_argument(
-        "--suite",
-        metavar="FILE",
-        help="suite file (default: experiment_template_config/suite.toml of this checkout)",
-    )
-    parser.add_argument(
-        "--root", metavar="DIR", help="where the suite's generated files are (as for generate)"
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar, no start lines")
-
-
-def _experiments_root(explicit: str | None) -> Path:
-    from metasuite.config import REPO_ROOT
-
-    if explicit:
-        return Path(explicit).expanduser().resolve()
-    env = os.environ.get(EXPERIMENTS_ROOT_ENV)
-    return Path(env).expanduser().resolve() if env else REPO_ROOT / "experiments"
+    _options.add_suite(parser)
+    _options.add_experiments_root(parser)
+    _options.add_only(parser)
+    _options.add_quiet(parser, "no progress bar, no start lines")
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from metasuite.suite_runner import Job, Pool, Result, StopFlag, make_slots
-    from metasuite.suitefiles import config_file, script_file
-    from metasuite.sweep import expand, load_suite
+    from metasuite.suitefiles import config_file, job_environment, refuse_outdated, script_file
 
     try:
         slots = make_slots(args.gpus, args.per_experiment, args.jobs)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    suite = load_suite(args.suite, root=args.root)
-    experiments = expand(suite, only=args.only)
-    env_jinja = suite.environment()
-    outdated = [
-        f.path
-        for e in experiments
-        for f in (config_file(e), script_file(suite, e, env_jinja))
-        if f.status() != "unchanged"
-    ]
-    if outdated:
-        shown = ", ".join(str(p) for p in outdated[:3])
-        more = f" and {len(outdated) - 3} more" if len(outdated) > 3 else ""
-        raise UserError(
-            f"{len(outdated)} generated files are stale or missing ({shown}{more}); "
-            "run: metasuite generate"
-        )
+    suite, experiments = _options.selected_experiments(args)
+    jinja = suite.environment()
+    refuse_outdated(f for e in experiments for f in (config_file(e), script_file(suite, e, jinja)))
 
-    root = _experiments_root(args.experiments_root)
-    env = dict(os.environ)
-    env[EXPERIMENTS_ROOT_ENV] = str(root)
-    env.setdefault("PYTHON", sys.executable)  # the scripts use the interpreter we run under
+    root = _options.experiments_root_of(args)
+    env = job_environment(root)
     if slots[0].devices == ("cpu",) and len(slots) > 1 and THREADS_ENV not in env:
         env[THREADS_ENV] = str(max(1, (os.cpu_count() or 1) // len(slots)))
 

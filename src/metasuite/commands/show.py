@@ -4,29 +4,23 @@ from __future__ import annotations
 
 import argparse
 
+from metasuite.commands import _options
+
 HELP = "print an experiment's manifest and how its config differs from the generated one"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("experiment", help="experiment name (its folder under the root)")
     parser.add_argument(
-        "--root",
-        help="experiments folder (default: $METASUITE_EXPERIMENTS_ROOT, else <repo>/experiments)",
+        "experiment", help="experiment name (its folder under --experiments-root) or folder"
     )
-    parser.add_argument(
-        "--configs",
-        "--suite",
-        dest="configs",
-        help="folder of generated configs (default: <repo>/experiment_config)",
-    )
+    _options.add_configs(parser)
+    _options.add_experiments_root(parser, old_root_alias=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from metasuite.manifest import show_experiment
-    from metasuite.status import check_explicit_folders, configs_dir, experiments_root
 
-    root = experiments_root(args.root)
-    configs = configs_dir(args.configs)
-    check_explicit_folders(args.root, root, args.configs, configs)
+    root = _options.experiments_root_of(args, must_exist=True)
+    configs = _options.configs_of(args)
     print(show_experiment(args.experiment, root, configs), end="")
     return 0

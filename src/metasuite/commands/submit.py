@@ -17,55 +17,26 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
+from metasuite.commands import _options
 from metasuite.errors import UserError
 
 HELP = "submit the suite's experiments to Slurm (sbatch), skipping done and queued ones"
 
-EXPERIMENTS_ROOT_ENV = "METASUITE_EXPERIMENTS_ROOT"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--only",
-        metavar="PATTERN",
-        action="append",
-        default=[],
-        help="only experiments whose name matches this shell pattern (repeatable)",
-    )
+    _options.add_suite(parser)
+    _options.add_experiments_root(parser, note="; passed on to the jobs")
+    _options.add_only(parser)
     parser.add_argument(
         "--dry-run", action="store_true", help="print the sbatch commands, submit nothing"
-    )
-    parser.add_argument(
-        "--suite",
-        metavar="FILE",
-        help="suite file (default: experiment_template_config/suite.toml of this checkout)",
-    )
-    parser.add_argument(
-        "--root", metavar="DIR", help="where the suite's generated files are (as for generate)"
-    )
-    parser.add_argument(
-        "--experiments-root",
-        metavar="DIR",
-        help=f"where experiment folders live (default: ${EXPERIMENTS_ROOT_ENV}, "
-        "else <repo>/experiments); passed on to the jobs",
     )
     parser.add_argument(
         "--resubmit-done",
         action="store_true",
         help="submit experiments whose state.json says done as well (they only re-test)",
     )
-
-
-def _experiments_root(explicit: str | None) -> Path:
-    from metasuite.config import REPO_ROOT
-
-    if explicit:
-        return Path(explicit).expanduser().resolve()
-    env = os.environ.get(EXPERIMENTS_ROOT_ENV)
-    return Path(env).expanduser().resolve() if env else REPO_ROOT / "experiments"
 
 
 def _queued_job_names(env: dict[str, str]) -> set[str] | None:
@@ -91,36 +62,24 @@ def _queued_job_names(env: dict[str, str]) -> set[str] | None:
 def run(args: argparse.Namespace) -> int:
     from metasuite.experiment import ExperimentDir
     from metasuite.slurm import sbatch_file
-    from metasuite.suitefiles import config_file, script_file
-    from metasuite.sweep import expand, load_suite
+    from metasuite.suitefiles import config_file, job_environment, refuse_outdated, script_file
 
-    suite = load_suite(args.suite, root=args.root)
+    suite, experiments = _options.selected_experiments(args)
     if suite.slurm is None:
         raise UserError(
             f"{suite.path}: no [slurm] table, so no sbatch files; add one (partition, gres, "
             "time, ...; see metasuite.slurm) and run: metasuite generate"
         )
-    experiments = expand(suite, only=args.only)
     jinja = suite.environment()
     sbatch_files = {e.name: sbatch_file(suite, e, jinja) for e in experiments}
-    outdated = [
-        f.path
+    refuse_outdated(
+        f
         for e in experiments
         for f in (config_file(e), script_file(suite, e, jinja), sbatch_files[e.name])
-        if f.status() != "unchanged"
-    ]
-    if outdated:
-        shown = ", ".join(str(p) for p in outdated[:3])
-        more = f" and {len(outdated) - 3} more" if len(outdated) > 3 else ""
-        raise UserError(
-            f"{len(outdated)} generated files are stale or missing ({shown}{more}); "
-            "run: metasuite generate"
-        )
+    )
 
-    env = dict(os.environ)
-    root = _experiments_root(args.experiments_root)
-    env[EXPERIMENTS_ROOT_ENV] = str(root)
-    env.setdefault("PYTHON", sys.executable)  # the scripts use the interpreter we run under
+    root = _options.experiments_root_of(args)
+    env = job_environment(root)
     sbatch = shutil.which("sbatch", path=env.get("PATH"))
     if sbatch is None and not args.dry_run:
         raise UserError(

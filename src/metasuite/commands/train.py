@@ -11,11 +11,11 @@ import argparse
 import os
 from pathlib import Path
 
+from metasuite.commands import _options
 from metasuite.errors import UserError
 
 HELP = "train (or resume, or test) one experiment from its config file"
 
-EXPERIMENTS_ROOT_ENV = "METASUITE_EXPERIMENTS_ROOT"
 NPROC_ENV = "METASUITE_NPROC"
 
 
@@ -36,14 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"data-parallel processes (default: one per GPU given, 1 on the CPU; "
         f"${NPROC_ENV} sets it too); N > 1 on the CPU runs N gloo processes",
     )
-    parser.add_argument(
-        "--experiments-root",
-        metavar="DIR",
-        default=None,
-        help=f"where experiment folders live (default: ${EXPERIMENTS_ROOT_ENV}, "
-        "else <repo>/experiments)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars, only log lines")
+    _options.add_experiments_root(parser)
+    _options.add_quiet(parser, "no progress bars, only log lines")
     parser.add_argument(
         "--force",
         action="store_true",
@@ -59,16 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def experiments_root(explicit: str | None) -> Path:
-    """``--experiments-root``, else ``$METASUITE_EXPERIMENTS_ROOT``, else <repo>/experiments."""
-    from metasuite.config import REPO_ROOT
-
-    if explicit:
-        return Path(explicit).expanduser().resolve()
-    env = os.environ.get(EXPERIMENTS_ROOT_ENV)
-    return Path(env).expanduser().resolve() if env else REPO_ROOT / "experiments"
-
-
 def run(args: argparse.Namespace) -> int:
     from metasuite import distributed
     from metasuite.config import load_config, replace
@@ -81,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             config, source="--checkpoint-every", checkpoint_every_n_iters=args.checkpoint_every
         )
     devices = resolve_devices(args.gpus)
-    root = experiments_root(args.experiments_root)
+    root = _options.experiments_root_of(args)
     ctx = distributed.worker_context()
     if ctx is not None:
         return _run_worker(args, config, root, devices, ctx)
