@@ -253,3 +253,16 @@ def test_setting_the_learner_refuses_is_one_line_before_the_folder_exists(
     assert code == 2
     assert "dropout_rate_value" in _one_error_line(err)
     assert not (root / "tiny").exists()
+
+
+@pytest.mark.parametrize("variable", ["METASUITE_NPROC", "METASUITE_NUM_THREADS"])
+def test_a_typo_in_a_count_variable_is_one_line(tmp_path: Path, capsys, monkeypatch, variable):
+    monkeypatch.setenv(variable, "two")
+    config = write_config(tmp_path)
+    root = tmp_path / "experiments"
+    code, err = _cli(
+        capsys, "--config", str(config), "--gpus", "cpu", "--experiments-root", str(root)
+    )
+    assert code == 2
+    assert f"${variable}='two'" in _one_error_line(err)
+    assert not (root / "tiny").exists()

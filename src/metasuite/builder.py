@@ -37,7 +37,7 @@ from metasuite.checkpoint import CheckpointStore, CorruptCheckpointError, load_c
 from metasuite.config import ExperimentConfig, config_hash, to_dict
 from metasuite.data.batch import TaskBatch
 from metasuite.errors import UserError
-from metasuite.experiment import ExperimentDir
+from metasuite.experiment import ExperimentDir, utc_now
 from metasuite.faults import fault_point
 from metasuite.runtime import capture_rng_state, restore_rng_state
 from metasuite.signals import StopRequest
@@ -204,7 +204,7 @@ class Builder:
         return {
             "kind": kind,
             "metasuite_version": __version__,
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "saved_at": utc_now(),
             "config": to_dict(self.cfg),
             "config_hash": config_hash(self.cfg),
             "progress": self.progress.to_payload(),

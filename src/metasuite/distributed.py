@@ -397,7 +397,12 @@ def _run_rank(
     from metasuite.lock import ExperimentLock
     from metasuite.maml import MamlSystem
     from metasuite.manifest import recorded_run
-    from metasuite.runner import check_root_writable, logging_to, recover_from_a_kill
+    from metasuite.runner import (
+        check_root_writable,
+        logging_to,
+        recover_from_a_kill,
+        train_recorded,
+    )
     from metasuite.runtime import seed_everything
     from metasuite.signals import StopRequest
 
@@ -474,15 +479,7 @@ def _run_rank(
         if config.evaluate_on_test_set_only:
             with recorded_run(exp.path, config, devices=devices, tasks=tasks) as run:
                 return run.ended_with(builder.test())
-        if payload is not None:
-            exp.test_summary_path.unlink(missing_ok=True)
-        exp.write_config(config)
-        exp.write_summary(builder.progress.rows)
-        resumed = None if payload is None else payload["progress"]
-        with recorded_run(
-            exp.path, config, devices=devices, tasks=tasks, resumed_from=resumed
-        ) as run:
-            return run.ended_with(builder.run())
+        return train_recorded(builder, payload, devices=devices, tasks=tasks)
 
 
 # ---------------------------------------------------------------------- the launcher

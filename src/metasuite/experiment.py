@@ -59,7 +59,8 @@ def experiments_root(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(env).expanduser().resolve() if env else REPO_ROOT / "experiments"
 
 
-def _utc_now() -> str:
+def utc_now() -> str:
+    """Now as ISO 8601 UTC to the second, the time stamp of every file metasuite writes."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
@@ -157,7 +158,7 @@ class ExperimentDir:
             "test_accuracy": _json_number(test_accuracy),
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "updated": _utc_now(),
+            "updated": utc_now(),
             "message": message,
         }
         write_text_atomic(self.state_path, json.dumps(state, indent=2) + "\n")
@@ -211,4 +212,5 @@ __all__ = [
     "ExperimentDir",
     "Status",
     "experiments_root",
+    "utc_now",
 ]

@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 from metasuite import __version__
 from metasuite.config import REPO_ROOT, ExperimentConfig, config_hash, resolve_dataset_path
-from metasuite.experiment import ExperimentDir
+from metasuite.experiment import ExperimentDir, utc_now
 from metasuite.fsutil import write_text_atomic
 
 MANIFEST_FILE = "manifest.json"
@@ -55,10 +55,6 @@ log = logging.getLogger("metasuite.manifest")
 
 class ReproducibilityWarning(UserWarning):
     """A resumed run differs from the previous run in software or data."""
-
-
-def _utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 # ------------------------------------------------------------------ git
@@ -347,7 +343,7 @@ def start_run(
     entry: dict[str, Any] = {
         "run": len(runs) + 1,
         "status": "running",
-        "started": _utc_now(),
+        "started": utc_now(),
         "ended": None,
         "message": "",
         "host": socket.gethostname(),
@@ -414,7 +410,7 @@ def finish_run(exp_dir: Path, status: str, *, message: str = "", run: int | None
     entry = manifest["runs"][-1 if run is None else run]
     if entry.get("ended") is not None:
         return False
-    entry["ended"] = _utc_now()
+    entry["ended"] = utc_now()
     entry["status"] = status
     entry["message"] = message
     _write(Path(exp_dir), manifest)

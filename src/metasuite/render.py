@@ -126,6 +126,12 @@ def render_file(
 Status = Literal["unchanged", "stale", "missing"]
 
 
+def relative_posix(path: Path, start: Path) -> str:
+    """``path`` relative to ``start`` with ``/``: generated files name each other this
+    way, so they are the same bytes wherever the checkout lives."""
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
 @dataclass(frozen=True)
 class OutputFile:
     """One file a suite produces: where it goes, its exact bytes, whether it is a script."""

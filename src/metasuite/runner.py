@@ -221,14 +221,25 @@ def run_experiment(
         builder = Builder(config, learner, tasks, exp, device=device, stop=stop, quiet=quiet)
         if payload is not None:
             builder.restore(payload)
-            exp.test_summary_path.unlink(missing_ok=True)
-        exp.write_config(config)
-        exp.write_summary(builder.progress.rows)
-        resumed = None if payload is None else payload["progress"]
-        with recorded_run(
-            exp.path, config, devices=devices, tasks=tasks, resumed_from=resumed
-        ) as run:
-            return run.ended_with(builder.run())
+        return train_recorded(builder, payload, devices=devices, tasks=tasks)
+
+
+def train_recorded(
+    builder: Builder, payload: dict[str, Any] | None, *, devices: list[torch.device], tasks: Any
+) -> Outcome:
+    """The builder's loop (restored from ``payload`` already, if any) as one run of the
+    manifest; the writer's part, shared with the distributed rank 0.
+
+    A resumed run tests again at its end, so an older test summary is removed first.
+    """
+    exp, config = builder.exp, builder.cfg
+    if payload is not None:
+        exp.test_summary_path.unlink(missing_ok=True)
+    exp.write_config(config)
+    exp.write_summary(builder.progress.rows)
+    resumed = None if payload is None else payload["progress"]
+    with recorded_run(exp.path, config, devices=devices, tasks=tasks, resumed_from=resumed) as run:
+        return run.ended_with(builder.run())
 
 
 def _already_done(exp: ExperimentDir, payload: dict[str, Any], config: ExperimentConfig) -> bool:
@@ -272,4 +283,5 @@ __all__ = [
     "logging_to",
     "recover_from_a_kill",
     "run_experiment",
+    "train_recorded",
 ]

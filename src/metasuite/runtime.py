@@ -62,6 +62,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def env_int(name: str, expected: str = "an integer") -> int | None:
+    """``$name`` as an integer (None when unset or empty): a setting made for a whole
+    cluster job, so a typo in it is a one-line user error naming the variable."""
+    text = os.environ.get(name)
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"${name}={text!r}: expected {expected}") from None
+
+
 def configure(devices: list[torch.device], num_threads: int | None = None) -> None:
     """Thread count and determinism for this process.
 
@@ -69,13 +81,8 @@ def configure(devices: list[torch.device], num_threads: int | None = None) -> No
     bit for bit. ``num_threads`` (or ``$METASUITE_NUM_THREADS``) caps intra-op threads,
     e.g. when several experiments share a machine.
     """
-    if num_threads is None and os.environ.get(THREADS_ENV):
-        try:
-            num_threads = int(os.environ[THREADS_ENV])
-        except ValueError:
-            raise UserError(
-                f"${THREADS_ENV}={os.environ[THREADS_ENV]!r}: expected a positive integer"
-            ) from None
+    if num_threads is None:
+        num_threads = env_int(THREADS_ENV, "a positive integer")
     if num_threads is not None:
         if num_threads < 1:
             raise UserError(f"thread count must be >= 1, got {num_threads}")

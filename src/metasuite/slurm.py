@@ -24,7 +24,6 @@ are refused, so a value can never inject a command.
 from __future__ import annotations
 
 import difflib
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -34,7 +33,13 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 
 from metasuite.errors import ConfigError
-from metasuite.render import PACKAGE_TEMPLATES, OutputFile, make_environment, render_file
+from metasuite.render import (
+    PACKAGE_TEMPLATES,
+    OutputFile,
+    make_environment,
+    relative_posix,
+    render_file,
+)
 
 if TYPE_CHECKING:
     from metasuite.sweep import Experiment, Suite
@@ -240,7 +245,7 @@ def sbatch_file(suite: Suite, exp: Experiment, env: jinja2.Environment | None = 
     """The generated sbatch file of one experiment of a suite with a ``[slurm]`` table."""
     if suite.slurm is None:
         raise ValueError(f"{suite.path} has no [slurm] table")
-    script = Path(os.path.relpath(exp.script_path, suite.root)).as_posix()
+    script = relative_posix(exp.script_path, suite.root)
     text = render_sbatch(suite.slurm, exp.name, script, env or suite.environment())
     return OutputFile(sbatch_path(suite.script_dir, exp.name), text.encode(), executable=True)
 

@@ -19,12 +19,8 @@ import jinja2
 from metasuite.config import to_json
 from metasuite.errors import UserError
 from metasuite.experiment import EXPERIMENTS_ROOT_ENV
-from metasuite.render import OutputFile, render_file
+from metasuite.render import OutputFile, relative_posix, render_file
 from metasuite.sweep import Experiment, Suite
-
-
-def _rel(path: Path, start: Path) -> str:
-    return Path(os.path.relpath(path, start)).as_posix()
 
 
 def config_file(exp: Experiment) -> OutputFile:
@@ -42,11 +38,11 @@ def script_file(suite: Suite, exp: Experiment, env: jinja2.Environment | None = 
         "name": exp.name,
         "values": dict(exp.values),
         "config": exp.config,
-        "config_relpath": _rel(exp.config_path, exp.script_path.parent),
-        "root_relpath": _rel(suite.root, exp.script_path.parent),
-        "config_in_root": _rel(exp.config_path, suite.root),
-        "script_relpath": _rel(exp.script_path, suite.root),
-        "suite_relpath": _rel(suite.path, suite.root)
+        "config_relpath": relative_posix(exp.config_path, exp.script_path.parent),
+        "root_relpath": relative_posix(suite.root, exp.script_path.parent),
+        "config_in_root": relative_posix(exp.config_path, suite.root),
+        "script_relpath": relative_posix(exp.script_path, suite.root),
+        "suite_relpath": relative_posix(suite.path, suite.root)
         if suite.root in suite.path.parents
         else suite.path.as_posix(),
     }

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import os
 import shlex
 import shutil
 import subprocess
-from pathlib import Path
 
 from metasuite.commands import _options
 from metasuite.errors import UserError
@@ -61,6 +59,7 @@ def _queued_job_names(env: dict[str, str]) -> set[str] | None:
 
 def run(args: argparse.Namespace) -> int:
     from metasuite.experiment import ExperimentDir
+    from metasuite.render import relative_posix
     from metasuite.slurm import sbatch_file
     from metasuite.suitefiles import config_file, job_environment, refuse_outdated, script_file
 
@@ -100,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{exp.name}: a job of this name is already queued or running, skipped")
             skipped += 1
             continue
-        rel = Path(os.path.relpath(sbatch_files[exp.name].path, suite.root)).as_posix()
+        rel = relative_posix(sbatch_files[exp.name].path, suite.root)
         command = [sbatch or "sbatch", "--parsable", rel]
         if args.dry_run:
             print(prefix + shlex.join(["sbatch", "--parsable", rel]))

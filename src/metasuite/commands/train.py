@@ -8,7 +8,6 @@ can requeue on 3 and 4 and stop on anything else.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from metasuite.commands import _options
@@ -78,14 +77,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _process_count(args: argparse.Namespace, devices: list) -> int:
     """--nproc, else $METASUITE_NPROC, else one process per GPU (1 on the CPU)."""
-    nproc = args.nproc
-    if nproc is None and os.environ.get(NPROC_ENV):
-        try:
-            nproc = int(os.environ[NPROC_ENV])
-        except ValueError:
-            raise UserError(
-                f"${NPROC_ENV}={os.environ[NPROC_ENV]!r}: expected an integer"
-            ) from None
+    from metasuite.runtime import env_int
+
+    nproc = args.nproc if args.nproc is not None else env_int(NPROC_ENV)
     gpus = [d for d in devices if d.type == "cuda"]
     if nproc is None:
         return max(1, len(gpus))
