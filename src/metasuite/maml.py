@@ -98,11 +98,8 @@ def inner_parameter_names(net: Backbone, cfg: ExperimentConfig) -> tuple[str, ..
     return tuple(names)
 
 
-def init_rates(
-    params: Params, inner_names: Sequence[str], num_steps: int, init_lr: float
-) -> Params:
+def init_rates(inner_names: Sequence[str], num_steps: int, init_lr: float) -> Params:
     """LSLR: one inner learning rate per adapted tensor per step, all ``init_lr``."""
-    del params  # the rates do not depend on the values, only on the names
     return {name: torch.full((num_steps,), float(init_lr)) for name in inner_names}
 
 
@@ -282,7 +279,6 @@ class MamlSystem:
         self.rates: Params = {
             k: v.to(self.device).requires_grad_(self.learnable_rates)
             for k, v in init_rates(
-                self.params,
                 self.inner_names,
                 cfg.number_of_training_steps_per_iter,
                 cfg.init_inner_loop_learning_rate,
