@@ -231,17 +231,15 @@ class _Conv2dGrad(torch.autograd.Function):
         gg_x, gg_w, gg_b = (None if g is None else g.to(x.dtype) for g in (gg_x, gg_w, gg_b))
         g_out = g_x = g_w = None
         if ctx.needs_input_grad[0]:
-            terms = []
+            # The bias term rides along as a conv bias (added inside the kernel).
             if gg_x is not None:
-                terms.append(F.conv2d(gg_x, weight, None, stride, padding))
+                g_out = F.conv2d(gg_x, weight, gg_b, stride, padding)
+                gg_b = None
             if gg_w is not None:
-                terms.append(F.conv2d(x, gg_w, None, stride, padding))
-            if gg_b is not None:
-                terms.append(gg_b.view(1, -1, 1, 1).expand_as(grad_out))
-            if terms:
-                g_out = terms[0]
-                for t in terms[1:]:
-                    g_out = g_out + t
+                term = F.conv2d(x, gg_w, gg_b, stride, padding)
+                g_out = term if g_out is None else g_out.add_(term)
+            elif gg_b is not None:
+                g_out = gg_b.view(1, -1, 1, 1).expand_as(grad_out).clone()
         if ctx.needs_input_grad[1] and gg_w is not None:
             g_x = _conv_backward(grad_out, x, gg_w, ctx.geometry, (True, False, False))[0]
         if ctx.needs_input_grad[2] and gg_x is not None:
