@@ -167,16 +167,18 @@ def _unflatten_stats(net: Backbone, plan: StepPlan, stats: torch.Tensor) -> list
 
 # ---------------------------------------------------------------------------- threads
 _POOL_LOCK = threading.Lock()
-_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _WORKER_PREFIX = "maml-task"
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """A process-wide pool per size (threads are reused across meta-steps)."""
+    """A process-wide pool per size (threads are reused across meta-steps); keyed by
+    process id too, because a forked child inherits the pool but not its threads."""
+    key = (os.getpid(), workers)
     with _POOL_LOCK:
-        if workers not in _POOLS:
-            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix=_WORKER_PREFIX)
-        return _POOLS[workers]
+        if key not in _POOLS:
+            _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix=_WORKER_PREFIX)
+        return _POOLS[key]
 
 
 def default_workers() -> int:
