@@ -165,9 +165,9 @@ def test_initialisation_uses_its_generator_only():
 )
 def test_fast_conv2d_first_and_second_derivatives(stride, padding, image_input):
     g = torch.Generator().manual_seed(stride + padding)
-    x = torch.randn(2, 2, 5, 5, generator=g, dtype=torch.float64, requires_grad=not image_input)
-    w = torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 2, 4, 4, generator=g, dtype=torch.float64, requires_grad=not image_input)
+    w = torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, generator=g, dtype=torch.float64, requires_grad=True)
     inputs = (w, b) if image_input else (x, w, b)
 
     def fn(*args):
