@@ -196,6 +196,12 @@ def test_file_problems_are_config_errors(tmp_path: Path) -> None:
         load_config(bad)
     with pytest.raises(ConfigError, match="expected a JSON object"):
         load_config(_write(tmp_path, [1, 2], "list.json"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path)
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(ConfigError, match=r"binary\.json: not UTF-8"):
+        load_config(binary)
 
 
 # ------------------------------------------------------------------ legacy keys
