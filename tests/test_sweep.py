@@ -55,6 +55,14 @@ def test_exclude_that_matches_nothing_is_an_error(tmp_path):
         combinations(load_suite(write_suite(tmp_path, text)))
 
 
+@pytest.mark.parametrize("value", ["{ a = 1 }", "[[20]]", "[]"])
+def test_exclude_value_that_is_not_a_scalar_is_a_config_error(tmp_path, value):
+    # A table or nested list used to reach a set() and raise TypeError (a traceback).
+    text = TINY_SUITE.replace("way = 20\n", f"way = {value}\n")
+    with pytest.raises(ConfigError, match=r"exclude #1: way must be a value or a non-empty"):
+        load_suite(write_suite(tmp_path, text))
+
+
 def test_exclude_unknown_variable_suggests(tmp_path):
     text = TINY_SUITE.replace('method = "maml"\nway = 20', 'methd = "maml"')
     with pytest.raises(

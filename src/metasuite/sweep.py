@@ -202,7 +202,13 @@ def _parse_exclude(raw: Any, variables: Sequence[str], src: str) -> tuple[dict, 
                     f"{where}: {key!r} is not a grid variable{_suggest(key, variables)} "
                     f"(grid variables: {', '.join(variables)})"
                 )
-            rule[key] = tuple(value) if isinstance(value, list) else (value,)
+            options = tuple(value) if isinstance(value, list) else (value,)
+            if not options or not all(_is_scalar(v) for v in options):
+                raise ConfigError(
+                    f"{where}: {key} must be a value or a non-empty list of values "
+                    f"(strings, numbers or booleans), got {json.dumps(value)}"
+                )
+            rule[key] = options
         out.append(rule)
     return tuple(out)
 
