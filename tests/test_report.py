@@ -152,6 +152,16 @@ def test_plots_are_valid_pngs_one_per_group_with_curves(suite, tmp_path):
     assert not stale.exists()
 
 
+def test_only_matching_nothing_says_so(suite, capsys):
+    root, configs = suite
+    argv = ["report", "--experiments-root", str(root), "--configs", str(configs), "--quiet"]
+    assert main([*argv, "--only", "zzz"]) == 2
+    err = capsys.readouterr().err.strip()
+    # The suite is there; the message must blame the pattern, not claim it is empty.
+    assert err.count("\n") == 0 and "--only 'zzz'" in err
+    assert "no experiments under" not in err
+
+
 def test_band_is_mean_and_std_over_seeds():
     from metasuite.plots import _band
 

@@ -510,6 +510,9 @@ def write_report(
 
     groups, excluded = collect(root, configs, only)
     if not groups and not excluded:
+        if only:  # the suite may well be there; the pattern selected nothing of it
+            patterns = " ".join([only] if isinstance(only, str) else only)
+            raise UserError(f"no experiment matches --only {patterns!r} ({root}, {configs})")
         raise UserError(f"no experiments under {root} and no generated configs in {configs}")
     out.mkdir(parents=True, exist_ok=True)
     results_md = out / "results.md"
