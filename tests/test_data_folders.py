@@ -152,6 +152,23 @@ def test_archive_that_unpacks_to_an_unexpected_folder_is_an_error(
         locate_dataset(config, tmp_path, quiet=True)
 
 
+def test_dataset_path_typo_beside_an_unpacked_archive_names_the_folder(
+    omniglot_config: ExperimentConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "src" / "mydata" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "src" / "mydata" / "a" / "b" / "x.png").write_bytes(b"x")
+    make_archive(tmp_path / "mydata.tar.bz2", tmp_path / "src" / "mydata")
+    (tmp_path / "mydata").mkdir()  # unpacked before, under its own name
+
+    def unpack(*args, **kwargs):
+        raise AssertionError("a typo must not unpack the archive again")
+
+    monkeypatch.setattr(folders, "unpack", unpack)
+    config = replace(omniglot_config, dataset_path="mydta", dataset_name="mydata")
+    with pytest.raises(DatasetError, match=r"dataset_path 'mydta'.*set dataset_path to 'mydata'"):
+        locate_dataset(config, tmp_path, quiet=True)
+
+
 # ------------------------------------------------------------------ the image cache
 @pytest.fixture
 def small_omniglot(omniglot_folder: Path, tmp_path: Path, omniglot_config: ExperimentConfig):

@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tarfile
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 import numpy as np
@@ -126,6 +127,7 @@ def locate_dataset(
             f"{' or '.join(str(a) for a in archives)} (dataset_path={config.dataset_path!r}, "
             f"data set root {root}; set DATASET_DIR or dataset_path)"
         )
+    _refuse_archive_of_another_folder(config, archive, folders)
     names = [f.name for f in folders if f.parent == archive.parent]
     folder = unpack(archive, existing_names=names, quiet=quiet)
     if folder not in folders:
@@ -134,6 +136,37 @@ def locate_dataset(
             f"expects {' or '.join(str(f) for f in folders)}"
         )
     return DataSource(folder, archive)
+
+
+def _archive_top_folder(archive: Path) -> str | None:
+    """The top folder of the archive's first member (reads one bzip2 block), or None."""
+    try:
+        with tarfile.open(archive, "r:bz2") as tar:
+            member = tar.next()
+    except (tarfile.TarError, EOFError, OSError):
+        return None  # unpack() reports a damaged archive properly
+    if member is None:
+        return None
+    parts = [p for p in PurePosixPath(member.name).parts if p not in (".", "/")]
+    return parts[0] if len(parts) > 1 or member.isdir() else None
+
+
+def _refuse_archive_of_another_folder(
+    config: ExperimentConfig, archive: Path, folders: list[Path]
+) -> None:
+    """A ``dataset_path`` typo falls back to the ``dataset_name`` archive, whose folder
+    is usually unpacked already: say so at once rather than unpack the whole archive
+    (minutes) only to find its folder taken."""
+    top = _archive_top_folder(archive)
+    if top is None:
+        return
+    existing = archive.parent / top
+    if existing.is_dir() and existing not in folders:
+        raise DatasetError(
+            f"dataset_path {config.dataset_path!r}: no folder "
+            f"{' or '.join(str(f) for f in folders)}, but {archive} is unpacked already, "
+            f"in {existing}; set dataset_path to {top!r}"
+        )
 
 
 # --------------------------------------------------------------------------- scanning
