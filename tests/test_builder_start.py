@@ -179,6 +179,16 @@ def test_unwritable_root_is_one_line(tmp_path: Path, capsys) -> None:
     assert "not writable" in _one_error_line(err)
 
 
+def test_a_file_in_place_of_the_experiment_folder_is_a_user_error(tmp_path: Path) -> None:
+    (tmp_path / "tiny").write_text("not a folder")
+    with pytest.raises(UserError, match=r"experiment folder .*tiny: cannot create it"):
+        ExperimentDir(tmp_path / "tiny").create()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "checkpoints").write_text("")
+    with pytest.raises(UserError, match=r"other/checkpoints: cannot create it"):
+        ExperimentDir(tmp_path / "other").create()
+
+
 def test_negative_checkpoint_every_is_one_line(tmp_path: Path, capsys) -> None:
     config = write_config(tmp_path)
     code, err = _cli(capsys, "--config", str(config), "--gpus", "cpu", "--checkpoint-every", "-1")

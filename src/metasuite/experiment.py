@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from metasuite.config import REPO_ROOT, ExperimentConfig, load_config, save_config
+from metasuite.errors import UserError
 from metasuite.fsutil import write_text_atomic
 
 Status = Literal["running", "paused", "done", "failed", "interrupted"]
@@ -110,8 +111,15 @@ class ExperimentDir:
         return self.path / TEST_SUMMARY_FILE
 
     def create(self) -> None:
+        """Make the folders; a file in the way (or no permission) is a one-line error."""
         for folder in (self.path, self.checkpoints, self.logs):
-            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(
+                    f"experiment folder {folder}: cannot create it ({exc.strerror or exc}); "
+                    "is a file in the way?"
+                ) from None
 
     # ---------------------------------------------------------------- config
     def read_config(self) -> ExperimentConfig | None:
