@@ -13,8 +13,9 @@
 # 3 paused (total_epochs_before_pause; run again to go on), 4 stopped by a signal.
 set -euo pipefail
 
-script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "${script_dir}/".. && pwd)"
+# CDPATH= : with an exported CDPATH, cd would print the folder and spoil the capture.
+script_dir="$(CDPATH='' cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
+root="$(CDPATH='' cd -- "${script_dir}/".. && pwd)"
 config="${root}/"experiment_config/omniglot_maml_20way_1shot_s0.json
 python="${PYTHON:-python3}"
 me="$(basename "${BASH_SOURCE[0]}")"

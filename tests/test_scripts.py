@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -114,6 +115,17 @@ def test_extra_arguments_env_and_any_cwd(fake_suite, tmp_path):
     assert proc.returncode == 0, stderr
     assert calls[-2:] == ["arg=--quiet", "arg=--force"]
     assert "root=/somewhere/else" in calls
+
+
+def test_relative_path_with_exported_cdpath(fake_suite):
+    # bash's cd prints the folder it found through CDPATH; inside $(...) that used to
+    # turn script_dir into two lines and the script died with exit 1.
+    exp, fake, out = fake_suite
+    root = exp.script_path.parent.parent
+    relative = dataclasses.replace(exp, script_path=exp.script_path.relative_to(root))
+    proc, stderr, calls = _call(relative, fake, out, "cpu", cwd=root, CDPATH=str(root))
+    assert proc.returncode == 0, stderr
+    assert f"arg={exp.config_path}" in calls
 
 
 @pytest.mark.parametrize("code", [1, 2, 3, 4])
