@@ -19,7 +19,7 @@ from metasuite.checkpoint import CheckpointStore
 from metasuite.config import from_dict, to_dict
 from metasuite.errors import UserError
 from metasuite.experiment import ExperimentDir
-from metasuite.runner import choose_start
+from metasuite.runner import check_root_writable, choose_start
 
 
 def _config(**changes: Any):
@@ -187,6 +187,16 @@ def test_a_file_in_place_of_the_experiment_folder_is_a_user_error(tmp_path: Path
     (tmp_path / "other" / "checkpoints").write_text("")
     with pytest.raises(UserError, match=r"other/checkpoints: cannot create it"):
         ExperimentDir(tmp_path / "other").create()
+
+
+def test_root_check_leaves_nothing_and_ignores_other_entries(tmp_path: Path) -> None:
+    root = tmp_path / "experiments"
+    root.mkdir()
+    # Whatever else is in the root (another process's probe, a folder) does not matter.
+    (root / f".write-test.{id(root)}").mkdir()
+    before = sorted(p.name for p in root.iterdir())
+    check_root_writable(root)
+    assert sorted(p.name for p in root.iterdir()) == before
 
 
 def test_negative_checkpoint_every_is_one_line(tmp_path: Path, capsys) -> None:

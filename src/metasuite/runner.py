@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,9 +89,9 @@ def check_root_writable(root: Path) -> None:
     """The experiments root must be creatable and writable (one-line error if not)."""
     try:
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test.{id(root)}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # A uniquely named probe: experiments started together (run-suite) share the root.
+        with tempfile.TemporaryFile(prefix=".write-test.", dir=root):
+            pass
     except OSError as exc:
         raise UserError(f"experiments root {root}: not writable ({exc.strerror or exc})") from None
 
