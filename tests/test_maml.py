@@ -100,6 +100,20 @@ def test_load_state_dict_refuses_another_architecture():
         b.load_state_dict(a.state_dict())
 
 
+def test_load_state_dict_refuses_other_lslr_learnability_and_changes_nothing():
+    # Same tensors and shapes, but fixed rates are not in the optimizer.
+    learned = MamlSystem(tiny_config())
+    fixed = MamlSystem(tiny_config(learnable_per_layer_per_step_inner_loop_learning_rate=False))
+    learned.train_step(random_batch(tiny_config()), epoch=0)
+    before = fixed.state_dict()
+    with pytest.raises(UserError, match="learnable_per_layer_per_step_inner_loop_learning_rate"):
+        fixed.load_state_dict(learned.state_dict())
+    after = fixed.state_dict()
+    for group in ("params", "rates"):
+        for k in before[group]:
+            assert torch.equal(before[group][k], after[group][k]), (group, k)
+
+
 def test_evaluate_leaves_the_learner_untouched_and_returns_probabilities():
     cfg = tiny_config()
     system = MamlSystem(cfg)

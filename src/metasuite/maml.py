@@ -313,7 +313,11 @@ class MamlSystem:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; a checkpoint of another architecture is refused."""
+        """Restore :meth:`state_dict`; a checkpoint of another architecture is refused.
+
+        Everything is checked before anything is copied, so a refused checkpoint leaves
+        the learner as it was.
+        """
         if not isinstance(state, dict) or state.get("format") != self.STATE_FORMAT:
             raise UserError(
                 f"learner state: expected format {self.STATE_FORMAT}, "
@@ -330,9 +334,20 @@ class MamlSystem:
                     f"network ({sorted(theirs)} vs {sorted(mine)}); was it trained with "
                     "another config?"
                 )
-            with torch.no_grad():
-                for k, v in mine.items():
-                    v.copy_(theirs[k])
+        # The rates have the same shapes whether they are learned or not, but only
+        # learned ones are in the optimizer: compare its parameter count too (else
+        # torch raises a bare ValueError after half the state has been copied).
+        saved = sum(len(g["params"]) for g in state["optimizer"]["param_groups"])
+        if saved != len(self.meta_parameters()):
+            raise UserError(
+                f"learner state: the checkpoint's optimizer holds {saved} tensors, this "
+                f"config's {len(self.meta_parameters())}; was it trained with another "
+                "learnable_per_layer_per_step_inner_loop_learning_rate?"
+            )
+        with torch.no_grad():
+            for group in ("params", "rates", "buffers"):
+                for k, v in getattr(self, group).items():
+                    v.copy_(state[group][k])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
 
