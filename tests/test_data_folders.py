@@ -152,6 +152,17 @@ def test_archive_that_unpacks_to_an_unexpected_folder_is_an_error(
         locate_dataset(config, tmp_path, quiet=True)
 
 
+@pytest.mark.parametrize("path", ["", ".", "root", "/"])
+def test_dataset_path_naming_the_root_itself_is_an_error(
+    omniglot_config: ExperimentConfig, tmp_path: Path, path: str
+) -> None:
+    (tmp_path / "root" / "data" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "root" / "data" / "a" / "b" / "x.png").write_bytes(b"x")
+    config = replace(omniglot_config, dataset_path=path)
+    with pytest.raises(DatasetError, match="holds the data set root"):
+        locate_dataset(config, tmp_path / "root")
+
+
 def test_dataset_path_typo_beside_an_unpacked_archive_names_the_folder(
     omniglot_config: ExperimentConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

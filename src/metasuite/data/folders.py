@@ -115,6 +115,12 @@ def locate_dataset(
     """
     root = (root or dataset_root()).resolve()
     folders = _folder_candidates(config, root)
+    if root.is_relative_to(folders[0]):
+        # "", "." or "datasets" would make every data set in the root one big data set.
+        raise DatasetError(
+            f"dataset_path {config.dataset_path!r} names {folders[0]}, which holds the data "
+            f"set root {root} itself; name one data set's folder, e.g. 'omniglot_dataset'"
+        )
     archives = _archive_candidates(config, folders)
     archive = next((a for a in archives if a.is_file()), None)
     for folder in folders:
