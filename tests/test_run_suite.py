@@ -80,6 +80,10 @@ def test_make_slots():
         (["0", "1", "2"], 2, 1, "does not divide the 3 GPUs"),
         (["0", "0"], 1, 1, "listed twice"),
         (["0", "x"], 1, 1, "expected GPU ids"),
+        # The script refuses these; each experiment would fail with exit 2 instead.
+        (["01"], 1, 1, "expected GPU ids"),
+        (["1000"], 1, 1, "expected GPU ids"),
+        (["\u00b2"], 1, 1, "expected GPU ids"),  # str.isdigit() is true for '²'
         (["cpu", "0"], 1, 1, "expected GPU ids"),
         (["cpu"], 2, 1, "on the CPU use --jobs"),
         (["0"], 1, 2, "--jobs applies to the CPU"),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -37,6 +38,8 @@ from metasuite.signals import parent_death_signal
 
 EXIT_DONE, EXIT_USER_ERROR, EXIT_PAUSED, EXIT_STOPPED = 0, 2, 3, 4
 POLL_SECONDS = 0.2
+_GPU_ID = re.compile(r"0|[1-9][0-9]{0,2}")
+"""A GPU id as the generated experiment script accepts it (experiment.sh.j2)."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,8 @@ def make_slots(gpus: Sequence[str], per_experiment: int = 1, jobs: int = 1) -> l
         if per_experiment != 1:
             raise ValueError("--per-experiment applies to GPUs; on the CPU use --jobs")
         return [Slot(("cpu",)) for _ in range(jobs)]
-    if not gpus or any(not g.isdigit() for g in gpus):
+    # The ids the experiment script accepts: "01" or "1000" would fail every experiment.
+    if not gpus or any(not _GPU_ID.fullmatch(g) for g in gpus):
         raise ValueError(f"--gpus {' '.join(gpus)}: expected GPU ids such as 0 1 2 3, or cpu")
     if len(set(gpus)) != len(gpus):
         raise ValueError(f"--gpus {' '.join(gpus)}: a GPU id is listed twice")
