@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from metasuite.config import REPO_ROOT, ExperimentConfig, load_config, save_config
+from metasuite.config import REPO_ROOT, ExperimentConfig, save_config
 from metasuite.errors import UserError
 from metasuite.fsutil import write_text_atomic
 
@@ -122,11 +122,6 @@ class ExperimentDir:
                 ) from None
 
     # ---------------------------------------------------------------- config
-    def read_config(self) -> ExperimentConfig | None:
-        if not self.config_path.exists():
-            return None
-        return load_config(self.config_path)
-
     def write_config(self, config: ExperimentConfig) -> None:
         save_config(config, self.config_path)
 

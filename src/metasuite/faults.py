@@ -57,8 +57,3 @@ def fault_point(site: str) -> None:
     target = _parse(kills).get(site)
     if target is not None and _visits[site] == int(target):
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def reset() -> None:
-    """Forget visit counts (tests that inject faults in-process)."""
-    _visits.clear()
