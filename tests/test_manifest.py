@@ -185,6 +185,19 @@ def test_corrupt_manifest_is_kept_aside(tmp_path):
     assert record.entry["run"] == 1 and "unreadable" in record.entry["notes"][0]
 
 
+def test_manifest_with_a_run_that_is_not_an_object_is_corrupt(shown, capsys):
+    # A hand-edited run entry used to crash start_run (so training) and show with
+    # AttributeError; it is a corrupt manifest like any other.
+    root, configs, folder = shown
+    (folder / "manifest.json").write_text('{"format": 1, "runs": [5]}')
+    assert _show("omni_s0", root, configs) == 0
+    assert 'every entry of "runs" must be an object' in capsys.readouterr().out
+    with pytest.warns(mf.ReproducibilityWarning, match="previous manifest unreadable"):
+        record = _start(folder, make_config("omni_s0", 0))
+    assert record.entry["run"] == 1
+    assert len(list(folder.glob("manifest.json.corrupt-*"))) == 1
+
+
 def test_recorded_run_marks_a_crash_as_failed(tmp_path):
     config = make_config("exp", 0)
     with pytest.raises(RuntimeError), mf.recorded_run(tmp_path, config, devices=["cpu"]):

@@ -260,6 +260,8 @@ def read_manifest(exp_dir: Path) -> dict[str, Any] | None:
         raise ValueError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
         raise ValueError(f'{path}: expected an object with a "runs" list')
+    if not all(isinstance(run, dict) for run in data["runs"]):
+        raise ValueError(f'{path}: every entry of "runs" must be an object')
     return data
 
 
