@@ -9,7 +9,14 @@ import torch
 
 from maml_helpers import random_batch, tiny_config
 from metasuite.errors import ConfigError, UserError
-from metasuite.maml import MamlSystem, cosine_learning_rate, msl_weights, train_plan
+from metasuite.maml import (
+    MamlSystem,
+    cosine_learning_rate,
+    eval_plan,
+    msl_weights,
+    task_loss,
+    train_plan,
+)
 
 
 def test_msl_weights_follow_the_rule_at_start_middle_and_end():
@@ -133,3 +140,64 @@ def test_evaluate_leaves_the_learner_untouched_and_returns_probabilities():
 def test_unsupported_reference_switches_are_refused():
     with pytest.raises(ConfigError, match="dropout_rate_value"):
         MamlSystem(tiny_config(dropout_rate_value=0.1))
+
+
+def test_evaluate_runs_the_evaluation_step_count_and_scores_the_final_step():
+    cfg = tiny_config(number_of_evaluation_steps_per_iter=5)  # trained with 3
+    plan = eval_plan(cfg)
+    assert (plan.num_steps, plan.second_order, plan.differentiable) == (5, False, False)
+    assert plan.loss_weights == (0.0, 0.0, 0.0, 0.0, 1.0)
+    system = MamlSystem(cfg, backend="loop")
+    batch = random_batch(cfg, seed=4)
+    result = system.evaluate(batch)
+    losses, probs = [], []
+    for t in range(len(batch)):
+        loss, logits = task_loss(
+            system.net,
+            system.params,
+            system.rates,
+            system.inner_names,
+            batch.support_x[t],
+            batch.support_y[t],
+            batch.query_x[t],
+            batch.query_y[t],
+            plan,
+        )
+        losses.append(float(loss.detach()))
+        probs.append(logits.softmax(-1))
+    torch.testing.assert_close(result.probabilities, torch.stack(probs))
+    assert result.loss == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+    three = MamlSystem(tiny_config(), backend="loop").evaluate(batch)
+    assert not torch.allclose(three.probabilities, result.probabilities)
+
+
+def test_train_step_reports_the_task_mean_and_steps_adam_at_the_cosine_rate():
+    cfg = tiny_config()
+    epoch = 5
+    system = MamlSystem(cfg, backend="loop")
+    batch = random_batch(cfg)
+    plan = train_plan(cfg, epoch)
+    losses = [
+        float(
+            task_loss(
+                system.net,
+                system.params,
+                system.rates,
+                system.inner_names,
+                batch.support_x[t],
+                batch.support_y[t],
+                batch.query_x[t],
+                batch.query_y[t],
+                plan,
+            )[0].detach()
+        )
+        for t in range(len(batch))
+    ]
+    before = {k: v.detach().clone() for k, v in system.params.items()}
+    metrics = system.train_step(batch, epoch=epoch)
+    lr = cosine_learning_rate(cfg, epoch)
+    assert metrics["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+    assert metrics["learning_rate"] == lr
+    # Adam's first step moves every tensor with a clear gradient by lr per element.
+    step = (system.params["linear.weight"] - before["linear.weight"]).abs()
+    torch.testing.assert_close(step, torch.full_like(step, lr), rtol=1e-3, atol=0.0)
