@@ -121,6 +121,20 @@ def test_load_state_dict_refuses_other_lslr_learnability_and_changes_nothing():
             assert torch.equal(before[group][k], after[group][k]), (group, k)
 
 
+def test_a_resumed_run_uses_the_configs_weight_decay_not_the_checkpoints():
+    cfg = tiny_config()
+    batch = random_batch(cfg)
+    saved = MamlSystem(cfg).state_dict()
+    decayed = MamlSystem(tiny_config(weight_decay=0.5), backend="loop")
+    decayed.load_state_dict(saved)
+    fresh = MamlSystem(tiny_config(weight_decay=0.5), backend="loop")
+    fresh.load_state_dict(MamlSystem(tiny_config(weight_decay=0.5)).state_dict())
+    decayed.train_step(batch, epoch=0)
+    fresh.train_step(batch, epoch=0)
+    for k, v in fresh.params.items():
+        assert torch.equal(decayed.params[k], v), k
+
+
 def test_evaluate_leaves_the_learner_untouched_and_returns_probabilities():
     cfg = tiny_config()
     system = MamlSystem(cfg)

@@ -349,6 +349,10 @@ class MamlSystem:
                 for k, v in getattr(self, group).items():
                     v.copy_(state[group][k])
         self.optimizer.load_state_dict(state["optimizer"])
+        # torch restores the saved hyperparameters too; the config decides them (the
+        # learning rate is set from the epoch at every step, weight decay only here).
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = self.cfg.weight_decay
         self.epoch = int(state["epoch"])
 
     # ------------------------------------------------------------------ steps
