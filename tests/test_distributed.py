@@ -230,3 +230,17 @@ def test_rank_device_wants_one_gpu_per_process() -> None:
     assert distributed.rank_device(gpus, ctx) == torch.device("cuda", 1)
     with pytest.raises(UserError, match="names 1 GPUs but 2 processes"):
         distributed.rank_device(gpus[:1], ctx)
+
+
+def test_launch_checks_the_timeout_before_starting_workers(monkeypatch) -> None:
+    # Checked only in the workers, a bad value printed one error per rank and then
+    # torchrun's ChildFailedError traceback.
+    from metasuite.errors import UserError
+
+    def no_popen(*args, **kwargs):
+        raise AssertionError("torchrun must not start")
+
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "abc")
+    monkeypatch.setattr(distributed.subprocess, "Popen", no_popen)
+    with pytest.raises(UserError, match="METASUITE_DIST_TIMEOUT_S='abc'"):
+        distributed.launch(["--config", "x.json"], 2)

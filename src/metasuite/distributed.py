@@ -500,6 +500,8 @@ def launch(worker_argv: Sequence[str], nproc: int) -> int:
     4 stopped by a signal), else torchrun's. The first SIGTERM/SIGINT is passed to the
     workers once (they checkpoint and stop); a second one kills the whole job.
     """
+    # Checked here too, so a bad value is one error line, not one per worker + torchrun's.
+    timeout_seconds()
     with tempfile.TemporaryDirectory(prefix="metasuite-launch-") as tmp:
         folder = Path(tmp)
         env = dict(os.environ, **{LAUNCH_DIR_ENV: tmp})
