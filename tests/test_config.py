@@ -151,6 +151,10 @@ def test_wrong_type_names_file_key_and_expectation(
         ({"continue_from_epoch": -3}, "continue_from_epoch"),
         ({"image_height": 8, "image_width": 8}, "num_stages"),
         ({"experiment_name": "a/b"}, "experiment_name"),
+        ({"train_seed": -1}, "train_seed"),
+        ({"train_seed": 2**70}, "train_seed"),
+        ({"val_seed": -1}, "val_seed"),
+        ({"test_seed": -3}, "test_seed"),
     ],
 )
 def test_out_of_range_values_are_rejected(tmp_path: Path, changes: dict, key: str) -> None:

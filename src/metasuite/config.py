@@ -271,6 +271,10 @@ def _check_ranges(c: ExperimentConfig, source: str) -> None:
     for key, low in at_least.items():
         if getattr(c, key) < low:
             fail(key, f"an integer >= {low}")
+    for key in ("train_seed", "val_seed", "test_seed"):
+        seed = getattr(c, key)
+        if seed is not None and not 0 <= seed < 2**63:  # numpy and torch seed ranges
+            fail(key, "an integer in [0, 2**63)")
     for key in ("init_inner_loop_learning_rate", "weight_decay", "min_learning_rate"):
         if getattr(c, key) < 0:
             fail(key, "a number >= 0")
