@@ -63,7 +63,9 @@ def suite_files(suite: Suite, experiments: Sequence[Experiment]) -> list[OutputF
 
 
 def extra_files(suite: Suite, files: Sequence[OutputFile]) -> list[Path]:
-    """Files in the output folders that look generated but the grid no longer produces."""
+    """Files the grid does not produce in the generator's folders: every ``*.json`` of
+    the config folder, ``*.sh`` of the script folder and ``slurm/*.sbatch``, judged by
+    name only (those folders belong to the generator; ``--clean`` deletes these)."""
     produced = {f.path for f in files}
     found: set[Path] = set()
     kinds = [(suite.config_dir, "*.json"), (suite.script_dir, "*.sh")]
