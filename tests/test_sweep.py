@@ -94,6 +94,18 @@ def test_undefined_variable_names_template_line_and_variable(tmp_path):
     assert "method='maml'" in message
 
 
+def test_suite_or_template_not_utf8_is_a_config_error(tmp_path):
+    # Latin-1 bytes used to escape as UnicodeDecodeError (a traceback).
+    path = write_suite(tmp_path)
+    template = path.parent / "tiny.json.j2"
+    template.write_bytes(template.read_bytes().replace(b"{", b'{"x": "caf\xe9",', 1))
+    with pytest.raises(ConfigError, match=r"tiny\.json\.j2: not UTF-8 text .*method="):
+        expand(load_suite(path))
+    path.write_bytes(b'[suite]\nname = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match=r"suite\.toml: not UTF-8 text"):
+        load_suite(path)
+
+
 def test_unknown_config_key_is_reported_with_suggestion(tmp_path):
     template = TINY_TEMPLATE.replace('"batch_size"', '"batch_sise"')
     with pytest.raises(ConfigError, match=r"unknown key 'batch_sise' \(did you mean 'batch_size'"):

@@ -111,6 +111,11 @@ def render_file(
     except jinja2.TemplateSyntaxError as exc:
         where = _find(env, exc.filename or name)
         raise ConfigError(f"{where}:{exc.lineno}: Jinja syntax error: {exc.message}") from None
+    except UnicodeDecodeError as exc:
+        where = _find(env, name)
+        raise ConfigError(
+            f"{where}: not UTF-8 text (byte {exc.start}: {exc.reason}){suffix}"
+        ) from None
     try:
         return template.render(variables)
     except jinja2.UndefinedError as exc:

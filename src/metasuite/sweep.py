@@ -229,6 +229,8 @@ def load_suite(path: str | Path | None = None, root: str | Path | None = None) -
         raise ConfigError(f"{src}: suite file not found") from None
     except OSError as exc:
         raise ConfigError(f"{src}: cannot read suite file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{src}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{src}: not valid TOML ({exc})") from None
     for key in raw:
