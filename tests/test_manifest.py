@@ -248,3 +248,11 @@ def test_show_unknown_experiment_is_a_user_error(shown, capsys):
     root, configs, _ = shown
     assert _show("nope", root, configs) == 2
     assert "no experiment 'nope'" in capsys.readouterr().err
+
+
+def test_show_with_a_config_snapshot_that_is_not_utf8(shown, capsys):
+    # Used to escape as UnicodeDecodeError (a traceback) from the config diff.
+    root, configs, folder = shown
+    (folder / "config.json").write_bytes(b"\xff\xfe garbage")
+    assert _show("omni_s0", root, configs) == 0
+    assert "config.json: cannot read" in capsys.readouterr().out

@@ -179,3 +179,12 @@ def test_cli_status_missing_folder_is_a_user_error(tmp_path, capsys, option):
     assert main(["status", option, str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert option in err and "no such folder" in err and len(err.splitlines()) == 1
+
+
+def test_summary_statistics_that_are_not_utf8_read_as_nan(tmp_path):
+    # Used to raise UnicodeDecodeError, a traceback out of `metasuite report`.
+    path = tmp_path / "summary_statistics.csv"
+    path.write_bytes(b"epoch,val_accuracy_mean\n0,0.5\n1,\xff\xfe\n")
+    rows = st.read_summary_statistics(path)
+    assert rows[0] == {"epoch": 0.0, "val_accuracy_mean": 0.5}
+    assert rows[1]["epoch"] == 1.0 and rows[1]["val_accuracy_mean"] != rows[1]["val_accuracy_mean"]

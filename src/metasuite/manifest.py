@@ -545,7 +545,7 @@ def _normalised_config_lines(path: Path) -> tuple[list[str], str | None]:
 
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8
         return [], f"{path}: cannot read ({exc})"
     try:
         with warnings.catch_warnings():

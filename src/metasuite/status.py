@@ -110,10 +110,10 @@ def read_summary_statistics(path: Path) -> list[dict[str, float]]:
     """Rows of ``summary_statistics.csv`` as numbers (empty list when absent).
 
     A cell that is empty or not a number becomes NaN, so a half-written experiment
-    still plots what it has.
+    still plots what it has (bytes that are not UTF-8 too: they cannot be numbers).
     """
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8", errors="replace") as handle:
             rows = list(csv.DictReader(handle))
     except FileNotFoundError:
         return []
