@@ -88,15 +88,27 @@ def test_lock_on_another_host_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_first_signal_is_recorded_second_restores_default(sig: signal.Signals) -> None:
-    before = signal.getsignal(sig)
+def test_first_signal_is_recorded_second_ctrl_c_restores_default(sig: signal.Signals) -> None:
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     with StopRequest() as stop:
         assert not stop.requested
         os.kill(os.getpid(), sig)
         time.sleep(0.05)  # let the handler run
         assert stop.requested and stop.signal_name == sig.name
-        assert signal.getsignal(sig) == before  # a second signal would act normally
-    assert signal.getsignal(sig) == before
+        # A second Ctrl-C would act normally (KeyboardInterrupt) ...
+        assert signal.getsignal(signal.SIGINT) == before[signal.SIGINT]
+        # ... a repeated SIGTERM (Slurm + forwarding scripts) is only counted.
+        assert signal.getsignal(signal.SIGTERM) != before[signal.SIGTERM]
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_repeated_sigterm_does_not_cancel_the_checkpointing_stop() -> None:
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)  # would terminate the process if not handled
+        time.sleep(0.05)
+        assert stop.signal_name == "SIGTERM" and stop.repeated_sigterms == 1
 
 
 # ------------------------------------------------------------------------- devices

@@ -2,8 +2,12 @@
 
 Cluster schedulers send SIGTERM before killing a job at its time limit, and people press
 Ctrl-C. Either way the meta-iteration under way is finished and checkpointed, so no
-work is lost. A second signal means "now": the default handlers are put back after the
-first, so a second Ctrl-C raises KeyboardInterrupt and a second SIGTERM terminates.
+work is lost. A second Ctrl-C means "now": after the first signal SIGINT's default
+handler is put back, so it raises KeyboardInterrupt. A repeated SIGTERM does not: under
+Slurm the same stop arrives more than once (the scheduler signals every process of the
+job, and the batch script and the distributed launcher forward it too), and treating the
+copy as "now" would throw away the checkpoint the first one asked for. A scheduler that
+really means "now" sends SIGKILL after its grace period.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
+        self.repeated_sigterms = 0
         self._previous: dict[int, Any] = {}
 
     @property
@@ -31,9 +36,12 @@ class StopRequest:
         return self.signal_name is not None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:  # only SIGTERM stays handled after the first signal
+            self.repeated_sigterms += 1
+            return
         self.signal_name = signal.Signals(signum).name
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
+        if signal.SIGINT in self._previous:
+            signal.signal(signal.SIGINT, self._previous[signal.SIGINT])
 
     def __enter__(self) -> StopRequest:
         # Handlers can only be installed from the main thread (e.g. not under some
