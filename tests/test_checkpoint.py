@@ -236,3 +236,17 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path: Path) -> None:
     assert torch.equal(payload["weights"], torch.full((3, 4), 1.0))
     assert store.remove_temp_files() == 1
     assert not [p for p in store.folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cuda_rng_states_for_another_gpu_count_warn_instead_of_silently_skipping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    state = capture_rng_state()
+    state["cuda"] = [torch.zeros(8, dtype=torch.uint8)] * 2  # saved on two GPUs
+    restored: list[object] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    with pytest.warns(UserWarning, match="2 GPU.*1 are visible"):
+        restore_rng_state(state)
+    assert restored == []

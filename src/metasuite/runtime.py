@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from typing import Any
 
 import numpy as np
@@ -137,6 +138,14 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         cuda_states = state["cuda"]
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
+        else:
+            # Nothing in metasuite draws from the CUDA generators today (tasks and init
+            # use their own seeded generators), so this only matters to added code.
+            warnings.warn(
+                f"checkpoint holds CUDA RNG states for {len(cuda_states)} GPU(s) but "
+                f"{torch.cuda.device_count()} are visible; CUDA RNG states not restored",
+                stacklevel=2,
+            )
 
 
 __all__ = [
