@@ -47,7 +47,7 @@ class PooledMoments(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx, x: torch.Tensor, index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rows = _spatial_major(x)
+        rows = spatial_major(x)
         # Statistics in at least float32, also for bf16 activations under autocast.
         wide = rows.float() if rows.element_size() < 4 else rows
         mean = wide.mean((0, 1), keepdim=True)
@@ -62,7 +62,7 @@ class PooledMoments(torch.autograd.Function):
         ctx, g_mean: torch.Tensor | None, g_var: torch.Tensor | None, g_pooled: torch.Tensor | None
     ) -> tuple[torch.Tensor, None]:
         x, mean, index = ctx.saved_tensors
-        rows = _spatial_major(x)
+        rows = spatial_major(x)
         count = rows.shape[0] * rows.shape[1]
         if g_mean is None:
             g_mean = torch.zeros_like(mean)
@@ -76,7 +76,7 @@ class PooledMoments(torch.autograd.Function):
         return grad.view(n, h, w, c).permute(0, 3, 1, 2).to(x.dtype), None
 
 
-def _spatial_major(x: torch.Tensor) -> torch.Tensor:
+def spatial_major(x: torch.Tensor) -> torch.Tensor:
     """``[n, C, H, W]`` -> ``[n, H*W, C]`` (a view when ``x`` is channels-last)."""
     n, c, h, w = x.shape
     return x.permute(0, 2, 3, 1).reshape(n, h * w, c)
@@ -114,7 +114,30 @@ def norm_act_pool(
             source.contiguous(memory_format=torch.channels_last), 2, 2, return_indices=True
         )
     h2, w2 = index.shape[2:]
-    mean, var, pooled = PooledMoments.apply(x, _spatial_major(index))
+    mean, var, pooled = PooledMoments.apply(x, spatial_major(index))
+    return normalise_pooled(
+        pooled, mean, var, gamma, beta, eps, record, x.numel() // c, (n, h2, w2)
+    )
+
+
+def normalise_pooled(
+    pooled: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    eps: float,
+    record: list[tuple[torch.Tensor, torch.Tensor]] | None,
+    count: int,
+    out_shape: tuple[int, int, int],
+) -> torch.Tensor:
+    """``leaky_relu(gamma * (pooled - mean) / sqrt(var + eps) + beta)`` at pooled
+    resolution, as ``[n, C, H', W']`` channels-last.
+
+    ``pooled`` is ``[n, H' * W', C]``; ``mean``/``var`` (biased, over ``count`` values
+    per channel) broadcast against it. When ``record`` is a list, the detached (mean,
+    unbiased variance) are appended to it.
+    """
     invstd = torch.rsqrt(var + eps)
     scale = invstd if gamma is None else invstd * gamma
     shift = -mean * scale
@@ -122,11 +145,11 @@ def norm_act_pool(
         shift = shift + beta
     out = F.leaky_relu(torch.addcmul(shift, pooled, scale), NEGATIVE_SLOPE)
     if record is not None:
-        count = x.numel() // c
         with torch.no_grad():
             unbiased = var.detach().flatten() * (count / max(count - 1, 1))
             record.append((mean.detach().flatten(), unbiased))
-    return out.view(n, h2, w2, c).permute(0, 3, 1, 2)
+    n, h2, w2 = out_shape
+    return out.view(n, h2, w2, -1).permute(0, 3, 1, 2)
 
 
 class Conv2d(torch.autograd.Function):
@@ -260,5 +283,7 @@ __all__ = [
     "PooledMoments",
     "conv2d",
     "norm_act_pool",
+    "normalise_pooled",
+    "spatial_major",
     "to_channels_last",
 ]

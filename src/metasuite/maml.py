@@ -143,8 +143,9 @@ def task_loss(
     query_steps = set(plan.query_steps)
     total = support_x.new_zeros(())
     logits = support_x.new_zeros(())
+    support, query = net.prepare(support_x), net.prepare(query_x)
     for step in range(plan.num_steps):
-        support_logits = net.forward(params, support_x, step, stats)
+        support_logits = net.forward(params, support, step, stats)
         support_loss = F.cross_entropy(support_logits, support_y)
         inner = [params[n] for n in inner_names]
         grads = torch.autograd.grad(
@@ -157,7 +158,7 @@ def task_loss(
                 for k, v in params.items()
             }
         if step in query_steps:
-            logits = net.forward(params, query_x, step, stats)
+            logits = net.forward(params, query, step, stats)
             weight = plan.loss_weights[step]
             if weight != 0.0:
                 total = total + weight * F.cross_entropy(logits, query_y)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from metasuite.config import ExperimentConfig
 from metasuite.errors import ConfigError
 from metasuite.fastops import NEGATIVE_SLOPE, conv2d, norm_act_pool, to_channels_last
+from metasuite.stem import StemInput, stem_block
 
 Params = dict[str, torch.Tensor]
 # Detached batch statistics of one forward pass: (norm-step row, [(mean, unbiased var)]).
@@ -194,18 +195,51 @@ class Backbone:
         return gamma, beta
 
     # ------------------------------------------------------------------ forward
+    @property
+    def computes_stem(self) -> bool:
+        """Whether the first block is computed from image patches
+        (:mod:`metasuite.stem`): on the fused CPU path, for a batch-norm block that
+        pools."""
+        return self.fused_blocks and self.norm == "batch_norm" and self.pools_after(0)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor | StemInput:
+        """Images ``x`` in the form :meth:`forward` takes them fastest. The inner loop
+        prepares a task's support and query sets once and passes them to every step."""
+        return StemInput.from_images(x, self.padding) if self.computes_stem else x
+
     def forward(
-        self, params: Params, x: torch.Tensor, step: int, stats: StatsRecord | None = None
+        self,
+        params: Params,
+        x: torch.Tensor | StemInput,
+        step: int,
+        stats: StatsRecord | None = None,
     ) -> torch.Tensor:
-        """Logits ``[n, num_classes]`` for images ``x`` ``[n, C, H, W]`` of ONE task.
+        """Logits ``[n, num_classes]`` for images ``x`` ``[n, C, H, W]`` of ONE task
+        (or those images as :meth:`prepare` returned them).
 
         ``step`` selects the per-step norm row. When ``stats`` is a list, the detached
         batch statistics of every batch-norm layer are appended to it (for the running
         statistics, which never influence the output).
         """
-        out = to_channels_last(x) if self.fused_blocks else x
         record: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for layer in range(self.num_layers):
+        if self.computes_stem and not isinstance(x, StemInput):
+            x = StemInput.from_images(x, self.padding)
+        if isinstance(x, StemInput):
+            gamma, beta = self.affine(params, 0, step)
+            out = stem_block(
+                x,
+                params["conv0.weight"],
+                params["conv0.bias"],
+                gamma,
+                beta,
+                self.eps,
+                record if stats is not None else None,
+            )
+            first = 1
+        else:
+            out = to_channels_last(x) if self.fused_blocks else x
+            first = 0
+        for layer in range(first, self.num_layers):
             out = (conv2d if self.fused_blocks else F.conv2d)(
                 out,
                 params[f"conv{layer}.weight"],
