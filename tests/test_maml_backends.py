@@ -11,7 +11,7 @@ import torch
 
 from maml_helpers import random_batch, tiny_config
 from metasuite.maml import MamlSystem, eval_plan, train_plan
-from metasuite.maml_backends import BACKENDS, threads_backend
+from metasuite.maml_backends import BACKENDS, task_chunks, threads_backend
 
 FAST = [name for name in BACKENDS if name != "loop"]
 
@@ -105,6 +105,50 @@ def test_second_order_gradients_differ_from_first_order():
         not torch.allclose(a, b, rtol=1e-3, atol=1e-6) for a, b in zip(first, second, strict=True)
     ]
     assert sum(differs) >= len(first) // 2
+
+
+@pytest.mark.parametrize("group_size", [1, 2, 5])
+@pytest.mark.parametrize("switches", ["maml++", "bn-inner", "plain"])
+def test_task_groups_match_the_reference_loop(group_size, switches):
+    """Chunks of 1, 2 (+ a single task left over) and all 5 tasks side by side."""
+    cfg = tiny_config(batch_size=5, **SWITCHES[switches])
+    system = MamlSystem(cfg, backend="loop")
+    batch = random_batch(cfg)
+    plan = train_plan(cfg, epoch=1)
+    ref, ref_records = _run("loop", system, batch, plan)
+    records = [] if ref_records is not None else None
+    got = threads_backend(
+        system.net,
+        system.params,
+        system.rates,
+        system.inner_names,
+        batch,
+        plan,
+        records,
+        system.meta_parameters(),
+        workers=2,
+        group_size=group_size,
+    )
+    _assert_close(got.loss_sum, ref.loss_sum, "loss")
+    _assert_close(got.logits, ref.logits, "logits")
+    for i, (g, r) in enumerate(zip(got.grads, ref.grads, strict=True)):
+        _assert_close(g, r, f"meta-gradient {i}")
+    if ref_records is None:
+        assert records is None
+        return
+    assert len(records) == len(ref_records) == 5
+    for task_got, task_ref in zip(records, ref_records, strict=True):
+        assert [row for row, _ in task_got] == [row for row, _ in task_ref]
+        for (_, layers_got), (_, layers_ref) in zip(task_got, task_ref, strict=True):
+            for (mg, vg), (mr, vr) in zip(layers_got, layers_ref, strict=True):
+                _assert_close(mg, mr, "running mean record")
+                _assert_close(vg, vr, "running var record")
+
+
+def test_task_chunks_are_consecutive_and_cover_the_batch():
+    assert task_chunks(8, 4) == [range(0, 4), range(4, 8)]
+    assert task_chunks(5, 2) == [range(0, 2), range(2, 4), range(4, 5)]
+    assert task_chunks(3, 1) == [range(0, 1), range(1, 2), range(2, 3)]
 
 
 def test_threads_backend_is_deterministic_and_independent_of_worker_count():

@@ -153,7 +153,7 @@ def normalise_pooled(
 
 
 class Conv2d(torch.autograd.Function):
-    """``F.conv2d`` (3x3, groups 1) whose gradient is :class:`_Conv2dGrad`.
+    """``F.conv2d`` (3x3) whose gradient is :class:`_Conv2dGrad`.
 
     PyTorch's generic double backward of a convolution computes the weight-shaped term
     as a forward convolution with batch and channels swapped, which is slow on a CPU.
@@ -168,6 +168,7 @@ class Conv2d(torch.autograd.Function):
         bias: torch.Tensor | None,
         stride: int,
         padding: int,
+        groups: int = 1,
     ) -> torch.Tensor:
         ctx.dtypes = (x.dtype, weight.dtype)
         low = _autocast_dtype(x)
@@ -175,10 +176,10 @@ class Conv2d(torch.autograd.Function):
             x, weight = x.to(low), weight.to(low)
             bias = None if bias is None else bias.to(low)
         ctx.save_for_backward(x, weight)
-        ctx.geometry = (stride, padding)
+        ctx.geometry = (stride, padding, groups)
         ctx.has_bias = bias is not None
         with torch.autocast(x.device.type, enabled=False):
-            return F.conv2d(x, weight, bias, stride, padding)
+            return F.conv2d(x, weight, bias, stride, padding, 1, groups)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
@@ -189,7 +190,7 @@ class Conv2d(torch.autograd.Function):
         gx = None if gx is None else gx.to(x_dtype)
         gw = None if gw is None else gw.to(w_dtype)
         gb = gb.to(w_dtype) if (gb is not None and ctx.needs_input_grad[2]) else None
-        return gx, gw, gb, None, None
+        return gx, gw, gb, None, None, None
 
 
 def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
@@ -203,10 +204,10 @@ def _conv_backward(
     grad_out: torch.Tensor,
     x: torch.Tensor,
     weight: torch.Tensor,
-    geometry: tuple[int, int],
+    geometry: tuple[int, int, int],
     mask: tuple[bool, bool, bool],
 ) -> tuple[torch.Tensor | None, ...]:
-    stride, padding = geometry
+    stride, padding, groups = geometry
     return torch.ops.aten.convolution_backward(
         grad_out,
         x,
@@ -217,7 +218,7 @@ def _conv_backward(
         [1, 1],
         False,
         [0, 0],
-        1,
+        groups,
         list(mask),
     )
 
@@ -237,7 +238,7 @@ class _Conv2dGrad(torch.autograd.Function):
         grad_out: torch.Tensor,
         x: torch.Tensor,
         weight: torch.Tensor,
-        geometry: tuple[int, int],
+        geometry: tuple[int, int, int],
         mask: tuple[bool, bool, bool],
     ) -> tuple[torch.Tensor | None, ...]:
         ctx.save_for_backward(grad_out, x, weight)
@@ -250,16 +251,16 @@ class _Conv2dGrad(torch.autograd.Function):
     @torch.autocast("cpu", enabled=False)
     def backward(ctx, gg_x, gg_w, gg_b):  # type: ignore[override]
         grad_out, x, weight = ctx.saved_tensors
-        stride, padding = ctx.geometry
+        stride, padding, groups = ctx.geometry
         gg_x, gg_w, gg_b = (None if g is None else g.to(x.dtype) for g in (gg_x, gg_w, gg_b))
         g_out = g_x = g_w = None
         if ctx.needs_input_grad[0]:
             # The bias term rides along as a conv bias (added inside the kernel).
             if gg_x is not None:
-                g_out = F.conv2d(gg_x, weight, gg_b, stride, padding)
+                g_out = F.conv2d(gg_x, weight, gg_b, stride, padding, 1, groups)
                 gg_b = None
             if gg_w is not None:
-                term = F.conv2d(x, gg_w, gg_b, stride, padding)
+                term = F.conv2d(x, gg_w, gg_b, stride, padding, 1, groups)
                 g_out = term if g_out is None else g_out.add_(term)
             elif gg_b is not None:
                 g_out = gg_b.view(1, -1, 1, 1).expand_as(grad_out).clone()
@@ -271,10 +272,15 @@ class _Conv2dGrad(torch.autograd.Function):
 
 
 def conv2d(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: int,
+    padding: int,
+    groups: int = 1,
 ) -> torch.Tensor:
     """``F.conv2d`` with the faster second derivative of :class:`Conv2d`."""
-    return Conv2d.apply(x, weight, bias, stride, padding)
+    return Conv2d.apply(x, weight, bias, stride, padding, groups)
 
 
 __all__ = [

@@ -34,6 +34,7 @@ from metasuite.data.batch import TaskBatch
 from metasuite.errors import ConfigError
 from metasuite.maml import StepPlan, inner_update, meta_loss_loop, task_loss
 from metasuite.models import Backbone, Params, StatsRecord
+from metasuite.task_groups import task_group_loss
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,17 @@ def default_workers() -> int:
     return max(1, min(cores, torch.get_num_threads()))
 
 
+TASKS_PER_GROUP = 4
+"""Tasks run side by side in one grouped network by the threads backend (measured with
+bench/meta_step.py; a fixed number, so the chunks, and so the floating-point result,
+do not depend on how many cores run them)."""
+
+
+def task_chunks(tasks: int, group_size: int) -> list[range]:
+    """Consecutive runs of at most ``group_size`` tasks, one per work item."""
+    return [range(a, min(a + group_size, tasks)) for a in range(0, tasks, group_size)]
+
+
 def threads_backend(
     net: Backbone,
     params: Params,
@@ -201,57 +213,86 @@ def threads_backend(
     wrt: Sequence[torch.Tensor] | None = None,
     *,
     workers: int | None = None,
+    group_size: int | None = None,
 ) -> MetaBatchResult:
-    """Tasks in parallel threads; per-task gradients summed in task order.
+    """Chunks of tasks in parallel threads; per-chunk gradients summed in task order.
 
-    Summing per-task gradients in a fixed order keeps the result independent of
-    thread scheduling, so a step is deterministic. Autocast is thread-local, so the
-    caller's autocast state is re-entered in each worker.
+    A chunk is ``group_size`` consecutive tasks (default :data:`TASKS_PER_GROUP` where
+    the network allows, else 1) run as one grouped network
+    (:mod:`metasuite.task_groups`). Summing per-chunk gradients in a fixed order keeps
+    the result independent of thread scheduling and of the number of workers, so a
+    step is deterministic. Autocast is thread-local, so the caller's autocast state is
+    re-entered in each worker.
     """
     workers = workers or default_workers()
     if batch.support_x.device.type == "cpu":
         net = dataclasses.replace(net, fused_blocks=True)
+    if group_size is None:
+        group_size = TASKS_PER_GROUP if net.supports_task_groups else 1
+    group = group_size > 1
     device_type = batch.support_x.device.type
     autocast = torch.is_autocast_enabled(device_type)
     autocast_dtype = torch.get_autocast_dtype(device_type)
     want_stats = records is not None
 
-    def run(t: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None, StatsRecord]:
+    def run(
+        chunk: range,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None, list[StatsRecord]]:
         if threading.current_thread().name.startswith(_WORKER_PREFIX):
             torch.set_num_threads(1)  # a per-thread setting: the caller keeps its own
-        stats: StatsRecord = []
+        stats: list[StatsRecord] = []
+        part = slice(chunk.start, chunk.stop)
         with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast):
-            loss, logits = task_loss(
-                net,
-                params,
-                rates,
-                inner_names,
-                batch.support_x[t],
-                batch.support_y[t],
-                batch.query_x[t],
-                batch.query_y[t],
-                plan,
-                stats if want_stats else None,
-            )
+            if group:
+                loss, logits = task_group_loss(
+                    net,
+                    params,
+                    rates,
+                    inner_names,
+                    batch.support_x[part],
+                    batch.support_y[part],
+                    batch.query_x[part],
+                    batch.query_y[part],
+                    plan,
+                    stats if want_stats else None,
+                )
+            else:
+                record: StatsRecord = []
+                loss, logits = task_loss(
+                    net,
+                    params,
+                    rates,
+                    inner_names,
+                    batch.support_x[chunk.start],
+                    batch.support_y[chunk.start],
+                    batch.query_x[chunk.start],
+                    batch.query_y[chunk.start],
+                    plan,
+                    record if want_stats else None,
+                )
+                logits = logits.unsqueeze(0)
+                stats.append(record)
         grads = _gradients(loss, wrt) if wrt is not None else None
         return loss.detach(), logits.detach(), grads, stats
 
+    chunks = task_chunks(len(batch), group_size)
     if workers == 1:  # in the calling thread, also with one intra-op thread: same numbers
         before = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            outs = [run(t) for t in range(len(batch))]
+            outs = [run(chunk) for chunk in chunks]
         finally:
             torch.set_num_threads(before)
     else:
-        outs = list(_pool(workers).map(run, range(len(batch))))
+        outs = list(_pool(workers).map(run, chunks))
     loss_sum = torch.stack([o[0] for o in outs]).sum()
-    logits = torch.stack([o[1] for o in outs])
+    logits = torch.cat([o[1] for o in outs])
     grads = None
     if wrt is not None:
         grads = [torch.stack([o[2][i] for o in outs]).sum(0) for i in range(len(wrt))]  # type: ignore[index]
     if records is not None:
-        records.extend(o[3] for o in outs)
+        for o in outs:
+            records.extend(o[3])
     return MetaBatchResult(loss_sum, logits, grads)
 
 
@@ -280,11 +321,13 @@ def resolve_backend(name: str, device: torch.device) -> str:
 __all__ = [
     "AUTO_BACKEND",
     "BACKENDS",
+    "TASKS_PER_GROUP",
     "Backend",
     "MetaBatchResult",
     "default_workers",
     "loop_backend",
     "resolve_backend",
+    "task_chunks",
     "threads_backend",
     "vmap_backend",
 ]

@@ -202,10 +202,41 @@ class Backbone:
         pools."""
         return self.fused_blocks and self.norm == "batch_norm" and self.pools_after(0)
 
+    @property
+    def supports_task_groups(self) -> bool:
+        """Whether several tasks can run side by side as one grouped network
+        (:mod:`metasuite.task_groups`): batch norm is per channel, so per task; layer
+        norm would mix a task's channels with its neighbours'."""
+        return self.norm == "batch_norm"
+
     def prepare(self, x: torch.Tensor) -> torch.Tensor | StemInput:
-        """Images ``x`` in the form :meth:`forward` takes them fastest. The inner loop
-        prepares a task's support and query sets once and passes them to every step."""
-        return StemInput.from_images(x, self.padding) if self.computes_stem else x
+        """Images in the form :meth:`forward` takes them fastest: one task's ``[n, C, H,
+        W]``, or T tasks' ``[T, n, C, H, W]`` folded into channel groups ``[n, T * C,
+        H, W]``. The inner loop prepares a task's support and query sets once and passes
+        them to every step."""
+        if self.computes_stem:
+            return StemInput.from_images(x, self.padding)
+        if x.dim() == 5:
+            tasks, n, c, h, w = x.shape
+            return x.permute(1, 0, 2, 3, 4).reshape(n, tasks * c, h, w)
+        return x
+
+    def widen(self, params: Params, tasks: int) -> Params:
+        """The parameters of ``tasks`` copies of the network side by side, as one
+        grouped network: copy t holds conv filters ``t*C`` to ``(t+1)*C`` (group t),
+        the same norm channels, and classifier ``[t]``. Differentiable: the gradient of
+        a wide tensor sums over the copies, so the meta-gradient sums over tasks."""
+        wide: Params = {}
+        for name, value in params.items():
+            if name.startswith("linear."):
+                wide[name] = value.expand(tasks, *value.shape)
+            elif value.dim() == 4:  # conv filters
+                wide[name] = value.repeat(tasks, 1, 1, 1)
+                if self.fused_blocks:  # what the convolutions want: no copy per call
+                    wide[name] = wide[name].contiguous(memory_format=torch.channels_last)
+            else:  # conv bias and norm gamma/beta: channels last, per step rows first
+                wide[name] = value.repeat(*([1] * (value.dim() - 1)), tasks)
+        return wide
 
     def forward(
         self,
@@ -213,14 +244,21 @@ class Backbone:
         x: torch.Tensor | StemInput,
         step: int,
         stats: StatsRecord | None = None,
+        tasks: int = 1,
     ) -> torch.Tensor:
         """Logits ``[n, num_classes]`` for images ``x`` ``[n, C, H, W]`` of ONE task
         (or those images as :meth:`prepare` returned them).
+
+        With ``tasks`` = T, the network is T copies side by side: ``params`` come from
+        :meth:`widen`, ``x`` from :meth:`prepare` of ``[T, n, C, H, W]`` images, and
+        the logits are ``[T, n, num_classes]``.
 
         ``step`` selects the per-step norm row. When ``stats`` is a list, the detached
         batch statistics of every batch-norm layer are appended to it (for the running
         statistics, which never influence the output).
         """
+        if tasks > 1 and not self.supports_task_groups:
+            raise ValueError(f"a {self.norm} network cannot run tasks side by side")
         record: list[tuple[torch.Tensor, torch.Tensor]] = []
         if self.computes_stem and not isinstance(x, StemInput):
             x = StemInput.from_images(x, self.padding)
@@ -246,6 +284,7 @@ class Backbone:
                 params[f"conv{layer}.bias"],
                 stride=self.stride(layer),
                 padding=self.padding,
+                groups=tasks,
             )
             gamma, beta = self.affine(params, layer, step)
             out = self._norm_act_pool(
@@ -253,10 +292,13 @@ class Backbone:
             )
         if not self.max_pooling:
             out = out.mean(dim=(2, 3))
-        out = out.flatten(1)
         if stats is not None and record:
             stats.append((self.norm_step(step), record))
-        return F.linear(out, params["linear.weight"], params["linear.bias"])
+        weight, bias = params["linear.weight"], params["linear.bias"]
+        if weight.dim() == 2:  # one network
+            return F.linear(out.flatten(1), weight, bias)
+        features = out.reshape(out.shape[0], tasks, -1).transpose(0, 1)  # [T, n, F]
+        return torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2))
 
     def _norm_act_pool(
         self,

@@ -17,6 +17,9 @@ is a function of the weights ``W [C, K]`` and of fixed image quantities:
   ``W``; its adjoint ``A^T(g) = (P^T scatter(g, argmax))^T`` is the backward (one
   scatter and a skinny matrix product), and the adjoint's backward is ``A`` again.
 
+With several tasks folded into channel groups (``metasuite.maml_grouped``), each task
+has its own patches and weights and the products are batched over tasks.
+
 Only the argmax needs the full-resolution ``y``, computed without autograd. Pooling
 first, then normalising, is exact for the same reason as in
 :func:`metasuite.fastops.norm_act_pool` (the block is monotone per channel). The
@@ -27,6 +30,7 @@ first and second derivatives).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -40,93 +44,137 @@ KERNEL = 3
 
 @dataclass(frozen=True)
 class StemInput:
-    """A set of images prepared for the first block: computed once per task's support
-    or query set and reused by every inner step, where only the weights change."""
+    """Image sets prepared for the first block, one per task: computed once per task's
+    support or query set and reused by every inner step, where only the weights change."""
 
     patches: torch.Tensor
-    """``[M, K]`` im2col rows, ordered (image, output row, output column)."""
+    """``[T, M, K]`` im2col rows per task, ordered (image, output row, output column)."""
     patches_t: torch.Tensor
-    """``[K, M]`` contiguous: the adjoint's product reads the patches this way."""
+    """``[T, K, M]`` contiguous: the adjoint's product reads the patches this way."""
     mean: torch.Tensor
-    """``[K]`` mean patch."""
+    """``[T, K]`` mean patch."""
     cov: torch.Tensor
-    """``[K, K]`` population covariance of the patches."""
-    shape: tuple[int, int, int]
-    """(images, output height, output width) of the convolution."""
+    """``[T, K, K]`` population covariance of the patches."""
+    shape: tuple[int, int, int, int]
+    """(tasks, images per task, output height, output width) of the convolution."""
 
     @classmethod
     def from_images(cls, x: torch.Tensor, padding: int) -> StemInput:
-        """Patches of images ``x [n, C, H, W]`` for a 3x3, stride-1 convolution."""
-        n, _, h, w = x.shape
+        """Patches of one task's images ``[n, C, H, W]``, or of several tasks' images
+        ``[T, n, C, H, W]``, for a 3x3, stride-1 convolution."""
+        if x.dim() == 4:
+            x = x.unsqueeze(0)
+        tasks, n, c, h, w = x.shape
         with torch.autocast(x.device.type, enabled=False):  # the statistics want precision
-            cols = F.unfold(x, KERNEL, padding=padding)  # [n, K, L]
-            k = cols.shape[1]
-            patches_t = cols.permute(1, 0, 2).reshape(k, -1).contiguous()
-            mean = patches_t.mean(1)
-            centred = patches_t - mean.unsqueeze(1)  # centred first: no cancellation in Cov
-            cov = centred @ centred.t() / patches_t.shape[1]
+            cols = F.unfold(x.reshape(tasks * n, c, h, w), KERNEL, padding=padding)
+            k = cols.shape[1]  # cols: [T * n, K, L]
+            patches_t = cols.view(tasks, n, k, -1).permute(0, 2, 1, 3).reshape(tasks, k, -1)
+            patches_t = patches_t.contiguous()
+            mean = patches_t.mean(2)
+            centred = patches_t - mean.unsqueeze(2)  # centred first: no cancellation in Cov
+            cov = centred @ centred.transpose(1, 2) / patches_t.shape[2]
         out_h, out_w = h + 2 * padding - KERNEL + 1, w + 2 * padding - KERNEL + 1
-        return cls(patches_t.t(), patches_t, mean, cov, (n, out_h, out_w))
+        return cls(patches_t.transpose(1, 2), patches_t, mean, cov, (tasks, n, out_h, out_w))
 
     @property
     def positions(self) -> int:
-        return self.patches_t.shape[1]
+        """Output positions per task and channel: the statistics' sample count."""
+        return self.patches_t.shape[2]
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(numel: int, like: torch.Tensor) -> torch.Tensor:
+    """A per-thread buffer for one task's full-resolution product, reused by every call:
+    a fresh 4 MB tensor per call costs page faults and evicts the caches."""
+    buffer = getattr(_SCRATCH, "buffer", None)
+    if (
+        buffer is None
+        or buffer.numel() < numel
+        or buffer.dtype != like.dtype
+        or buffer.device != like.device
+    ):
+        buffer = torch.empty(numel, dtype=like.dtype, device=like.device)
+        _SCRATCH.buffer = buffer
+    return buffer[:numel]
 
 
 class _PooledProduct(torch.autograd.Function):
-    """``W [C, K]`` -> (``A(W)``: ``P W^T`` at its 2x2 window maxima ``[n, L', C]``, the
-    argmax). With ``sign`` (per channel, +-1 or 0) the maxima of ``sign * y`` are taken,
-    the windows' order under a gamma of that sign; the values are ``y``'s own."""
+    """``W [T * C, K]`` -> ``A(W)``: ``P W^T`` at its 2x2 window maxima, ``[n, L', T *
+    C]``. With ``sign`` (per channel, +-1 or 0) the maxima of ``sign * y`` are taken,
+    the windows' order under a gamma of that sign; the values are ``y``'s own.
+
+    Task by task, through one reused full-resolution buffer (see :func:`_scratch`);
+    the argmax of task t, ``[n, L', C]``, is saved for the adjoint."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx, weight: torch.Tensor, inputs: StemInput, sign: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        n, h, w = inputs.shape
-        y = torch.mm(inputs.patches, weight.t())  # [M, C]
-        c = y.shape[1]
-        planes = (y if sign is None else y * sign).view(n, h, w, c).permute(0, 3, 1, 2)
-        values, index = F.max_pool2d(planes, 2, 2, return_indices=True)
-        index = spatial_major(index)
-        # Under a sign the pooled values are not y's: read y at the argmax instead.
-        rows = y.view(n, h * w, c)
-        values = spatial_major(values) if sign is None else rows.gather(1, index)
+    ) -> torch.Tensor:
+        tasks, n, h, w = inputs.shape
+        c = weight.shape[0] // tasks
+        values = weight.new_empty(n, (h // 2) * (w // 2), tasks, c)
+        buffer = _scratch(n * h * w * c, weight).view(n * h * w, c)
+        indices = []
+        for t in range(tasks):
+            rows = slice(t * c, (t + 1) * c)
+            y = torch.mm(inputs.patches[t], weight[rows].t(), out=buffer)
+            signed = y if sign is None else y * sign[rows]
+            pooled, index = F.max_pool2d(
+                signed.view(n, h, w, c).permute(0, 3, 1, 2), 2, 2, return_indices=True
+            )
+            index = spatial_major(index)
+            # Under a sign the pooled values are not y's: read y at the argmax instead.
+            values[:, :, t] = (
+                spatial_major(pooled) if sign is None else y.view(n, h * w, c).gather(1, index)
+            )
+            indices.append(index)
         ctx.inputs = inputs
-        ctx.save_for_backward(index)
-        ctx.mark_non_differentiable(index)
-        return values, index
+        ctx.save_for_backward(*indices)
+        return values.view(n, -1, tasks * c)
 
     @staticmethod
-    def backward(ctx, g_values: torch.Tensor, _g_index: None):  # type: ignore[override]
-        (index,) = ctx.saved_tensors
-        return _PooledProductAdjoint.apply(g_values, ctx.inputs, index), None, None
+    def backward(ctx, g_values: torch.Tensor):  # type: ignore[override]
+        indices = ctx.saved_tensors
+        return _PooledProductAdjoint.apply(g_values, ctx.inputs, *indices), None, None
 
 
 class _PooledProductAdjoint(torch.autograd.Function):
-    """``g [n, L', C]`` -> ``A^T(g) [C, K]``: the weight gradient of the pooled product.
-    Linear in ``g``; its own backward is ``A`` (third derivatives are not supported)."""
+    """``g [n, L', T * C]`` -> ``A^T(g) [T * C, K]``: the weight gradient of the pooled
+    product. Linear in ``g``; its own backward is ``A`` (no third derivatives)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, g: torch.Tensor, inputs: StemInput, index: torch.Tensor
+        ctx, g: torch.Tensor, inputs: StemInput, *indices: torch.Tensor
     ) -> torch.Tensor:
-        n, h, w = inputs.shape
-        c = g.shape[-1]
-        # 2x2 windows with stride 2 are disjoint: every position gets at most one value.
-        g = g.to(inputs.patches.dtype)
-        full = g.new_zeros(n, h * w, c).scatter_(1, index, g)
+        tasks, n, h, w = inputs.shape
+        c = indices[0].shape[2]
+        per_task = g.to(inputs.patches.dtype).view(n, -1, tasks, c)
+        grad = per_task.new_empty(tasks * c, inputs.patches.shape[2])
+        full = _scratch(n * h * w * c, per_task).view(n, h * w, c)
+        for t in range(tasks):
+            # 2x2 windows with stride 2 are disjoint: each position gets at most one value.
+            full.zero_().scatter_(1, indices[t], per_task[:, :, t])
+            grad[t * c : (t + 1) * c] = torch.mm(inputs.patches_t[t], full.view(-1, c)).t()
         ctx.inputs = inputs
-        ctx.save_for_backward(index)
-        return torch.mm(inputs.patches_t, full.view(-1, c)).t()
+        ctx.save_for_backward(*indices)
+        return grad
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gg_weight: torch.Tensor):  # type: ignore[override]
-        (index,) = ctx.saved_tensors
+        indices = ctx.saved_tensors
         inputs: StemInput = ctx.inputs
-        n, h, w = inputs.shape
-        y = torch.mm(inputs.patches, gg_weight.to(inputs.patches.dtype).t())
-        return y.view(n, h * w, -1).gather(1, index), None, None
+        tasks, n, h, w = inputs.shape
+        c = indices[0].shape[2]
+        gg = gg_weight.to(inputs.patches.dtype)
+        out = gg.new_empty(n, indices[0].shape[1], tasks, c)
+        buffer = _scratch(n * h * w * c, gg).view(n * h * w, c)
+        for t in range(tasks):
+            y = torch.mm(inputs.patches[t], gg[t * c : (t + 1) * c].t(), out=buffer)
+            out[:, :, t] = y.view(n, h * w, c).gather(1, indices[t])
+        return (out.view(n, -1, tasks * c), None, *([None] * len(indices)))
 
 
 def stem_block(
@@ -141,24 +189,27 @@ def stem_block(
     """``max_pool2d(leaky_relu(batch_norm(conv2d(x, weight, bias), gamma, beta)), 2, 2)``
     with batch statistics, for the images ``inputs`` was made from (3x3, stride 1).
 
-    The result is ``[n, C, H/2, W/2]`` in channels-last layout, in the images' dtype:
-    autocast is off here, because the block is cheap now and its statistics want the
-    precision.
-    When ``record`` is a list, the detached (mean, unbiased variance) are appended.
+    With T tasks, ``weight`` is ``[T * C, C_in, 3, 3]`` (task t's filters are rows
+    ``t*C`` to ``(t+1)*C``, a grouped convolution) and bias, gamma and beta ``[T * C]``.
+    The result is ``[n, T * C, H/2, W/2]`` in channels-last layout, in the images'
+    dtype: autocast is off here, because the block is cheap now and its statistics want
+    the precision. When ``record`` is a list, the detached (mean, unbiased variance)
+    are appended.
     """
     with torch.autocast(weight.device.type, enabled=False):
-        c = weight.shape[0]
-        w2 = weight.reshape(c, -1).to(inputs.patches.dtype)
+        tasks, n, h, w = inputs.shape
+        w2 = weight.reshape(weight.shape[0], -1).to(inputs.patches.dtype)
         sign = None
         if gamma is not None and not bool((gamma > 0).all()):
             sign = torch.sign(gamma.detach()).to(w2.dtype)
-        pooled, _ = _PooledProduct.apply(w2, inputs, sign)
-        mean = torch.mv(w2, inputs.mean)
-        var = ((w2 @ inputs.cov) * w2).sum(1).clamp_min(0.0)  # >= 0 but for rounding
+        pooled = _PooledProduct.apply(w2, inputs, sign)
+        per_task = w2.view(tasks, -1, w2.shape[1])  # [T, C, K]
+        mean = torch.bmm(per_task, inputs.mean.unsqueeze(2)).flatten()
+        # diag(W Cov W^T) is >= 0 but for rounding.
+        var = (torch.bmm(per_task, inputs.cov) * per_task).sum(2).flatten().clamp_min(0.0)
         if bias is not None:
             pooled = pooled + bias.to(w2.dtype)
             mean = mean + bias.to(w2.dtype)
-        n, h, w = inputs.shape
         return normalise_pooled(
             pooled, mean, var, gamma, beta, eps, record, inputs.positions, (n, h // 2, w // 2)
         )
