@@ -1,7 +1,8 @@
 """Meta-iterations/s, evaluation tasks/s and peak memory of each learner backend.
 
     python bench/meta_step.py [--ways 5 20] [--backends loop,vmap,threads] [--reps 5]
-                              [--bf16] [--no-memory] [--accuracy-iters N] [--quiet]
+                              [--bf16] [--no-memory] [--accuracy-iters N]
+                              [--group-sizes 1,2,4,8] [--quiet]
 
 Setting: real Omniglot (the first training meta-batch and the first validation tasks),
 MAML++ as in the reference 1-shot configs: batch 8, 64 filters, 5 inner steps, second
@@ -13,6 +14,10 @@ Also per backend: CPU seconds per meta-iteration, the agreement with the referen
 loop on the same batch (relative loss and meta-gradient difference, in float32 as run
 and in float64), and the peak resident memory of one training step (measured in a
 fresh subprocess).
+
+``--group-sizes`` additionally times the threads backend's meta-gradient alone with
+each number of tasks per grouped network (``maml_backends.TASKS_PER_GROUP`` is the
+default; 1 is the task-by-task threads backend), interleaved the same way.
 
 ``--accuracy-iters N`` additionally trains a small 5-way 1-shot model for N
 meta-iterations in fp32 and in bf16 and reports validation accuracy, the accuracy
@@ -42,7 +47,7 @@ from metasuite.config import REPO_ROOT, ExperimentConfig, replace
 from metasuite.data.batch import TaskBatch
 from metasuite.data.tasks import FewShotTasks, train_indices
 from metasuite.maml import MamlSystem, train_plan
-from metasuite.maml_backends import AUTO_BACKEND, BACKENDS
+from metasuite.maml_backends import AUTO_BACKEND, BACKENDS, TASKS_PER_GROUP, threads_backend
 
 RESULTS = REPO_ROOT / "bench" / "results"
 
@@ -157,6 +162,33 @@ def timings(
     return out
 
 
+def group_size_sweep(
+    cfg: ExperimentConfig, train: TaskBatch, sizes: list[int], reps: int, quiet: bool
+) -> dict[str, float]:
+    """Median wall seconds of the threads backend's meta-gradient per group size."""
+    system = MamlSystem(cfg, backend="threads")
+    plan = train_plan(cfg, epoch=0)
+    meta = system.meta_parameters()
+
+    def run(size: int) -> None:
+        records: list = []
+        threads_backend(
+            system.net, system.params, system.rates, system.inner_names, train, plan,
+            records, meta, group_size=size,
+        )  # fmt: skip
+
+    for size in sizes:  # warm-up
+        run(size)
+    samples: dict[int, list[float]] = {size: [] for size in sizes}
+    steps = tqdm(total=reps * len(sizes), desc="group sizes", disable=quiet)
+    for _ in range(reps):
+        for size in sizes:
+            samples[size].append(_timed(lambda s=size: run(s))[0])
+            steps.update()
+    steps.close()
+    return {str(size): statistics.median(v) for size, v in samples.items()}
+
+
 def _rss_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -222,6 +254,7 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="also time loop and threads in bf16")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--accuracy-iters", type=int, default=0)
+    parser.add_argument("--group-sizes", default="", help="e.g. 1,2,4,8 (threads backend)")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--child-memory", nargs=3, metavar=("WAYS", "BACKEND", "PRECISION"))
     args = parser.parse_args()
@@ -247,6 +280,7 @@ def main() -> None:
             "reps": args.reps,
             "eval_tasks": args.eval_tasks,
             "auto_backend": AUTO_BACKEND,
+            "tasks_per_group": TASKS_PER_GROUP,
             "setting": "Omniglot 1-shot, batch 8, 64 filters, 5 inner steps, MAML++ 2nd order",
         },
         "rows": [],
@@ -267,6 +301,10 @@ def main() -> None:
                 row.update({f"{k}_{tag}": x for k, x in diffs.items()})
             row["peak_step_mib"] = None if args.no_memory else memory(ways, v)
             report["rows"].append(row)
+        if args.group_sizes:
+            sizes = [int(x) for x in args.group_sizes.split(",")]
+            sweep = group_size_sweep(cfg, train, sizes, args.reps, args.quiet)
+            report.setdefault("group_size_wall_s", {})[str(ways)] = sweep
     if args.accuracy_iters:
         report["bf16_accuracy"] = {
             "iters": args.accuracy_iters,
@@ -306,6 +344,9 @@ def _print_table(report: dict) -> None:
             f"\nbf16 accuracy effect ({acc['setting']}, {acc['iters']} iterations): "
             f"fp32 {acc['fp32']:.3f}, bf16 {acc['bf16']:.3f}"
         )
+    for ways, sweep in report.get("group_size_wall_s", {}).items():
+        cells = ", ".join(f"{size}: {wall:.3f} s" for size, wall in sweep.items())
+        print(f"\n{ways}-way threads backend, wall s per meta-gradient by tasks per group: {cells}")
     load = report["machine"]
     print(f"load average start {load['load_average_start']}, end {load['load_average_end']}")
 

@@ -17,8 +17,9 @@ is a function of the weights ``W [C, K]`` and of fixed image quantities:
   ``W``; its adjoint ``A^T(g) = (P^T scatter(g, argmax))^T`` is the backward (one
   scatter and a skinny matrix product), and the adjoint's backward is ``A`` again.
 
-With several tasks folded into channel groups (``metasuite.maml_grouped``), each task
-has its own patches and weights and the products are batched over tasks.
+With several tasks folded into channel groups (:mod:`metasuite.task_groups`), each
+task has its own patches and weights, and the full-resolution work runs task by task
+through one reused buffer.
 
 Only the argmax needs the full-resolution ``y``, computed without autograd. Pooling
 first, then normalising, is exact for the same reason as in
@@ -83,11 +84,14 @@ class StemInput:
 
 
 _SCRATCH = threading.local()
+_MAX_POOL_BACKWARD = torch.ops.aten.max_pool2d_with_indices_backward.grad_input
 
 
 def _scratch(numel: int, like: torch.Tensor) -> torch.Tensor:
     """A per-thread buffer for one task's full-resolution product, reused by every call:
-    a fresh 4 MB tensor per call costs page faults and evicts the caches."""
+    a fresh 4 MB tensor per call costs page faults and evicts the caches. It lives as
+    long as the thread (the size of one first-layer activation) and is only ever used
+    between two statements of one Function, so nothing else sees it."""
     buffer = getattr(_SCRATCH, "buffer", None)
     if (
         buffer is None
@@ -106,7 +110,8 @@ class _PooledProduct(torch.autograd.Function):
     the windows' order under a gamma of that sign; the values are ``y``'s own.
 
     Task by task, through one reused full-resolution buffer (see :func:`_scratch`);
-    the argmax of task t, ``[n, L', C]``, is saved for the adjoint."""
+    the argmax of task t, max-pool's ``[n, C, H', W']`` indices, is saved for the
+    adjoint."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -124,10 +129,11 @@ class _PooledProduct(torch.autograd.Function):
             pooled, index = F.max_pool2d(
                 signed.view(n, h, w, c).permute(0, 3, 1, 2), 2, 2, return_indices=True
             )
-            index = spatial_major(index)
             # Under a sign the pooled values are not y's: read y at the argmax instead.
             values[:, :, t] = (
-                spatial_major(pooled) if sign is None else y.view(n, h * w, c).gather(1, index)
+                spatial_major(pooled)
+                if sign is None
+                else y.view(n, h * w, c).gather(1, spatial_major(index))
             )
             indices.append(index)
         ctx.inputs = inputs
@@ -149,14 +155,19 @@ class _PooledProductAdjoint(torch.autograd.Function):
         ctx, g: torch.Tensor, inputs: StemInput, *indices: torch.Tensor
     ) -> torch.Tensor:
         tasks, n, h, w = inputs.shape
-        c = indices[0].shape[2]
-        per_task = g.to(inputs.patches.dtype).view(n, -1, tasks, c)
+        c, h2, w2 = indices[0].shape[1:]
+        per_task = g.to(inputs.patches.dtype).view(n, h2, w2, tasks, c)
         grad = per_task.new_empty(tasks * c, inputs.patches.shape[2])
-        full = _scratch(n * h * w * c, per_task).view(n, h * w, c)
+        full = _scratch(n * h * w * c, per_task).view(n, h, w, c).permute(0, 3, 1, 2)
         for t in range(tasks):
-            # 2x2 windows with stride 2 are disjoint: each position gets at most one value.
-            full.zero_().scatter_(1, indices[t], per_task[:, :, t])
-            grad[t * c : (t + 1) * c] = torch.mm(inputs.patches_t[t], full.view(-1, c)).t()
+            # The scatter of g to the window maxima, zeros elsewhere: max-pool's own
+            # backward, written into the reused buffer.
+            planes = per_task[:, :, :, t].contiguous().permute(0, 3, 1, 2)
+            _MAX_POOL_BACKWARD(
+                planes, full, [2, 2], [2, 2], [0, 0], [1, 1], False, indices[t], grad_input=full
+            )
+            rows = full.permute(0, 2, 3, 1).reshape(-1, c)  # a view: full is channels-last
+            grad[t * c : (t + 1) * c] = torch.mm(inputs.patches_t[t], rows).t()
         ctx.inputs = inputs
         ctx.save_for_backward(*indices)
         return grad
@@ -167,13 +178,13 @@ class _PooledProductAdjoint(torch.autograd.Function):
         indices = ctx.saved_tensors
         inputs: StemInput = ctx.inputs
         tasks, n, h, w = inputs.shape
-        c = indices[0].shape[2]
+        c, h2, w2 = indices[0].shape[1:]
         gg = gg_weight.to(inputs.patches.dtype)
-        out = gg.new_empty(n, indices[0].shape[1], tasks, c)
+        out = gg.new_empty(n, h2 * w2, tasks, c)
         buffer = _scratch(n * h * w * c, gg).view(n * h * w, c)
         for t in range(tasks):
             y = torch.mm(inputs.patches[t], gg[t * c : (t + 1) * c].t(), out=buffer)
-            out[:, :, t] = y.view(n, h * w, c).gather(1, indices[t])
+            out[:, :, t] = y.view(n, h * w, c).gather(1, spatial_major(indices[t]))
         return (out.view(n, -1, tasks * c), None, *([None] * len(indices)))
 
 
