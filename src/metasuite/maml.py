@@ -24,6 +24,7 @@ from metasuite.config import ExperimentConfig
 from metasuite.data.batch import TaskBatch
 from metasuite.errors import ConfigError, UserError
 from metasuite.models import Backbone, Params, StatsRecord
+from metasuite.stem import StemInput
 
 MSL_FLOOR = 0.03
 """Non-final MSL weights never fall below MSL_FLOOR / steps (reference value)."""
@@ -130,23 +131,42 @@ def task_loss(
     plan: StepPlan,
     stats: StatsRecord | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adapt to one task's support set; return (weighted query loss, final logits).
+    """Adapt to one task's support set; return (weighted query loss, final logits)."""
+    support, query = net.prepare(support_x), net.prepare(query_x)
+    return adapt(net, params, rates, inner_names, support, support_y, query, query_y, plan, stats)
 
-    The reference inner loop: at step ``s`` the support loss under step-``s``
-    parameters gives the gradient (kept differentiable for second order), the update
-    uses ``lr[name][s]``, and the query loss of the updated parameters (norm row ``s``)
-    enters the task loss with weight ``plan.loss_weights[s]``.
+
+def adapt(
+    net: Backbone,
+    params: Params,
+    rates: Params,
+    inner_names: Sequence[str],
+    support: torch.Tensor | StemInput,
+    support_y: torch.Tensor,
+    query: torch.Tensor | StemInput,
+    query_y: torch.Tensor,
+    plan: StepPlan,
+    stats: StatsRecord | None = None,
+    tasks: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference inner loop, on images as :meth:`Backbone.prepare` returns them.
+
+    At step ``s`` the support loss under step-``s`` parameters gives the gradient
+    (kept differentiable for second order), the update uses ``lr[name][s]``, and the
+    query loss of the updated parameters (norm row ``s``) enters the task loss with
+    weight ``plan.loss_weights[s]``. With ``tasks`` = T, ``params`` are
+    :meth:`Backbone.widen`'s T copies, labels are ``[T, n]``, and the loss is the sum
+    of the T task losses (:mod:`metasuite.task_groups`).
     """
     if not plan.differentiable:
         params = {k: v.detach().requires_grad_(k in inner_names) for k, v in params.items()}
         rates = {k: v.detach() for k, v in rates.items()}
     query_steps = set(plan.query_steps)
-    total = support_x.new_zeros(())
-    logits = support_x.new_zeros(())
-    support, query = net.prepare(support_x), net.prepare(query_x)
+    total = next(iter(params.values())).new_zeros(())
+    logits = total
     for step in range(plan.num_steps):
-        support_logits = net.forward(params, support, step, stats)
-        support_loss = F.cross_entropy(support_logits, support_y)
+        support_logits = net.forward(params, support, step, stats, tasks)
+        support_loss = summed_cross_entropy(support_logits, support_y)
         inner = [params[n] for n in inner_names]
         grads = torch.autograd.grad(
             support_loss, inner, create_graph=plan.second_order and plan.differentiable
@@ -158,11 +178,20 @@ def task_loss(
                 for k, v in params.items()
             }
         if step in query_steps:
-            logits = net.forward(params, query, step, stats)
+            logits = net.forward(params, query, step, stats, tasks)
             weight = plan.loss_weights[step]
             if weight != 0.0:
-                total = total + weight * F.cross_entropy(logits, query_y)
+                total = total + weight * summed_cross_entropy(logits, query_y)
     return total, logits
+
+
+def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One task's mean cross-entropy (``logits [n, N]``), or the sum over tasks of each
+    task's mean (``logits [T, n, N]``, labels ``[T, n]``)."""
+    if logits.dim() == 2:
+        return F.cross_entropy(logits, labels)
+    per_image = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
+    return per_image.view(labels.shape).mean(1).sum()
 
 
 def meta_loss_loop(
@@ -451,6 +480,7 @@ __all__ = [
     "EvalResult",
     "MamlSystem",
     "StepPlan",
+    "adapt",
     "cosine_learning_rate",
     "eval_plan",
     "init_rates",
@@ -459,6 +489,7 @@ __all__ = [
     "meta_loss_loop",
     "msl_weights",
     "rate_at",
+    "summed_cross_entropy",
     "task_loss",
     "train_plan",
 ]

@@ -260,8 +260,8 @@ class Backbone:
         if tasks > 1 and not self.supports_task_groups:
             raise ValueError(f"a {self.norm} network cannot run tasks side by side")
         record: list[tuple[torch.Tensor, torch.Tensor]] = []
-        if self.computes_stem and not isinstance(x, StemInput):
-            x = StemInput.from_images(x, self.padding)
+        if not isinstance(x, StemInput):
+            x = self.prepare(x)
         if isinstance(x, StemInput):
             gamma, beta = self.affine(params, 0, step)
             out = stem_block(
