@@ -11,7 +11,7 @@ PYTHON="${PYTHON:-python3}"
 # System tools through apt (root only; everything works without them):
 #   pbzip2     parallel bzip2 for the data set archives (else Python's tarfile)
 #   ShellCheck: lints the generated experiment scripts in the tests (else only bash -n)
-#   Slurm      slurmctld, slurmd and clients let tests/test_slurm_cluster.py submit real jobs
+#   Slurm      slurmctld, slurmd and clients let tests/suite/test_slurm_cluster.py submit real jobs
 #              to a throw-away one-node cluster; only in CI or on request
 #              (METASUITE_INSTALL_SLURM=1): on a workstation with systemd, installing the
 #              daemons would also enable them.

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from metasuite.builder import Builder, Progress
-from metasuite.checkpoint import CheckpointStore, load_checkpoint
 from metasuite.config import ExperimentConfig, replace
-from metasuite.experiment import ExperimentDir
-from metasuite.maml import MamlSystem
+from metasuite.learner.system import MamlSystem
+from metasuite.training.builder import Builder, Progress
+from metasuite.training.checkpoint import CheckpointStore, load_checkpoint
+from metasuite.training.experiment_dir import ExperimentDir
 
 CONFIGS = {
     "omniglot 64 filters 28x28x1": {},

@@ -4,7 +4,7 @@
                                 [--iters 8] [--device cpu|cuda] [--first-order]
 
 Each setting runs in fresh processes (gloo on the CPU, NCCL on GPUs) joined exactly as
-``metasuite train --nproc N`` joins them (metasuite.distributed's collectives and
+``metasuite train --nproc N`` joins them (metasuite.training.distributed's collectives and
 learner wrapper), on the real Omniglot tasks, MAML++ settings (batch 8, 5 inner steps,
 second order, MSL, per-step BN, LSLR). One warm-up meta-iteration, then ``--iters``
 timed ones; the slowest rank's time counts. On the CPU, N processes get 1 thread each
@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from metasuite import distributed
 from metasuite.config import ExperimentConfig, replace
-from metasuite.distributed import DistContext
+from metasuite.training import distributed
+from metasuite.training.distributed import DistContext
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -64,8 +64,8 @@ def _rank(
     device_name: str, out: str,
 ) -> None:  # fmt: skip
     from metasuite.data.tasks import FewShotTasks
-    from metasuite.maml import MamlSystem
-    from metasuite.signals import StopRequest
+    from metasuite.learner.system import MamlSystem
+    from metasuite.training.signals import StopRequest
 
     torch.set_num_threads(threads)
     device = torch.device(device_name, rank) if device_name == "cuda" else torch.device("cpu")

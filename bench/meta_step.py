@@ -46,8 +46,9 @@ from tqdm import tqdm
 from metasuite.config import REPO_ROOT, ExperimentConfig, replace
 from metasuite.data.batch import TaskBatch
 from metasuite.data.tasks import FewShotTasks, train_indices
-from metasuite.maml import MamlSystem, train_plan
-from metasuite.maml_backends import AUTO_BACKEND, BACKENDS, TASKS_PER_GROUP, threads_backend
+from metasuite.learner.backends import AUTO_BACKEND, BACKENDS, TASKS_PER_GROUP, threads_backend
+from metasuite.learner.reference import train_plan
+from metasuite.learner.system import MamlSystem
 
 RESULTS = REPO_ROOT / "bench" / "results"
 

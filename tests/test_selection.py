@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from metasuite.cli import main
+from metasuite.results.status import list_suite
 from metasuite.selection import matches
-from metasuite.status import list_suite
-from metasuite.sweep import expand, load_suite
+from metasuite.suite.sweep import expand, load_suite
 from suite_helpers import TINY_NAMES, write_suite
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from metasuite.errors import UserError
-from metasuite.experiment import EXPERIMENTS_ROOT_ENV, experiments_root
 from metasuite.selection import ONLY_HELP
+from metasuite.training.experiment_dir import EXPERIMENTS_ROOT_ENV, experiments_root
 
 if TYPE_CHECKING:
-    from metasuite.sweep import Experiment, Suite
+    from metasuite.suite.sweep import Experiment, Suite
 
 SUITE_HELP = "suite file (default: experiment_template_config/suite.toml of this checkout)"
 
@@ -74,7 +74,7 @@ def add_suite(parser: argparse.ArgumentParser) -> None:
 
 def selected_experiments(args: argparse.Namespace) -> tuple[Suite, list[Experiment]]:
     """The suite of ``--suite``/``--root`` and its experiments selected by ``--only``."""
-    from metasuite.sweep import expand, load_suite
+    from metasuite.suite.sweep import expand, load_suite
 
     suite = load_suite(args.suite, root=args.root)
     return suite, expand(suite, only=args.only)
@@ -109,7 +109,7 @@ def configs_of(args: argparse.Namespace) -> Path:
     if args.suite and args.configs:
         raise UserError("--suite and --configs both name the generated configs; give one")
     if args.suite and not Path(args.suite).expanduser().is_dir():
-        from metasuite.sweep import load_suite
+        from metasuite.suite.sweep import load_suite
 
         return load_suite(args.suite).config_dir
     given = args.suite or args.configs

@@ -44,7 +44,7 @@ def _show(path: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from metasuite.suitefiles import extra_files, suite_files
+    from metasuite.suite.files import extra_files, suite_files
 
     if args.check and args.clean:
         raise UserError("--check writes nothing; it cannot be combined with --clean")

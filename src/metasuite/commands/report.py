@@ -25,8 +25,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from metasuite.errors import UserError
-    from metasuite.report import write_report
-    from metasuite.status import looks_like_experiment
+    from metasuite.results.report import write_report
+    from metasuite.results.status import looks_like_experiment
 
     root = _options.experiments_root_of(args, must_exist=True)
     configs = _options.configs_of(args)

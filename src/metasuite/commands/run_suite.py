@@ -1,6 +1,6 @@
 """``metasuite run-suite``: every experiment of the suite on a pool of devices.
 
-Thin glue around :mod:`metasuite.suite_runner`: expand the suite, refuse to run
+Thin glue around :mod:`metasuite.suite.pool`: expand the suite, refuse to run
 generated files that are out of date, build the device slots, and print what happened.
 Exit status: 0 when every selected experiment is done, 1 when any failed (all others
 still ran), 2 for a usage mistake, 128+signal when stopped by SIGINT/SIGTERM.
@@ -19,7 +19,7 @@ from metasuite.errors import UserError
 HELP = "run every experiment of the suite on a pool of devices, resuming unfinished ones"
 
 THREADS_ENV = "METASUITE_NUM_THREADS"
-"""= metasuite.runtime.THREADS_ENV, named here so that run-suite does not import torch."""
+"""= metasuite.training.runtime.THREADS_ENV, named here so that run-suite does not import torch."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,8 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from metasuite.suite_runner import Job, Pool, Result, StopFlag, make_slots
-    from metasuite.suitefiles import config_file, job_environment, refuse_outdated, script_file
+    from metasuite.suite.files import config_file, job_environment, refuse_outdated, script_file
+    from metasuite.suite.pool import Job, Pool, Result, StopFlag, make_slots
 
     try:
         slots = make_slots(args.gpus, args.per_experiment, args.jobs)

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from metasuite.manifest import show_experiment
+    from metasuite.training.manifest import show_experiment
 
     root = _options.experiments_root_of(args, must_exist=True)
     configs = _options.configs_of(args)

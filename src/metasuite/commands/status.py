@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from metasuite.status import format_status_table, list_suite, read_status
+    from metasuite.results.status import format_status_table, list_suite, read_status
 
     root = _options.experiments_root_of(args, must_exist=True)
     configs = _options.configs_of(args)

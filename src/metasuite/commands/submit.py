@@ -1,7 +1,7 @@
 """``metasuite submit``: hand every experiment of a suite to Slurm with ``sbatch``.
 
 Submits the generated ``experiment_scripts/slurm/<name>.sbatch`` files (the suite needs
-a ``[slurm]`` table; see :mod:`metasuite.slurm`) from the suite's root folder, which is
+a ``[slurm]`` table; see :mod:`metasuite.suite.slurm`) from the suite's root folder, which is
 where the jobs look for their experiment scripts. It refuses out-of-date generated files
 (the job would not run what the suite says), skips experiments that are done or whose
 job is already in the queue, and passes ``PYTHON`` (this interpreter) and the
@@ -58,16 +58,16 @@ def _queued_job_names(env: dict[str, str]) -> set[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from metasuite.experiment import ExperimentDir
-    from metasuite.render import relative_posix
-    from metasuite.slurm import sbatch_file
-    from metasuite.suitefiles import config_file, job_environment, refuse_outdated, script_file
+    from metasuite.suite.files import config_file, job_environment, refuse_outdated, script_file
+    from metasuite.suite.render import relative_posix
+    from metasuite.suite.slurm import sbatch_file
+    from metasuite.training.experiment_dir import ExperimentDir
 
     suite, experiments = _options.selected_experiments(args)
     if suite.slurm is None:
         raise UserError(
             f"{suite.path}: no [slurm] table, so no sbatch files; add one (partition, gres, "
-            "time, ...; see metasuite.slurm) and run: metasuite generate"
+            "time, ...; see metasuite.suite.slurm) and run: metasuite generate"
         )
     jinja = suite.environment()
     sbatch_files = {e.name: sbatch_file(suite, e, jinja) for e in experiments}

@@ -53,10 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from metasuite import distributed
     from metasuite.config import load_config, replace
-    from metasuite.runner import run_experiment
-    from metasuite.runtime import resolve_devices
+    from metasuite.training import distributed
+    from metasuite.training.runner import run_experiment
+    from metasuite.training.runtime import resolve_devices
 
     config = load_config(args.config)
     if args.checkpoint_every is not None:
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _process_count(args: argparse.Namespace, devices: list) -> int:
     """--nproc, else $METASUITE_NPROC, else one process per GPU (1 on the CPU)."""
-    from metasuite.runtime import env_int
+    from metasuite.training.runtime import env_int
 
     nproc = args.nproc if args.nproc is not None else env_int(NPROC_ENV)
     gpus = [d for d in devices if d.type == "cuda"]
@@ -106,7 +106,7 @@ def _worker_argv(args: argparse.Namespace, root: Path) -> list[str]:
 
 def _run_worker(args: argparse.Namespace, config, root: Path, devices: list, ctx) -> int:
     """One torchrun worker: rank 0 records the exit status for the launcher."""
-    from metasuite import distributed
+    from metasuite.training import distributed
 
     try:
         code = int(

@@ -1,0 +1,242 @@
+"""MAML / MAML++ as pure functions over parameter dicts, plus the per-task reference loop.
+
+Everything here is a function of its arguments: the meta-parameters (``params``), the
+per-step inner learning rates (``rates``, LSLR) and a :class:`StepPlan` saying how many
+inner steps to take, whether to keep the second-order graph and how to weight each
+step's query loss (MSL). :func:`task_loss` is the ground truth that every faster
+backend (:mod:`metasuite.learner.backends`) is tested against;
+:mod:`metasuite.learner.system` is the thin stateful shell around them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from metasuite.config import ExperimentConfig
+from metasuite.data.batch import TaskBatch
+from metasuite.learner.fast.stem import StemInput
+from metasuite.learner.models import Backbone, Params, StatsRecord
+
+MSL_FLOOR = 0.03
+"""Non-final MSL weights never fall below MSL_FLOOR / steps (reference value)."""
+
+
+def msl_weights(num_steps: int, msl_epochs: int, epoch: int) -> list[float]:
+    """The per-step query-loss importance vector of MSL at ``epoch``.
+
+    Uniform ``1/S`` at epoch 0; each non-final weight falls by ``1/(S*msl_epochs)``
+    per epoch to a floor of ``0.03/S``; the final weight rises so the sum stays 1
+    (the reference's ``get_per_step_loss_importance_vector``).
+    """
+    s = num_steps
+    if msl_epochs <= 0:
+        return [0.0] * (s - 1) + [1.0]
+    decay = 1.0 / s / msl_epochs
+    floor = MSL_FLOOR / s
+    weights = [max(1.0 / s - epoch * decay, floor) for _ in range(s - 1)]
+    last = min(1.0 / s + epoch * (s - 1) * decay, 1.0 - (s - 1) * floor)
+    return [*weights, last]
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How one inner loop runs: the static part of a meta-step."""
+
+    num_steps: int
+    second_order: bool
+    loss_weights: tuple[float, ...]
+    """Weight of the query loss after each step; 0 where that loss is not computed."""
+    differentiable: bool = True
+    """False for evaluation: no graph back to the meta-parameters is kept."""
+
+    def __post_init__(self) -> None:
+        if len(self.loss_weights) != self.num_steps:
+            raise ValueError("one loss weight per inner step")
+
+    @property
+    def query_steps(self) -> tuple[int, ...]:
+        """Steps after which the query set is evaluated (always the final one)."""
+        last = self.num_steps - 1
+        return tuple(s for s, w in enumerate(self.loss_weights) if w != 0.0 or s == last)
+
+
+def train_plan(cfg: ExperimentConfig, epoch: int) -> StepPlan:
+    """The plan of a training meta-step at ``epoch``: MSL and DA switch by epoch."""
+    steps = cfg.number_of_training_steps_per_iter
+    if cfg.use_multi_step_loss_optimization and epoch < cfg.multi_step_loss_num_epochs:
+        weights = tuple(msl_weights(steps, cfg.multi_step_loss_num_epochs, epoch))
+    else:
+        weights = (0.0,) * (steps - 1) + (1.0,)
+    return StepPlan(steps, cfg.use_second_order(epoch), weights)
+
+
+def eval_plan(cfg: ExperimentConfig) -> StepPlan:
+    """Evaluation: first order, final-step query loss only, evaluation step count."""
+    steps = cfg.number_of_evaluation_steps_per_iter
+    return StepPlan(steps, False, (0.0,) * (steps - 1) + (1.0,), differentiable=False)
+
+
+def inner_parameter_names(net: Backbone, cfg: ExperimentConfig) -> tuple[str, ...]:
+    """What the inner loop adapts: conv/linear weights and biases, and the norm
+    affine parameters only with enable_inner_loop_optimizable_bn_params."""
+    names = [f"conv{i}.{k}" for i in range(net.num_layers) for k in ("weight", "bias")]
+    if cfg.enable_inner_loop_optimizable_bn_params:
+        for i in range(net.num_layers):
+            if net.learn_gamma:
+                names.append(f"norm{i}.weight")
+            if net.learn_beta:
+                names.append(f"norm{i}.bias")
+    names += ["linear.weight", "linear.bias"]
+    return tuple(names)
+
+
+def init_rates(inner_names: Sequence[str], num_steps: int, init_lr: float) -> Params:
+    """LSLR: one inner learning rate per adapted tensor per step, all ``init_lr``."""
+    return {name: torch.full((num_steps,), float(init_lr)) for name in inner_names}
+
+
+def rate_at(rates: torch.Tensor, step: int) -> torch.Tensor:
+    """The rate of ``step``; steps beyond the trained ones reuse the last rate."""
+    return rates[min(step, rates.shape[0] - 1)]
+
+
+def inner_update(
+    params: Params, grads: Sequence[torch.Tensor], rates: Params, names: Sequence[str], step: int
+) -> Params:
+    """One SGD step on the adapted tensors: ``theta - lr[name][step] * grad``."""
+    new = dict(params)
+    for name, g in zip(names, grads, strict=True):
+        new[name] = params[name] - rate_at(rates[name], step) * g
+    return new
+
+
+def task_loss(
+    net: Backbone,
+    params: Params,
+    rates: Params,
+    inner_names: Sequence[str],
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    query_x: torch.Tensor,
+    query_y: torch.Tensor,
+    plan: StepPlan,
+    stats: StatsRecord | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adapt to one task's support set; return (weighted query loss, final logits)."""
+    support, query = net.prepare(support_x), net.prepare(query_x)
+    return adapt(net, params, rates, inner_names, support, support_y, query, query_y, plan, stats)
+
+
+def adapt(
+    net: Backbone,
+    params: Params,
+    rates: Params,
+    inner_names: Sequence[str],
+    support: torch.Tensor | StemInput,
+    support_y: torch.Tensor,
+    query: torch.Tensor | StemInput,
+    query_y: torch.Tensor,
+    plan: StepPlan,
+    stats: StatsRecord | None = None,
+    tasks: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference inner loop, on images as :meth:`Backbone.prepare` returns them.
+
+    At step ``s`` the support loss under step-``s`` parameters gives the gradient
+    (kept differentiable for second order), the update uses ``lr[name][s]``, and the
+    query loss of the updated parameters (norm row ``s``) enters the task loss with
+    weight ``plan.loss_weights[s]``. With ``tasks`` = T, ``params`` are
+    :meth:`Backbone.widen`'s T copies, labels are ``[T, n]``, and the loss is the sum
+    of the T task losses (:mod:`metasuite.learner.fast.task_groups`).
+    """
+    if not plan.differentiable:
+        params = {k: v.detach().requires_grad_(k in inner_names) for k, v in params.items()}
+        rates = {k: v.detach() for k, v in rates.items()}
+    query_steps = set(plan.query_steps)
+    total = next(iter(params.values())).new_zeros(())
+    logits = total
+    for step in range(plan.num_steps):
+        support_logits = net.forward(params, support, step, stats, tasks)
+        support_loss = summed_cross_entropy(support_logits, support_y)
+        inner = [params[n] for n in inner_names]
+        grads = torch.autograd.grad(
+            support_loss, inner, create_graph=plan.second_order and plan.differentiable
+        )
+        params = inner_update(params, grads, rates, inner_names, step)
+        if not plan.differentiable:
+            params = {
+                k: (v.detach().requires_grad_() if k in inner_names else v)
+                for k, v in params.items()
+            }
+        if step in query_steps:
+            logits = net.forward(params, query, step, stats, tasks)
+            weight = plan.loss_weights[step]
+            if weight != 0.0:
+                total = total + weight * summed_cross_entropy(logits, query_y)
+    return total, logits
+
+
+def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One task's mean cross-entropy (``logits [n, N]``), or the sum over tasks of each
+    task's mean (``logits [T, n, N]``, labels ``[T, n]``)."""
+    if logits.dim() == 2:
+        return F.cross_entropy(logits, labels)
+    per_image = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
+    return per_image.view(labels.shape).mean(1).sum()
+
+
+def meta_loss_loop(
+    net: Backbone,
+    params: Params,
+    rates: Params,
+    inner_names: Sequence[str],
+    batch: TaskBatch,
+    plan: StepPlan,
+    records: list[StatsRecord] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference backend: a Python loop over tasks.
+
+    Returns the SUM over tasks of the task losses (the caller divides by the number of
+    tasks in the whole meta-batch) and the final query logits ``[T, NQ, N]``.
+    """
+    losses, logits = [], []
+    for t in range(len(batch)):
+        stats: StatsRecord | None = [] if records is not None else None
+        loss, out = task_loss(
+            net,
+            params,
+            rates,
+            inner_names,
+            batch.support_x[t],
+            batch.support_y[t],
+            batch.query_x[t],
+            batch.query_y[t],
+            plan,
+            stats,
+        )
+        losses.append(loss)
+        logits.append(out.detach())
+        if records is not None and stats is not None:
+            records.append(stats)
+    return torch.stack(losses).sum(), torch.stack(logits)
+
+
+__all__ = [
+    "MSL_FLOOR",
+    "StepPlan",
+    "adapt",
+    "eval_plan",
+    "init_rates",
+    "inner_parameter_names",
+    "inner_update",
+    "meta_loss_loop",
+    "msl_weights",
+    "rate_at",
+    "summed_cross_entropy",
+    "task_loss",
+    "train_plan",
+]

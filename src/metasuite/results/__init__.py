@@ -1,0 +1,1 @@
+"""Reading experiment folders back: status, tables over seeds, plots."""

@@ -1,0 +1,557 @@
+"""Data-parallel meta-training: one process per device, torch.distributed between them.
+
+What is split and what is shared:
+
+- A meta-batch's tasks are split across ranks: rank ``r`` of ``W`` trains slots
+  ``r, r+W, ...`` (the builder's ``rank_slots``); task indices stay
+  ``iteration * batch_size + slot``, so the task set does not depend on ``W``.
+- Each rank divides its loss by the whole meta-batch size (``total_tasks``), the
+  meta-gradients are all-reduced (SUM) and every rank takes the same Adam step, so the
+  ranks hold identical learners and match a single process up to float summation order.
+- Batch-norm running statistics are folded in task order from the records of *all*
+  tasks (an all-gather), so they match a single process too.
+- Validation and test tasks are split the same way and the per-task results gathered.
+- Training metrics are summed across ranks; only rank 0 writes logs, checkpoints and
+  state. Resuming reads a checkpoint that holds no trace of the number of ranks, so it
+  works with another number of processes.
+- A stop signal seen by any rank is agreed on at the next collective, so every rank
+  stops after the same meta-iteration and rank 0's checkpoint covers it.
+
+Launching: ``metasuite train --gpus 0,1`` (or ``--gpus cpu --nproc 2``) runs
+:func:`launch`, which starts torchrun (``python -m torch.distributed.run --standalone``)
+in a session of its own. torchrun cannot carry ``metasuite train``'s exit codes (any
+non-zero worker exit becomes 1) and reacts to SIGTERM by terminating the workers a
+second time, which would cut a checkpoint short. So the launcher forwards one SIGTERM
+straight to the workers, and rank 0 records its exit status (3 paused, 4 stopped, ...)
+in a file that the launcher returns. Workers started by a bare ``torchrun ... -m
+metasuite train`` work as well, only with torchrun's exit status.
+
+A rank that dies takes the job down: torchrun sees the dead worker and terminates the
+others (SIGTERM, SIGKILL 30 s later), and a rank blocked in a collective with a dead
+peer gets an error from gloo at once, or after ``$METASUITE_DIST_TIMEOUT_S`` (default
+600 s) at worst. Re-running resumes from rank 0's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from metasuite.errors import UserError
+from metasuite.training.signals import parent_death_signal
+
+log = logging.getLogger("metasuite")
+
+LAUNCH_DIR_ENV = "METASUITE_LAUNCH_DIR"
+"""Folder shared by the launcher and its workers (worker pids, rank 0's exit status)."""
+TIMEOUT_ENV = "METASUITE_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 600
+OUTCOME_FILE = "outcome"
+
+
+# ---------------------------------------------------------------------- the process
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands among the workers (from torchrun's environment)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+
+    @property
+    def is_writer(self) -> bool:
+        return self.rank == 0
+
+
+def worker_context(environ: dict[str, str] | None = None) -> DistContext | None:
+    """The context of a torchrun worker, or None for a plain single process."""
+    env = os.environ if environ is None else environ
+    if "WORLD_SIZE" not in env or "RANK" not in env:
+        return None
+    try:
+        ctx = DistContext(
+            rank=int(env["RANK"]),
+            world_size=int(env["WORLD_SIZE"]),
+            local_rank=int(env.get("LOCAL_RANK", env["RANK"])),
+            local_world_size=int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])),
+        )
+    except ValueError:
+        raise UserError(
+            f"RANK/WORLD_SIZE in the environment are not integers ({env.get('RANK')!r}, "
+            f"{env.get('WORLD_SIZE')!r})"
+        ) from None
+    return ctx if ctx.world_size > 1 else None
+
+
+def rank_device(devices: Sequence[torch.device], ctx: DistContext) -> torch.device:
+    """This rank's device: the CPU, or the GPU of its local rank (one GPU per process)."""
+    if all(d.type == "cpu" for d in devices):
+        return torch.device("cpu")
+    if len(devices) != ctx.local_world_size:
+        raise UserError(
+            f"--gpus names {len(devices)} GPUs but {ctx.local_world_size} processes run on "
+            "this machine; give one GPU per process"
+        )
+    return devices[ctx.local_rank]
+
+
+def timeout_seconds() -> int:
+    raw = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"${TIMEOUT_ENV}={raw!r}: expected a positive number of seconds")
+    return value
+
+
+def record_pid(ctx: DistContext) -> None:
+    """Tell the launcher which process to signal (see :func:`launch`)."""
+    folder = os.environ.get(LAUNCH_DIR_ENV)
+    if folder:
+        Path(folder, f"pid.{ctx.rank}").write_text(str(os.getpid()))
+
+
+def record_outcome(ctx: DistContext, code: int) -> bool:
+    """Rank 0 leaves its exit status for the launcher; True if there is a launcher."""
+    folder = os.environ.get(LAUNCH_DIR_ENV)
+    if not folder:
+        return False
+    if ctx.is_writer:
+        Path(folder, OUTCOME_FILE).write_text(str(int(code)))
+    return True
+
+
+# ---------------------------------------------------------------------- collectives
+
+
+class Collectives:
+    """The few collective operations meta-training needs, over one process group."""
+
+    def __init__(self, ctx: DistContext, device: torch.device) -> None:
+        self.ctx = ctx
+        self.device = device
+        self.backend = "nccl" if device.type == "cuda" else "gloo"
+
+    @classmethod
+    def init(cls, ctx: DistContext, device: torch.device) -> Collectives:
+        """Join the process group (torchrun's rendezvous variables say where)."""
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        comm = cls(ctx, device)
+        dist.init_process_group(
+            comm.backend,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            timeout=timedelta(seconds=timeout_seconds()),
+        )
+        return comm
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    def all_reduce_sum_(self, tensors: list[torch.Tensor]) -> None:
+        """Sum a list of tensors over the ranks in place, as one flat collective."""
+        if not tensors:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for t in tensors:
+            n = t.numel()
+            t.copy_(flat[offset : offset + n].view_as(t))
+            offset += n
+
+    def sum_floats(self, values: Sequence[float]) -> list[float]:
+        flat = torch.tensor(list(values), dtype=torch.float64, device=self.device)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        return [float(v) for v in flat.cpu()]
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.ctx.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+
+def slot_order(parts: Sequence[Sequence[Any]]) -> list[Any]:
+    """Interleave per-rank lists back into meta-batch order.
+
+    Rank ``r`` of ``W`` holds slots ``r, r+W, ...``, so slot ``b`` is item ``b // W``
+    of rank ``b % W``.
+    """
+    world = len(parts)
+    total = sum(len(p) for p in parts)
+    return [parts[b % world][b // world] for b in range(total)]
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    """Move every tensor inside nested lists/tuples to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to(o, device) for o in obj)
+    return obj
+
+
+# ---------------------------------------------------------------------- the learner
+
+
+class AgreedStop:
+    """A stop request that every rank sees at the same point of the loop.
+
+    The builder polls ``requested``; it only changes when the ranks exchange their
+    local flags (in every training and evaluation collective), so all ranks stop after
+    the same meta-iteration.
+    """
+
+    def __init__(self, local: Any) -> None:
+        self.local = local
+        self._agreed = False
+
+    @property
+    def requested(self) -> bool:
+        return self._agreed
+
+    @property
+    def signal_name(self) -> str:
+        return self.local.signal_name or "a signal to another rank"
+
+    @property
+    def local_flag(self) -> float:
+        return 1.0 if self.local.requested else 0.0
+
+    def agree(self, any_rank_stopping: bool) -> None:
+        self._agreed = self._agreed or any_rank_stopping
+
+
+class DistributedLearner:
+    """A learner (``MamlSystem``) whose steps are collective across the ranks.
+
+    ``train_step`` gets this rank's share of a meta-batch from the builder and returns
+    the metrics of the whole meta-batch; ``evaluate`` gets the whole evaluation batch on
+    every rank, adapts to this rank's share and returns everyone's results in order.
+    """
+
+    def __init__(self, learner: Any, comm: Collectives, stop: AgreedStop) -> None:
+        self.learner = learner
+        self.comm = comm
+        self.stop = stop
+
+    def _sync_stats(self, records: list[Any]) -> list[Any]:
+        parts = self.comm.all_gather_object(_to(records, torch.device("cpu")))
+        return _to(slot_order(parts), self.learner.device)
+
+    def train_step(
+        self,
+        batch: Any,
+        epoch: int,
+        *,
+        total_tasks: int | None = None,
+        sync_gradients: Any = None,
+    ) -> dict[str, float]:
+        n = len(batch)
+        metrics = self.learner.train_step(
+            batch,
+            epoch,
+            total_tasks=total_tasks,
+            sync_gradients=sync_gradients,
+            sync_stats=self._sync_stats,
+        )
+        loss, acc, count, stopping = self.comm.sum_floats(
+            [metrics["loss"] * n, metrics["accuracy"] * n, n, self.stop.local_flag]
+        )
+        self.stop.agree(stopping > 0)
+        return {**metrics, "loss": loss / count, "accuracy": acc / count}
+
+    def evaluate(self, batch: Any) -> Any:
+        from metasuite.learner.system import EvalResult
+
+        rank, world = self.comm.ctx.rank, self.comm.ctx.world_size
+        rows = list(range(rank, len(batch), world))
+        part: dict[str, Any] = {"stop": self.stop.local_flag, "n": len(rows)}
+        if rows:
+            result = self.learner.evaluate(batch.select(rows))
+            part.update(
+                loss_sum=result.loss * len(rows),
+                accuracy=list(result.task_accuracy.cpu()),
+                probabilities=list(result.probabilities.cpu()),
+            )
+        parts = self.comm.all_gather_object(part)
+        self.stop.agree(any(p["stop"] > 0 for p in parts))
+        # A rank with no task (a last batch smaller than the world) sent empty lists.
+        task_accuracy = torch.stack(slot_order([p.get("accuracy", []) for p in parts]))
+        probabilities = torch.stack(slot_order([p.get("probabilities", []) for p in parts]))
+        total = sum(p["n"] for p in parts)
+        return EvalResult(
+            loss=sum(p.get("loss_sum", 0.0) for p in parts) / total,
+            accuracy=float(task_accuracy.mean()),
+            task_accuracy=task_accuracy,
+            probabilities=probabilities,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.learner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.learner.load_state_dict(state)
+
+
+# ---------------------------------------------------------------------- one worker
+
+
+class _DropRecords(logging.Handler):
+    """Other ranks stay silent: rank 0 speaks for the job."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _silenced() -> Iterator[None]:
+    logger = logging.getLogger("metasuite")
+    handler = _DropRecords()
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
+def _writer_start(config: Any, exp: Any, store: Any, *, force: bool) -> dict[str, Any]:
+    """Rank 0 decides where the job starts (as one process would); the others get the
+    decision."""
+    from metasuite.training.runner import _already_done, checkpoint_to_test, choose_start
+
+    if config.evaluate_on_test_set_only:
+        payload = checkpoint_to_test(config, exp, store, force=force)
+        return {"payload": payload, "done": False}
+    payload = choose_start(config, exp, store, force=force)
+    done = payload is not None and _already_done(exp, payload, config)
+    return {"payload": payload, "done": done}
+
+
+def run_worker(
+    config: Any,
+    root: Path,
+    devices: Sequence[torch.device],
+    ctx: DistContext,
+    *,
+    quiet: bool = False,
+    force: bool = False,
+    tasks: Any = None,
+) -> Any:
+    """One rank of a data-parallel run of ``config``; returns the builder's Outcome."""
+    from metasuite.training.runtime import configure
+
+    record_pid(ctx)
+    device = rank_device(devices, ctx)
+    configure([device])
+    comm = Collectives.init(ctx, device)
+    try:
+        return _run_rank(config, root, device, ctx, comm, quiet=quiet, force=force, tasks=tasks)
+    finally:
+        comm.close()
+
+
+def _run_rank(
+    config: Any,
+    root: Path,
+    device: torch.device,
+    ctx: DistContext,
+    comm: Collectives,
+    *,
+    quiet: bool,
+    force: bool,
+    tasks: Any,
+) -> Any:
+    from metasuite.learner.system import MamlSystem
+    from metasuite.training.builder import Builder, Outcome
+    from metasuite.training.checkpoint import CheckpointStore
+    from metasuite.training.experiment_dir import ExperimentDir
+    from metasuite.training.lock import ExperimentLock
+    from metasuite.training.manifest import recorded_run
+    from metasuite.training.runner import (
+        check_root_writable,
+        logging_to,
+        recover_from_a_kill,
+        train_recorded,
+    )
+    from metasuite.training.runtime import seed_everything
+    from metasuite.training.signals import StopRequest
+
+    writer = ctx.is_writer
+    exp = ExperimentDir.for_config(root, config)
+    store = CheckpointStore(exp.checkpoints)
+    with contextlib.ExitStack() as stack:
+        local_stop = stack.enter_context(StopRequest())
+        decision: dict[str, Any] | None = None
+        if writer:
+            try:
+                check_root_writable(root)
+                if tasks is None:
+                    from metasuite.data.tasks import FewShotTasks
+
+                    tasks = FewShotTasks.from_config(config, quiet=quiet)
+                seed_everything(config.train_seed)
+                learner = MamlSystem(config, device)
+                exp.create()
+                lock = ExperimentLock(exp.path)
+                stack.enter_context(logging_to(exp.log_file))
+                stack.enter_context(lock.hold())
+                recover_from_a_kill(lock, store)
+                log.info(
+                    "experiment %s in %s on %d processes (%s, %s)",
+                    config.experiment_name,
+                    exp.path,
+                    ctx.world_size,
+                    device,
+                    comm.backend,
+                )
+                decision = _writer_start(config, exp, store, force=force)
+            except UserError as exc:
+                comm.broadcast_object({"error": str(exc)})
+                raise
+        else:
+            stack.enter_context(_silenced())
+        decision = comm.broadcast_object(decision)
+        assert decision is not None
+        if "error" in decision:
+            raise UserError(f"rank {ctx.rank}: rank 0 stopped: {decision['error']}")
+        if not writer:
+            if tasks is None:
+                from metasuite.data.tasks import FewShotTasks
+
+                tasks = FewShotTasks.from_config(config, quiet=True)
+            seed_everything(config.train_seed)
+            learner = MamlSystem(config, device)
+        if decision["done"]:
+            log.info("experiment already done; test results in %s", exp.test_summary_path)
+            return Outcome.DONE
+
+        stop = AgreedStop(local_stop)
+        builder = Builder(
+            config,
+            DistributedLearner(learner, comm, stop),
+            tasks,
+            exp,
+            device=device,
+            stop=stop,  # type: ignore[arg-type]
+            quiet=quiet or not writer,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            sync_gradients=comm.all_reduce_sum_,
+            is_writer=writer,
+            barrier=comm.barrier,
+        )
+        payload = decision["payload"]
+        if payload is not None:
+            builder.restore(payload)
+        if not writer:
+            return builder.test() if config.evaluate_on_test_set_only else builder.run()
+        devices = [device] * ctx.world_size if device.type == "cpu" else [device]
+        if config.evaluate_on_test_set_only:
+            with recorded_run(exp.path, config, devices=devices, tasks=tasks) as run:
+                return run.ended_with(builder.test())
+        return train_recorded(builder, payload, devices=devices, tasks=tasks)
+
+
+# ---------------------------------------------------------------------- the launcher
+
+
+def _worker_pids(folder: Path) -> list[int]:
+    pids = []
+    for path in folder.glob("pid.*"):
+        with contextlib.suppress(OSError, ValueError):
+            pids.append(int(path.read_text()))
+    return pids
+
+
+def launch(worker_argv: Sequence[str], nproc: int) -> int:
+    """Run ``metasuite train <worker_argv>`` on ``nproc`` processes under torchrun.
+
+    Returns rank 0's exit status when it recorded one (0 done, 2 user error, 3 paused,
+    4 stopped by a signal), else torchrun's. The first SIGTERM/SIGINT is passed to the
+    workers once (they checkpoint and stop); a second one kills the whole job.
+    """
+    # Checked here too, so a bad value is one error line, not one per worker + torchrun's.
+    timeout_seconds()
+    with tempfile.TemporaryDirectory(prefix="metasuite-launch-") as tmp:
+        folder = Path(tmp)
+        env = dict(os.environ, **{LAUNCH_DIR_ENV: tmp})
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={nproc}", "--max-restarts=0",
+            "-m", "metasuite", "train", *worker_argv,
+        ]  # fmt: skip
+        # A session of its own: a Ctrl-C in the terminal reaches the launcher only, so
+        # the workers get exactly one stop signal (from us), not one from the terminal
+        # and a second one from torchrun.
+        proc = subprocess.Popen(
+            command, env=env, start_new_session=True, preexec_fn=parent_death_signal()
+        )
+        signals_seen = 0
+
+        def forward(signum: int, frame: object) -> None:
+            nonlocal signals_seen
+            signals_seen += 1
+            if signals_seen > 1:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                return
+            targets = _worker_pids(folder) or [proc.pid]
+            for pid in targets:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            code = proc.wait()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        outcome = folder / OUTCOME_FILE
+        if outcome.exists():
+            with contextlib.suppress(ValueError):
+                return int(outcome.read_text())
+        return code if code >= 0 else 128 - code
+
+
+__all__ = [
+    "AgreedStop",
+    "Collectives",
+    "DistContext",
+    "DistributedLearner",
+    "launch",
+    "rank_device",
+    "record_outcome",
+    "run_worker",
+    "slot_order",
+    "worker_context",
+]

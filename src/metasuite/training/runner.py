@@ -1,0 +1,288 @@
+"""Run one experiment: check, lock, decide where to start, hand over to the builder.
+
+Order matters: everything a user can get wrong (config, devices, data set, an
+unwritable root) is checked before the experiment folder is touched, so a typo never
+leaves a half-made folder or a "failed" state behind. Then, under the folder's lock:
+where to start (``continue_from_epoch``), whether the config still matches the run
+being resumed, and the builder's loop.
+
+``continue_from_epoch``:
+
+- ``"from_scratch"`` or ``-1``: start over; the folder's checkpoints, statistics and
+  test summary are deleted (with a log line saying how many).
+- ``"latest"``: the newest good checkpoint; it is an error if there is none.
+- ``-2`` (default): the newest good checkpoint if there is one, else from scratch, so
+  re-running the same command resumes.
+- ``N >= 0``: the checkpoint at the end of epoch ``N`` (0-based; it must still exist:
+  only the best ``max_models_to_save`` epochs and the newest files are kept); later
+  checkpoints are deleted, as that run is abandoned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from metasuite.config import ExperimentConfig, from_dict, training_differences
+from metasuite.errors import UserError
+from metasuite.training.builder import Builder, Outcome
+from metasuite.training.checkpoint import CheckpointStore
+from metasuite.training.experiment_dir import ExperimentDir
+from metasuite.training.lock import ExperimentLock
+from metasuite.training.manifest import recorded_run
+from metasuite.training.runtime import configure, seed_everything
+from metasuite.training.signals import StopRequest
+
+log = logging.getLogger("metasuite")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines on stderr that do not tear progress bars apart."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def logging_to(log_file: Path | None, *, console: bool = True) -> Iterator[None]:
+    """Send ``metasuite.*`` log records to the experiment's log file and stderr."""
+    logger = logging.getLogger("metasuite")
+    handlers: list[logging.Handler] = []
+    if console:
+        stream = _TqdmHandler()
+        stream.setFormatter(logging.Formatter("%(message)s"))
+        stream.setLevel(logging.INFO)
+        handlers.append(stream)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        to_file = logging.FileHandler(log_file, encoding="utf-8")
+        to_file.setFormatter(logging.Formatter(LOG_FORMAT))
+        to_file.setLevel(logging.DEBUG)
+        handlers.append(to_file)
+    previous_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    for h in handlers:
+        logger.addHandler(h)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            logger.removeHandler(h)
+            h.close()
+        logger.setLevel(previous_level)
+
+
+def check_root_writable(root: Path) -> None:
+    """The experiments root must be creatable and writable (one-line error if not)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        # A uniquely named probe: experiments started together (run-suite) share the root.
+        with tempfile.TemporaryFile(prefix=".write-test.", dir=root):
+            pass
+    except OSError as exc:
+        raise UserError(f"experiments root {root}: not writable ({exc.strerror or exc})") from None
+
+
+def recover_from_a_kill(lock: ExperimentLock, store: CheckpointStore) -> None:
+    """Once the lock is held: say whose stale lock was taken over, and delete the
+    temporary files of a checkpoint save that a kill cut short."""
+    if lock.took_over is not None:
+        log.warning(
+            "took over a stale lock of pid %s on %s (that process is gone)",
+            lock.took_over.get("pid", "?"),
+            lock.took_over.get("host", "?"),
+        )
+    leftovers = store.remove_temp_files()
+    if leftovers:
+        log.info("removed %d unfinished checkpoint files from a killed save", leftovers)
+
+
+def _wipe(exp: ExperimentDir, store: CheckpointStore) -> None:
+    removed = store.remove_all()
+    for path in (exp.summary_path, exp.test_summary_path):
+        path.unlink(missing_ok=True)
+    if removed:
+        log.info("starting from scratch: deleted %d old checkpoints", removed)
+
+
+def choose_start(
+    config: ExperimentConfig, exp: ExperimentDir, store: CheckpointStore, *, force: bool
+) -> dict[str, Any] | None:
+    """The checkpoint payload to resume from, or None for a fresh start (see module doc)."""
+    mode = config.continue_from_epoch
+    payload: dict[str, Any] | None = None
+    source = ""
+    if mode in ("from_scratch", -1):
+        _wipe(exp, store)
+        return None
+    if mode in ("latest", -2):
+        found = store.load_latest()
+        if found is None:
+            if mode == "latest":
+                raise UserError(
+                    f'continue_from_epoch "latest": no checkpoint in {store.folder} to continue '
+                    "from (use -2 to start from scratch when there is none)"
+                )
+            _wipe(exp, store)
+            return None
+        ckpt, payload = found
+        source = ckpt.path.name
+    else:
+        ckpt, payload = store.load_epoch(int(mode))
+        source = ckpt.path.name
+    old = from_dict(payload["config"], source=f"{ckpt.path}")
+    differences = training_differences(old, config)
+    if differences:
+        listing = "; ".join(differences)
+        if not force:
+            raise UserError(
+                f"{exp.path}: the config differs from the run being resumed in training "
+                f"settings: {listing}. Use --force to continue anyway, or set "
+                'continue_from_epoch to "from_scratch"'
+            )
+        log.warning("--force: resuming despite config differences: %s", listing)
+    if not isinstance(mode, str) and mode >= 0:
+        removed = store.remove_newer_than(ckpt.iteration)
+        if removed:
+            log.info("continuing from epoch %d: deleted %d later checkpoints", mode, len(removed))
+        exp.test_summary_path.unlink(missing_ok=True)
+    progress = payload["progress"]
+    log.info(
+        "resuming from %s (%d epochs, %d iterations done)",
+        source,
+        progress["epoch"],
+        progress["iteration"],
+    )
+    return payload
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    root: Path,
+    devices: list[torch.device],
+    *,
+    quiet: bool = False,
+    force: bool = False,
+    tasks: Any = None,
+) -> Outcome:
+    """Train (or resume, or only test) one experiment; returns how it ended.
+
+    ``tasks`` may be given (tests); otherwise it is built from the config, which is
+    where a missing data set is reported.
+    """
+    if len(devices) != 1:
+        raise UserError(
+            f"--gpus: {len(devices)} devices given; training on several GPUs is not "
+            "supported yet, name one"
+        )
+    device = devices[0]
+    check_root_writable(root)
+    if tasks is None:
+        from metasuite.data.tasks import FewShotTasks
+
+        tasks = FewShotTasks.from_config(config, quiet=quiet)
+    configure(devices)
+    from metasuite.learner.system import MamlSystem
+
+    # Built before the folder is touched: a setting the learner refuses is a user error.
+    # Seeded so that a fresh start is reproducible; a resume overwrites it all.
+    seed_everything(config.train_seed)
+    learner = MamlSystem(config, device)
+
+    exp = ExperimentDir.for_config(root, config)
+    exp.create()
+    store = CheckpointStore(exp.checkpoints)
+    lock = ExperimentLock(exp.path)
+    with logging_to(exp.log_file), lock.hold(), StopRequest() as stop:
+        recover_from_a_kill(lock, store)
+        log.info("experiment %s in %s on %s", config.experiment_name, exp.path, device)
+
+        if config.evaluate_on_test_set_only:
+            builder = Builder(config, learner, tasks, exp, device=device, stop=stop, quiet=quiet)
+            with recorded_run(exp.path, config, devices=devices, tasks=tasks) as run:
+                return run.ended_with(_test_only(builder, force=force))
+
+        payload = choose_start(config, exp, store, force=force)
+        if payload is not None and _already_done(exp, payload, config):
+            log.info("experiment already done; test results in %s", exp.test_summary_path)
+            return Outcome.DONE
+        builder = Builder(config, learner, tasks, exp, device=device, stop=stop, quiet=quiet)
+        if payload is not None:
+            builder.restore(payload)
+        return train_recorded(builder, payload, devices=devices, tasks=tasks)
+
+
+def train_recorded(
+    builder: Builder, payload: dict[str, Any] | None, *, devices: list[torch.device], tasks: Any
+) -> Outcome:
+    """The builder's loop (restored from ``payload`` already, if any) as one run of the
+    manifest; the writer's part, shared with the distributed rank 0.
+
+    A resumed run tests again at its end, so an older test summary is removed first.
+    """
+    exp, config = builder.exp, builder.cfg
+    if payload is not None:
+        exp.test_summary_path.unlink(missing_ok=True)
+    exp.write_config(config)
+    exp.write_summary(builder.progress.rows)
+    resumed = None if payload is None else payload["progress"]
+    with recorded_run(exp.path, config, devices=devices, tasks=tasks, resumed_from=resumed) as run:
+        return run.ended_with(builder.run())
+
+
+def _already_done(exp: ExperimentDir, payload: dict[str, Any], config: ExperimentConfig) -> bool:
+    state = exp.read_state() or {}
+    return (
+        payload["progress"]["epoch"] >= config.total_epochs
+        and state.get("status") == "done"
+        and exp.read_test_summary() is not None
+    )
+
+
+def checkpoint_to_test(
+    config: ExperimentConfig, exp: ExperimentDir, store: CheckpointStore, *, force: bool
+) -> dict[str, Any]:
+    """evaluate_on_test_set_only: the newest checkpoint, whose training settings must
+    match ``config`` (unless ``force``); a user error when nothing was trained yet."""
+    found = store.load_latest()
+    if found is None:
+        raise UserError(f"evaluate_on_test_set_only: no checkpoints in {store.folder}; train first")
+    ckpt, payload = found
+    differences = training_differences(from_dict(payload["config"], str(ckpt.path)), config)
+    if differences and not force:
+        raise UserError(
+            f"{exp.path}: the config differs from the trained run in: "
+            f"{'; '.join(differences)}. Use --force to test anyway"
+        )
+    return payload
+
+
+def _test_only(builder: Builder, *, force: bool) -> Outcome:
+    """evaluate_on_test_set_only: test the best saved epochs, train nothing."""
+    builder.restore(checkpoint_to_test(builder.cfg, builder.exp, builder.store, force=force))
+    log.info("evaluate_on_test_set_only: testing checkpoints of %s", builder.exp.path)
+    return builder.test()
+
+
+__all__ = [
+    "check_root_writable",
+    "checkpoint_to_test",
+    "choose_start",
+    "logging_to",
+    "recover_from_a_kill",
+    "run_experiment",
+    "train_recorded",
+]

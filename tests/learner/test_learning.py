@@ -1,0 +1,41 @@
+"""The learner learns: a short first-order MAML++ run on the real Omniglot data."""
+
+from __future__ import annotations
+
+import pytest
+
+from metasuite.config import replace
+from metasuite.data.tasks import train_indices
+from metasuite.learner.system import MamlSystem
+
+ITERATIONS = 300
+
+
+@pytest.mark.slow
+def test_first_order_maml_learns_5_way_1_shot_omniglot(omniglot_config, omniglot_tasks):
+    """300 meta-iterations of 4 tasks (about 15 s on 2 cores).
+
+    Measured with the CPU default (threads backend, task groups): validation accuracy
+    0.866 with train_seed 0 (0.868 and 0.856 with seeds 1 and 2); before
+    meta-training, the 2 inner steps alone reach 0.47; chance is 0.20.
+    """
+    cfg = replace(
+        omniglot_config,
+        cnn_num_filters=32,
+        number_of_training_steps_per_iter=2,
+        number_of_evaluation_steps_per_iter=2,
+        batch_size=4,
+        second_order=False,
+        meta_learning_rate=0.005,
+        multi_step_loss_num_epochs=1,
+        total_iter_per_epoch=ITERATIONS,
+    )
+    system = MamlSystem(cfg)
+    val = omniglot_tasks.val.batch(range(100))
+    before = system.evaluate(val).accuracy
+    for it in range(ITERATIONS):
+        metrics = system.train_step(omniglot_tasks.train.batch(train_indices(it, 4)), epoch=0)
+    after = system.evaluate(val)
+    assert after.accuracy > 0.75, f"validation accuracy {after.accuracy:.3f}"
+    assert after.accuracy > before + 0.2, f"before {before:.3f}, after {after.accuracy:.3f}"
+    assert metrics["second_order"] == 0.0

@@ -1,0 +1,276 @@
+"""``metasuite train`` end to end on real Omniglot: kills, signals, pauses, resumes.
+
+Every interrupted run is compared with one uninterrupted reference run of the same
+config: identical summary rows (every column but the wall-clock epoch time) and an
+identical test summary, bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from builder_helpers import (
+    read_json,
+    summary_rows,
+    train,
+    train_command,
+    train_env,
+    write_config,
+)
+from metasuite.config import load_config
+from metasuite.stats import mean_ci95, per_task_accuracy
+from metasuite.training.checkpoint import CheckpointStore, load_checkpoint
+from metasuite.training.lock import ExperimentLock
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, omniglot_folder: Path) -> dict[str, Any]:
+    """One uninterrupted run of the tiny experiment (``omniglot_folder``: the data set is
+    unpacked and cached before any subprocess needs it)."""
+    base = tmp_path_factory.mktemp("reference")
+    config = write_config(base)
+    proc = train(config, base / "experiments")
+    assert proc.returncode == 0, proc.stderr
+    folder = base / "experiments" / "tiny"
+    return {
+        "config": config,
+        "folder": folder,
+        "rows": summary_rows(folder),
+        "test": read_json(folder / "test_summary.json"),
+        "state": read_json(folder / "state.json"),
+    }
+
+
+def assert_same_as_reference(folder: Path, reference: dict[str, Any]) -> None:
+    assert summary_rows(folder) == reference["rows"]
+    assert read_json(folder / "test_summary.json") == reference["test"]
+    state = read_json(folder / "state.json")
+    assert state["status"] == "done"
+    for key in ("epoch", "iteration", "best_val_accuracy", "best_val_epoch", "test_accuracy"):
+        assert state[key] == reference["state"][key], key
+
+
+def test_reference_run_outputs(reference: dict[str, Any]) -> None:
+    folder, state, test = reference["folder"], reference["state"], reference["test"]
+    assert (folder / "config.json").is_file()
+    assert (folder / "logs" / "train.log").read_text().count("epoch ") >= 3
+    assert [r["epoch"] for r in reference["rows"]] == ["0", "1", "2"]
+    assert state["status"] == "done" and state["epoch"] == 3 and state["iteration"] == 18
+    assert not (folder / "lock").exists()
+    # The best 2 epochs by validation accuracy form the ensemble, best first.
+    val = {int(r["epoch"]): float(r["val_accuracy_mean"]) for r in reference["rows"]}
+    ranked = sorted(val, key=lambda e: (-val[e], e))
+    assert test["ensemble"]["epochs"] == ranked[:2]
+    assert test["best_single"]["epoch"] == ranked[0] == state["best_val_epoch"]
+    assert state["best_val_accuracy"] == val[ranked[0]]
+    assert state["test_accuracy"] == test["ensemble"]["accuracy_mean"]
+    # Pruning kept exactly those epochs' checkpoints plus the two newest files.
+    store = CheckpointStore(folder / "checkpoints")
+    assert set(ranked[:2]) <= set(store.epoch_files())
+    assert len(store.files()) <= 4
+
+
+def test_ensemble_recomputed_independently(reference: dict[str, Any]) -> None:
+    """Average the saved models' test probabilities here and compare with the summary."""
+    from metasuite.data.tasks import FewShotTasks
+    from metasuite.learner.system import MamlSystem
+
+    cfg = load_config(reference["config"])
+    tasks = FewShotTasks.from_config(cfg, quiet=True)
+    batch = tasks.test.batch(list(range(cfg.num_evaluation_tasks)))
+    files = CheckpointStore(reference["folder"] / "checkpoints").epoch_files()
+    probs = []
+    for epoch in reference["test"]["ensemble"]["epochs"]:
+        learner = MamlSystem(cfg, "cpu")
+        learner.load_state_dict(load_checkpoint(files[epoch].path)["learner"])
+        probs.append(learner.evaluate(batch).probabilities.double())
+    ensemble = per_task_accuracy(torch.stack(probs).mean(0), batch.query_y)
+    single = per_task_accuracy(probs[0], batch.query_y)
+    summary = reference["test"]
+    assert summary["ensemble"]["num_tasks"] == cfg.num_evaluation_tasks
+    assert summary["ensemble"]["accuracy_mean"] == pytest.approx(sum(ensemble) / len(ensemble))
+    assert summary["ensemble"]["accuracy_ci95"] == pytest.approx(mean_ci95(ensemble)[1])
+    assert summary["best_single"]["accuracy_mean"] == pytest.approx(sum(single) / len(single))
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The error lines of a run's stderr (log lines come before them); no traceback."""
+    assert "Traceback" not in stderr
+    return [line for line in stderr.splitlines() if line.startswith("metasuite train: error:")]
+
+
+def _wait_for(predicate, timeout: float = 90.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sigkill_at_random_points_resumes_exactly(
+    reference: dict[str, Any], tmp_path: Path
+) -> None:
+    seed = random.randrange(2**31)
+    rng = random.Random(seed)
+    config, root = write_config(tmp_path), tmp_path / "experiments"
+    folder = root / "tiny"
+    note = f"(kill-point seed {seed})"
+
+    # 1. From outside, while a checkpoint's temporary file is written but not renamed.
+    proc = subprocess.Popen(
+        train_command(config, root),
+        env=train_env(METASUITE_FAULT_SLEEP="checkpoint-write:60"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(
+            lambda: any(p.name.endswith(".tmp") for p in (folder / "checkpoints").glob(".*")),
+            what="a checkpoint write",
+        )
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not CheckpointStore(folder / "checkpoints").files(), note
+
+    # 2. At a random visit (counted per process) to two random fault points of the
+    # training phase, then to one of the test phase.
+    sites = rng.sample(["iteration", "checkpoint-write", "checkpoint-done", "validation"], 2)
+    plan = [(site, rng.randint(1, 4)) for site in [*sites, "test"]]
+    killed = 1
+    for site, visit in plan:
+        result = train(config, root, METASUITE_FAULT=f"{site}:{visit}")
+        assert result.returncode in (-signal.SIGKILL, 0), (site, visit, result.stderr, note)
+        killed += result.returncode == -signal.SIGKILL
+    final = train(config, root)
+    assert final.returncode == 0, final.stderr + note
+    assert killed >= 3, note
+    assert_same_as_reference(folder, reference)
+    log = (folder / "logs" / "train.log").read_text()
+    assert "took over a stale lock" in log
+    assert "removed 1 unfinished checkpoint" in log
+    assert not list((folder / "checkpoints").glob(".*.tmp"))
+
+
+def test_sigterm_checkpoints_and_exits_4(reference: dict[str, Any], tmp_path: Path) -> None:
+    config, root = write_config(tmp_path), tmp_path / "experiments"
+    folder = root / "tiny"
+    proc = subprocess.Popen(
+        train_command(config, root),
+        env=train_env(METASUITE_FAULT_SLEEP="iteration:0.3"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def started() -> bool:
+        try:
+            return read_json(folder / "state.json")["iteration"] >= 2
+        except (OSError, ValueError, KeyError):
+            return False
+
+    _wait_for(started, what="training to start")
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == 4, stderr
+    state = read_json(folder / "state.json")
+    assert state["status"] == "interrupted"
+    assert "SIGTERM" in state["message"] and "SIGTERM" in stderr
+    newest = CheckpointStore(folder / "checkpoints").files()[-1]
+    assert newest.iteration == state["iteration"] < 18
+    assert not (folder / "lock").exists()
+
+    resumed = train(config, root)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_as_reference(folder, reference)
+
+
+def test_pause_fallback_config_check_and_continue(
+    reference: dict[str, Any], tmp_path: Path
+) -> None:
+    root = tmp_path / "experiments"
+    folder = root / "tiny"
+    paused = write_config(tmp_path, total_epochs_before_pause=1)
+
+    first = train(paused, root)
+    assert first.returncode == 3, first.stderr
+    state = read_json(folder / "state.json")
+    assert state["status"] == "paused" and state["epoch"] == 1
+    assert summary_rows(folder) == reference["rows"][:1]
+
+    # A training setting changed: refused in one line that lists the difference.
+    changed = write_config(
+        tmp_path, "changed", total_epochs_before_pause=1, meta_learning_rate=0.002
+    )
+    refused = train(changed, root)
+    assert refused.returncode == 2
+    (error,) = error_lines(refused.stderr)
+    assert "meta_learning_rate: 0.001 -> 0.002" in error and "--force" in error
+    assert read_json(folder / "state.json")["status"] == "paused"
+
+    # The newest checkpoint (end of epoch 0) is truncated: fall back, with a warning.
+    store = CheckpointStore(folder / "checkpoints")
+    newest = store.files()[-1]
+    assert newest.epoch_end == 0
+    newest.path.write_bytes(newest.path.read_bytes()[:1000])
+    second = train(paused, root)
+    assert second.returncode == 3, second.stderr
+    assert "falling back" in second.stderr and newest.path.name in second.stderr
+    assert read_json(folder / "state.json")["epoch"] == 1
+
+    # Only a non-training setting (the pause) differs from the snapshot: accepted.
+    rest = write_config(tmp_path, "rest", total_epochs_before_pause=10)
+    third = train(rest, root)
+    assert third.returncode == 0, third.stderr
+    assert_same_as_reference(folder, reference)
+
+    # Running a finished experiment again changes nothing.
+    before = (folder / "test_summary.json").read_bytes()
+    again = train(rest, root)
+    assert again.returncode == 0 and "already done" in again.stderr
+    assert (folder / "test_summary.json").read_bytes() == before
+
+
+def test_second_process_is_refused_by_the_lock(tmp_path: Path, omniglot_folder: Path) -> None:
+    config, root = write_config(tmp_path), tmp_path / "experiments"
+    with ExperimentLock(root / "tiny").hold():
+        result = train(config, root)
+    assert result.returncode == 2
+    (error,) = error_lines(result.stderr)
+    assert f"already running (pid {os.getpid()}" in error
+
+
+def test_continue_from_an_earlier_epoch(reference: dict[str, Any], tmp_path: Path) -> None:
+    root = tmp_path / "experiments"
+    shutil.copytree(reference["folder"], root / "tiny")
+    epoch = min(CheckpointStore(root / "tiny" / "checkpoints").epoch_files())
+    config = write_config(tmp_path, continue_from_epoch=epoch)
+    result = train(config, root)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming from epoch_{epoch:04d}" in result.stderr
+    assert_same_as_reference(root / "tiny", reference)
+
+
+def test_evaluate_on_test_set_only(reference: dict[str, Any], tmp_path: Path) -> None:
+    root = tmp_path / "experiments"
+    shutil.copytree(reference["folder"], root / "tiny")
+    (root / "tiny" / "test_summary.json").unlink()
+    rows_before = summary_rows(root / "tiny", with_time=True)
+    config = write_config(tmp_path, evaluate_on_test_set_only=True)
+    result = train(config, root)
+    assert result.returncode == 0, result.stderr
+    assert read_json(root / "tiny" / "test_summary.json") == reference["test"]
+    assert summary_rows(root / "tiny", with_time=True) == rows_before  # nothing trained

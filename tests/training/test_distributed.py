@@ -1,0 +1,246 @@
+"""Data-parallel meta-training on the CPU (gloo): 2 ranks compute what 1 process computes.
+
+The ranks are real processes (torch.multiprocessing spawn) joined by a gloo process
+group over localhost, each running metasuite.training.distributed's collectives on the real
+Omniglot tasks. Whole-job behaviour (launcher, kill a rank, resume) is in
+tests/training/test_distributed_job.py.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from metasuite.config import ExperimentConfig, replace
+from metasuite.training import distributed
+from metasuite.training.distributed import DistContext, slot_order
+
+BATCH = 5  # odd, so the ranks hold different numbers of tasks (3 and 2)
+EVAL_TASKS = 3
+
+
+def tiny_config(base: ExperimentConfig) -> ExperimentConfig:
+    """Second order, MSL, LSLR and per-step BN statistics: every synchronised part."""
+    return replace(
+        base,
+        batch_size=BATCH,
+        number_of_training_steps_per_iter=2,
+        number_of_evaluation_steps_per_iter=2,
+        second_order=True,
+        first_order_to_second_order_epoch=-1,
+        use_multi_step_loss_optimization=True,
+        per_step_bn_statistics=True,
+        learnable_per_layer_per_step_inner_loop_learning_rate=True,
+        backend="loop",
+    )
+
+
+def one_meta_step(learner, batch, sync_gradients=None, *, total_tasks=None):
+    """Train one step; return (metrics, synchronised meta-gradients, state after)."""
+    captured: list[torch.Tensor] = []
+
+    def sync(grads: list[torch.Tensor]) -> None:
+        if sync_gradients is not None:
+            sync_gradients(grads)
+        captured.extend(g.detach().clone() for g in grads)
+
+    metrics = learner.train_step(batch, 0, total_tasks=total_tasks, sync_gradients=sync)
+    return metrics, captured, learner.state_dict()
+
+
+def _rank_main(rank: int, world: int, port: int, config: ExperimentConfig, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from metasuite.data.tasks import FewShotTasks
+    from metasuite.learner.system import MamlSystem
+    from metasuite.training.signals import StopRequest
+
+    ctx = DistContext(rank=rank, world_size=world, local_rank=rank, local_world_size=world)
+    comm = distributed.Collectives.init(ctx, torch.device("cpu"))
+    try:
+        tasks = FewShotTasks.from_config(config, quiet=True)
+        torch.manual_seed(config.train_seed)
+        learner = distributed.DistributedLearner(
+            MamlSystem(config, "cpu"), comm, distributed.AgreedStop(StopRequest())
+        )
+        slots = list(range(rank, BATCH, world))  # Builder.rank_slots
+        iteration = 7
+        batch = tasks.train.batch([iteration * BATCH + b for b in slots])
+        metrics, grads, state = one_meta_step(
+            learner, batch, comm.all_reduce_sum_, total_tasks=BATCH
+        )
+        evaluation = learner.evaluate(tasks.val.batch(range(EVAL_TASKS)))
+        torch.save(
+            {
+                "task_ids": batch.task_ids,
+                "metrics": metrics,
+                "grads": grads,
+                "state": state,
+                "eval": evaluation,
+            },
+            out,
+        )
+    finally:
+        comm.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(omniglot_config: ExperimentConfig, tmp_path_factory) -> list[dict]:
+    folder = tmp_path_factory.mktemp("ranks")
+    config = tiny_config(omniglot_config)
+    outs = [str(folder / f"rank{r}.pt") for r in range(2)]
+    port = _free_port()
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_rank_main, args=(r, 2, port, config, outs[r])) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+        assert p.exitcode == 0, f"rank process failed with exit code {p.exitcode}"
+    return [torch.load(o, weights_only=False) for o in outs]
+
+
+@pytest.fixture(scope="module")
+def one_process(omniglot_config: ExperimentConfig, omniglot_tasks) -> dict:
+    from metasuite.learner.system import MamlSystem
+
+    config = tiny_config(omniglot_config)
+    # The ranks run one thread each; so does the reference: the thread count alone moves
+    # second-order gradients by ~1e-5 (a different reduction order in the conv kernels).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(config.train_seed)
+        learner = MamlSystem(config, "cpu")
+        batch = omniglot_tasks.train.batch([7 * BATCH + b for b in range(BATCH)])
+        metrics, grads, state = one_meta_step(learner, batch)
+        evaluation = learner.evaluate(omniglot_tasks.val.batch(range(EVAL_TASKS)))
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "task_ids": batch.task_ids,
+        "metrics": metrics,
+        "grads": grads,
+        "state": state,
+        "eval": evaluation,
+    }
+
+
+def test_ranks_share_the_meta_batch_and_together_hold_the_same_tasks(
+    two_ranks: list[dict], one_process: dict
+) -> None:
+    assert two_ranks[0]["task_ids"] == (35, 37, 39)
+    assert two_ranks[1]["task_ids"] == (36, 38)
+    together = slot_order([r["task_ids"] for r in two_ranks])
+    assert tuple(together) == one_process["task_ids"] == tuple(range(35, 40))
+
+
+def test_two_ranks_give_the_meta_gradient_of_one_process(
+    two_ranks: list[dict], one_process: dict
+) -> None:
+    reference = one_process["grads"]
+    assert len(reference) > 10 and all(g.abs().sum() > 0 for g in reference[-4:])
+    for rank in two_ranks:
+        assert len(rank["grads"]) == len(reference)
+        for mine, ref in zip(rank["grads"], reference, strict=True):
+            torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-6)
+    # After the all-reduce both ranks hold bit-identical gradients.
+    for a, b in zip(two_ranks[0]["grads"], two_ranks[1]["grads"], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_ranks_end_the_step_identical_and_equal_to_one_process(
+    two_ranks: list[dict], one_process: dict
+) -> None:
+    s0, s1, ref = (r["state"] for r in (*two_ranks, one_process))
+    for group in ("params", "rates", "buffers"):
+        for name, value in ref[group].items():
+            assert torch.equal(s0[group][name], s1[group][name]), (group, name)
+            torch.testing.assert_close(s0[group][name], value, rtol=1e-5, atol=1e-6)
+    # Per-step BN running statistics moved, and moved the same way: records gathered
+    # from both ranks in task order.
+    moved = [k for k, v in ref["buffers"].items() if "running_mean" in k and v.abs().sum() > 0]
+    assert moved
+
+
+def test_metrics_are_those_of_the_whole_meta_batch(
+    two_ranks: list[dict], one_process: dict
+) -> None:
+    for rank in two_ranks:
+        for key in ("loss", "accuracy"):
+            assert rank["metrics"][key] == pytest.approx(one_process["metrics"][key], rel=1e-5)
+
+
+def test_evaluation_split_across_ranks_and_gathered_in_order(
+    two_ranks: list[dict], omniglot_config: ExperimentConfig, omniglot_tasks
+) -> None:
+    """The gathered evaluation equals one process evaluating every task with the same
+    learner state. (Compared with the one-process run's own state instead, a task can
+    differ by ~1e-3: a 1e-8 change of the weights can flip a max-pool tie on Omniglot's
+    flat backgrounds, and the inner loop follows the other branch.)"""
+    from metasuite.learner.system import MamlSystem
+
+    config = tiny_config(omniglot_config)
+    learner = MamlSystem(config, "cpu")
+    learner.load_state_dict(two_ranks[0]["state"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = learner.evaluate(omniglot_tasks.val.batch(range(EVAL_TASKS)))
+    finally:
+        torch.set_num_threads(threads)
+    for rank in two_ranks:
+        ev = rank["eval"]
+        assert ev.probabilities.shape == ref.probabilities.shape == (EVAL_TASKS, 5, 5)
+        torch.testing.assert_close(ev.probabilities, ref.probabilities, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(ev.task_accuracy, ref.task_accuracy)
+        assert ev.loss == pytest.approx(ref.loss, rel=1e-6)
+        assert ev.accuracy == pytest.approx(ref.accuracy, rel=1e-6)
+
+
+def test_slot_order_interleaves_uneven_parts() -> None:
+    assert slot_order([[0, 2, 4], [1, 3]]) == [0, 1, 2, 3, 4]
+    assert slot_order([[0], []]) == [0]
+    assert slot_order([[0, 3], [1], [2]]) == [0, 1, 2, 3]
+
+
+def test_worker_context_reads_torchrun_environment() -> None:
+    env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    assert distributed.worker_context(env) == DistContext(1, 2, 1, 2)
+    assert distributed.worker_context({"RANK": "0", "WORLD_SIZE": "1"}) is None
+    assert distributed.worker_context({}) is None
+
+
+def test_rank_device_wants_one_gpu_per_process() -> None:
+    from metasuite.errors import UserError
+
+    ctx = DistContext(1, 2, 1, 2)
+    assert distributed.rank_device([torch.device("cpu")], ctx) == torch.device("cpu")
+    gpus = [torch.device("cuda", 0), torch.device("cuda", 1)]
+    assert distributed.rank_device(gpus, ctx) == torch.device("cuda", 1)
+    with pytest.raises(UserError, match="names 1 GPUs but 2 processes"):
+        distributed.rank_device(gpus[:1], ctx)
+
+
+def test_launch_checks_the_timeout_before_starting_workers(monkeypatch) -> None:
+    # Checked only in the workers, a bad value printed one error per rank and then
+    # torchrun's ChildFailedError traceback.
+    from metasuite.errors import UserError
+
+    def no_popen(*args, **kwargs):
+        raise AssertionError("torchrun must not start")
+
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "abc")
+    monkeypatch.setattr(distributed.subprocess, "Popen", no_popen)
+    with pytest.raises(UserError, match="METASUITE_DIST_TIMEOUT_S='abc'"):
+        distributed.launch(["--config", "x.json"], 2)
