@@ -7,7 +7,28 @@ code usable from tests and notebooks.
 
 from __future__ import annotations
 
-USER_ERROR_EXIT = 2
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Every exit status metasuite gives, defined once: commands return these, the
+    generated scripts and sbatch files have them rendered in, and run-suite and Slurm
+    requeueing read them back."""
+
+    DONE = 0
+    FAILED = 1
+    """A bug or an environment fault (a traceback, a full disk): not the user's input."""
+    USER_ERROR = 2
+    PAUSED = 3
+    """Stopped by ``total_epochs_before_pause``: run again to continue."""
+    STOPPED = 4
+    """Stopped by a signal after checkpointing: run again to continue."""
+
+
+RESUMABLE_EXIT_CODES: tuple[ExitCode, ...] = (ExitCode.PAUSED, ExitCode.STOPPED)
+"""Exit statuses that mean "not finished, run me again" (Slurm requeues on them)."""
+
+USER_ERROR_EXIT = ExitCode.USER_ERROR
 
 
 class UserError(Exception):
