@@ -46,7 +46,7 @@ def test_generate_writes_valid_configs_and_executable_scripts(generated):
         assert os.access(exp.script_path, os.X_OK)
         text = exp.script_path.read_text()
         assert text.startswith("#!/usr/bin/env bash\n")
-        assert f'config="${{root}}/"experiment_config/{exp.name}.json' in text
+        assert f'--config "${{here}}/"../experiment_config/{exp.name}.json' in text
         # No absolute path of this machine: committed scripts must be portable.
         assert str(root) not in text.replace(str(suite), "")
 
@@ -124,11 +124,25 @@ def test_only_writes_the_matching_experiments(tmp_path, capsys):
     assert main(["generate", "--suite", str(suite), "--only", "*20way*", "--check"]) == 0
 
 
-def test_root_option_redirects_the_output(tmp_path, capsys):
+def test_suite_root_option_redirects_the_output(tmp_path, capsys):
+    suite = write_suite(tmp_path / "templates_here")
+    assert main(["generate", "--suite", str(suite), "--suite-root", str(tmp_path / "out")]) == 0
+    assert len(list((tmp_path / "out" / "experiment_config").iterdir())) == 6
+    assert not (tmp_path / "templates_here" / "experiment_config").exists()
+    assert "deprecated" not in capsys.readouterr().err
+
+
+def test_old_root_option_still_works_with_one_warning_line(tmp_path, capsys):
     suite = write_suite(tmp_path / "templates_here")
     assert main(["generate", "--suite", str(suite), "--root", str(tmp_path / "out")]) == 0
     assert len(list((tmp_path / "out" / "experiment_config").iterdir())) == 6
-    assert not (tmp_path / "templates_here" / "experiment_config").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["warning: --root is deprecated here; use --suite-root (the folder of the "
+                   "suite's generated files)"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--suite-root" in help_text and " --root" not in help_text
 
 
 def test_invalid_combination_writes_nothing_and_exits_2(tmp_path, capsys):

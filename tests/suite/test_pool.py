@@ -17,10 +17,12 @@ from suite_helpers import TINY_NAMES, TINY_SUITE, write_suite
 
 # Stands in for python running `metasuite train`: follows a plan of exit codes per
 # experiment and run, writes state.json as the builder would, and flags two experiments
-# on one device at the same time.
+# on one device at the same time. The launcher the script execs first runs for real.
 FAKE_TRAIN = """#!{python}
 import json, os, signal, socket, sys, time
 args = sys.argv[1:]
+if args[:2] == ["-m", "metasuite.training.launch"]:
+    os.execv(sys.executable, [sys.executable, *args])
 assert args[:3] == ["-m", "metasuite", "train"], args
 name = json.load(open(args[args.index("--config") + 1]))["experiment_name"]
 fake = os.environ["FAKE_DIR"]

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -19,8 +20,11 @@ from suite_helpers import TINY_SUITE, write_suite
 
 COMMITTED_SCRIPTS = sorted((REPO_ROOT / "experiment_scripts").glob("*.sh"))
 
-# Stands in for python: records how it was called, then exits with $FAKE_EXIT.
+# Stands in for python: the launcher the script execs runs on the real interpreter
+# ($REAL_PYTHON); the `metasuite train` it execs in turn ($PYTHON) records how it was
+# called, then exits with $FAKE_EXIT.
 FAKE_PYTHON = """#!/usr/bin/env bash
+if [[ "$1 $2" == "-m metasuite.training.launch" ]]; then exec "$REAL_PYTHON" "$@"; fi
 {
   echo "pid=$$"
   echo "cvd=${CUDA_VISIBLE_DEVICES-unset}"
@@ -67,6 +71,7 @@ def fake_suite(tmp_path):
 
 def _call(exp, fake, out, *args, cwd="/", **env):
     full_env = {**os.environ, "PYTHON": str(fake), "FAKE_OUT": str(out), **env}
+    full_env["REAL_PYTHON"] = sys.executable
     full_env.pop("CUDA_VISIBLE_DEVICES", None)
     out.unlink(missing_ok=True)
     proc = subprocess.Popen(

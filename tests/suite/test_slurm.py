@@ -72,7 +72,9 @@ def test_gpu_and_requeue_switches_change_the_options() -> None:
     opts = sbatch_options(cpu)
     assert "--no-requeue" in opts
     assert not any(o.startswith(("--gres", "--signal", "--partition")) for o in opts)
-    assert "devices=(cpu)" in cpu
+    assert "--gpus-from-slurm" not in cpu and "--gpus-from-slurm" in slurm.render_sbatch(
+        golden_settings(), NAME, SCRIPT
+    )
 
 
 def test_percent_in_name_is_escaped_in_output_pattern() -> None:

@@ -9,6 +9,7 @@ same experiments everywhere, ``--suite`` is the suite file everywhere).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,23 +61,39 @@ def add_quiet(parser: argparse.ArgumentParser, help: str = "no progress bar") ->
 # ------------------------------------------------------- commands that expand the suite
 
 
+class _DeprecatedSuiteRoot(argparse.Action):
+    """The older ``--root`` of generate/run-suite/submit: still works, with one warning
+    line, because ``--root`` of status/report/show means the experiments folder."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(
+            f"warning: {option_string} is deprecated here; use --suite-root (the folder of "
+            "the suite's generated files)",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
+
+
 def add_suite(parser: argparse.ArgumentParser) -> None:
-    """``--suite FILE`` and ``--root DIR`` (where its generated files are), as generate
-    writes them."""
+    """``--suite FILE`` and ``--suite-root DIR`` (where its generated files are), as
+    generate writes them; ``--root`` is a hidden, deprecated alias of the latter."""
     parser.add_argument("--suite", metavar="FILE", help=SUITE_HELP)
     parser.add_argument(
-        "--root",
+        "--suite-root",
         metavar="DIR",
         help="where the suite's experiment_config/ and experiment_scripts/ are "
         "(default: the suite's [suite] root)",
     )
+    parser.add_argument(
+        "--root", dest="suite_root", action=_DeprecatedSuiteRoot, help=argparse.SUPPRESS
+    )
 
 
 def selected_experiments(args: argparse.Namespace) -> tuple[Suite, list[Experiment]]:
-    """The suite of ``--suite``/``--root`` and its experiments selected by ``--only``."""
+    """The suite of ``--suite``/``--suite-root`` and its experiments selected by ``--only``."""
     from metasuite.suite.sweep import expand, load_suite
 
-    suite = load_suite(args.suite, root=args.root)
+    suite = load_suite(args.suite, root=args.suite_root)
     return suite, expand(suite, only=args.only)
 
 

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from metasuite.commands import _options
-from metasuite.errors import UserError
+from metasuite.errors import RESUMABLE_EXIT_CODES, ExitCode, UserError
 
 HELP = "train (or resume, or test) one experiment from its config file"
 
@@ -116,10 +116,10 @@ def _run_worker(args: argparse.Namespace, config, root: Path, devices: list, ctx
         distributed.record_outcome(ctx, exc.exit_code)
         raise
     except BaseException:
-        distributed.record_outcome(ctx, 1)
+        distributed.record_outcome(ctx, ExitCode.FAILED)
         raise
     # Under metasuite's launcher a pause or a stop is not a failure for torchrun to
     # report: the launcher returns the recorded status instead.
-    if distributed.record_outcome(ctx, code) and code in (3, 4):
-        return 0
+    if distributed.record_outcome(ctx, code) and code in RESUMABLE_EXIT_CODES:
+        return ExitCode.DONE
     return code

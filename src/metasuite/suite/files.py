@@ -17,8 +17,9 @@ from pathlib import Path
 import jinja2
 
 from metasuite.config import to_json
-from metasuite.errors import UserError
+from metasuite.errors import ExitCode, UserError
 from metasuite.suite.render import OutputFile, relative_posix, render_file
+from metasuite.suite.slurm import sbatch_file
 from metasuite.suite.sweep import Experiment, Suite
 from metasuite.training.experiment_dir import EXPERIMENTS_ROOT_ENV
 
@@ -42,6 +43,7 @@ def script_file(suite: Suite, exp: Experiment, env: jinja2.Environment | None = 
         "root_relpath": relative_posix(suite.root, exp.script_path.parent),
         "config_in_root": relative_posix(exp.config_path, suite.root),
         "script_relpath": relative_posix(exp.script_path, suite.root),
+        "exit": {code.name: int(code) for code in ExitCode},
         "suite_relpath": relative_posix(suite.path, suite.root)
         if suite.root in suite.path.parents
         else suite.path.as_posix(),
@@ -56,8 +58,6 @@ def suite_files(suite: Suite, experiments: Sequence[Experiment]) -> list[OutputF
     files = [config_file(e) for e in experiments]
     files += [script_file(suite, e, env) for e in experiments]
     if suite.slurm is not None:
-        from metasuite.suite.slurm import sbatch_file
-
         files += [sbatch_file(suite, e, env) for e in experiments]
     return files
 

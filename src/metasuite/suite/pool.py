@@ -21,7 +21,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -32,14 +31,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from metasuite.errors import RESUMABLE_EXIT_CODES, ExitCode
+from metasuite.training.devices import CPU, DeviceSpecError, parse_devices
 from metasuite.training.experiment_dir import ExperimentDir
 from metasuite.training.lock import pid_alive
 from metasuite.training.signals import parent_death_signal
 
-EXIT_DONE, EXIT_USER_ERROR, EXIT_PAUSED, EXIT_STOPPED = 0, 2, 3, 4
 POLL_SECONDS = 0.2
-_GPU_ID = re.compile(r"0|[1-9][0-9]{0,2}")
-"""A GPU id as the generated experiment script accepts it (experiment.sh.j2)."""
 
 
 @dataclass(frozen=True)
@@ -70,15 +68,19 @@ def make_slots(gpus: Sequence[str], per_experiment: int = 1, jobs: int = 1) -> l
         raise ValueError(f"--per-experiment must be >= 1, got {per_experiment}")
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
-    if list(gpus) == ["cpu"]:
+    # The grammar the experiment script applies: "01" or "1000" would fail every experiment.
+    try:
+        devices = parse_devices(gpus) if gpus else None
+    except DeviceSpecError as exc:
+        if exc.problem == "twice":
+            raise ValueError(f"--gpus {' '.join(gpus)}: a GPU id is listed twice") from None
+        devices = None
+    if devices is None:
+        raise ValueError(f"--gpus {' '.join(gpus)}: expected GPU ids such as 0 1 2 3, or cpu")
+    if devices == (CPU,):
         if per_experiment != 1:
             raise ValueError("--per-experiment applies to GPUs; on the CPU use --jobs")
-        return [Slot(("cpu",)) for _ in range(jobs)]
-    # The ids the experiment script accepts: "01" or "1000" would fail every experiment.
-    if not gpus or any(not _GPU_ID.fullmatch(g) for g in gpus):
-        raise ValueError(f"--gpus {' '.join(gpus)}: expected GPU ids such as 0 1 2 3, or cpu")
-    if len(set(gpus)) != len(gpus):
-        raise ValueError(f"--gpus {' '.join(gpus)}: a GPU id is listed twice")
+        return [Slot((CPU,)) for _ in range(jobs)]
     if jobs != 1:
         raise ValueError("--jobs applies to the CPU; on GPUs each slot runs one experiment")
     if len(gpus) % per_experiment:
@@ -206,9 +208,9 @@ class Pool:
         r.log.close()
         log_path = Path(r.log.name)
         name = r.job.name
-        if code == EXIT_DONE:
+        if code == ExitCode.DONE:
             return Result(name, "done", code, log=log_path, runs=r.runs)
-        if code == EXIT_PAUSED and self.stop.signum is None:
+        if code == ExitCode.PAUSED and self.stop.signum is None:
             state = ExperimentDir(self.root / name).read_state() or {}
             epoch = state.get("epoch")
             if isinstance(epoch, int) and epoch > r.epoch_before:
@@ -217,11 +219,11 @@ class Pool:
             return Result(
                 name, "failed", code, "paused without finishing an epoch", log_path, r.runs
             )
-        if code in (EXIT_PAUSED, EXIT_STOPPED) and self.stop.signum is not None:
+        if code in RESUMABLE_EXIT_CODES and self.stop.signum is not None:
             return Result(name, "stopped", code, "checkpointed; run again to resume", log_path)
         if code < 0:
             message = f"killed by {signal.Signals(-code).name}"
-        elif code == EXIT_STOPPED:
+        elif code == ExitCode.STOPPED:
             message = "stopped by a signal after checkpointing (run again to resume)"
         else:
             message = _last_line(log_path) or f"exit status {code}"

@@ -1,38 +1,35 @@
 """Slurm batch scripts for a suite: one ``experiment_scripts/slurm/<name>.sbatch`` each.
 
 A cluster's time limit is shorter than a 100-epoch run, so every job must be able to stop
-and come back. The contract (submitit's, kept deliberately small):
+and come back. The contract (submitit's, kept deliberately small) is carried out by the
+launcher, :func:`metasuite.training.launch.slurm_job`, which the sbatch body ``exec``s so
+that it is the batch shell Slurm signals:
 
 - ``#SBATCH --signal=B:USR1@<signal_seconds>``: Slurm warns the batch shell before the
-  time limit; the shell forwards SIGTERM to the experiment script, the builder finishes
-  its meta-iteration, checkpoints and exits 4.
-- Exit 3 (paused by ``total_epochs_before_pause``) or 4 (stopped by a signal) →
-  ``scontrol requeue $SLURM_JOB_ID``: the same job id runs again later and resumes from
-  the checkpoint. Exit 0 is done; anything else fails the job (a config error must not
-  loop forever). A SIGTERM sent to the batch shell by ``scancel`` is forwarded too but
-  never requeues: the user asked the job to go away.
+  time limit; the launcher forwards SIGTERM to the experiment script, the builder
+  finishes its meta-iteration, checkpoints and exits 4.
+- Exit 3 (paused by ``total_epochs_before_pause``) or 4 (stopped by a signal), i.e.
+  :data:`metasuite.errors.RESUMABLE_EXIT_CODES` → ``scontrol requeue $SLURM_JOB_ID``: the
+  same job id runs again later and resumes from the checkpoint. Exit 0 is done; anything
+  else fails the job (a config error must not loop forever). A SIGTERM sent to the batch
+  shell by ``scancel`` is forwarded too but never requeues: the user asked the job to go.
 - The job runs the experiment's own ``experiment_scripts/<name>.sh`` with the GPU ids
   Slurm granted (``CUDA_VISIBLE_DEVICES``) or ``cpu``, so launching (one process or
   torchrun) lives in one place.
 
-Settings come from the ``[slurm]`` table of the suite file and are validated here, with
-the file and key named in errors. Every value reaches the script shell-quoted (sbatch
-parses ``#SBATCH`` lines with shell quoting rules), and characters that could end a line
-are refused, so a value can never inject a command.
+Settings (the ``[slurm]`` table) are parsed and validated in
+:mod:`metasuite.suite.slurm_settings`, re-exported here. Every value reaches the script
+shell-quoted (sbatch parses ``#SBATCH`` lines with shell quoting rules).
 """
 
 from __future__ import annotations
 
-import difflib
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
 
-from metasuite.errors import ConfigError
+from metasuite.errors import RESUMABLE_EXIT_CODES, ExitCode
 from metasuite.suite.render import (
     PACKAGE_TEMPLATES,
     OutputFile,
@@ -40,164 +37,13 @@ from metasuite.suite.render import (
     relative_posix,
     render_file,
 )
-
-if TYPE_CHECKING:
-    from metasuite.suite.sweep import Experiment, Suite
+from metasuite.suite.slurm_settings import SLURM_KEYS, SlurmSettings, from_table, parse_time_limit
+from metasuite.suite.sweep import Experiment, Suite
 
 SBATCH_TEMPLATE = "slurm.sbatch.j2"
 """Template name; a file of this name beside the suite file overrides the packaged one."""
 SLURM_SUBDIR = "slurm"
 """sbatch files go in this sub-folder of the suite's script folder."""
-REQUEUE_EXIT_CODES = (3, 4)
-"""``metasuite train`` exit codes that mean "not finished, run me again" (DESIGN.md)."""
-
-
-@dataclass(frozen=True)
-class SlurmSettings:
-    """The ``[slurm]`` table of a suite file: resources and requeue policy of every job.
-
-    ``None`` leaves an option out so the cluster's default applies.
-    """
-
-    partition: str | None = None
-    gres: str | None = None
-    """E.g. ``"gpu:1"`` or ``"gpu:a100:2"``; a gpu gres makes the job run on the GPUs
-    Slurm grants, otherwise it runs on the CPU."""
-    cpus_per_task: int = 4
-    mem: str | None = None
-    """Memory per node, sbatch syntax: ``"16G"``, ``"16000M"``."""
-    time: str = "24:00:00"
-    """Time limit, sbatch syntax: ``minutes``, ``[hours:]minutes:seconds``,
-    ``days-hours[:minutes[:seconds]]``."""
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    requeue: bool = True
-    """Requeue after a pause (exit 3) or a time-limit checkpoint (exit 4)."""
-    signal_seconds: int = 120
-    """How long before the time limit the job is told to checkpoint."""
-    max_requeues: int = 1000
-    """Stop requeueing after this many restarts (a guard against a job that never ends)."""
-    log_dir: str = "slurm_logs"
-    """Job output folder, relative to the suite's output root (``metasuite submit``
-    creates it; sbatch does not)."""
-    extra_options: tuple[str, ...] = ()
-    """Further ``--option=value`` words, each written as its own ``#SBATCH`` line."""
-
-    @property
-    def uses_gpus(self) -> bool:
-        return self.gres is not None and any(
-            part.split(":", 1)[0] == "gpu" for part in self.gres.split(",")
-        )
-
-    @property
-    def time_seconds(self) -> int:
-        seconds = parse_time_limit(self.time)
-        assert seconds is not None  # validated in from_table
-        return seconds
-
-
-SLURM_KEYS: tuple[str, ...] = tuple(f.name for f in fields(SlurmSettings))
-_OPTIONAL_STR = ("partition", "gres", "mem", "account", "qos", "constraint")
-_INT_MIN = {"cpus_per_task": 1, "signal_seconds": 1, "max_requeues": 0}
-
-_TIME_FORMS = (
-    (re.compile(r"^(\d+)$"), ("m",)),
-    (re.compile(r"^(\d+):(\d+)$"), ("m", "s")),
-    (re.compile(r"^(\d+):(\d+):(\d+)$"), ("h", "m", "s")),
-    (re.compile(r"^(\d+)-(\d+)$"), ("d", "h")),
-    (re.compile(r"^(\d+)-(\d+):(\d+)$"), ("d", "h", "m")),
-    (re.compile(r"^(\d+)-(\d+):(\d+):(\d+)$"), ("d", "h", "m", "s")),
-)
-_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-_MEM = re.compile(r"^\d+[KMGT]?$")
-_GRES_PART = re.compile(r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)*$")
-_OPTION = re.compile(r"^--[a-z][a-z0-9-]*(=.+)?$")
-
-
-def parse_time_limit(text: str) -> int | None:
-    """Seconds of an sbatch ``--time`` value, or None when it is not one."""
-    for pattern, units in _TIME_FORMS:
-        match = pattern.match(text)
-        if match:
-            return sum(
-                int(v) * _UNIT_SECONDS[u] for v, u in zip(match.groups(), units, strict=True)
-            )
-    return None
-
-
-def _check_text(value: str, where: str) -> None:
-    if not value or any(ch in value for ch in "\n\r\0"):
-        raise ConfigError(f"{where} must be a non-empty single-line string, got {value!r}")
-
-
-def from_table(table: Mapping[str, Any] | None, source: str = "suite.toml") -> SlurmSettings:
-    """Validate the ``[slurm]`` table (``None``: all defaults).
-
-    ``source`` names the file in errors, e.g. ``"experiment_template_config/suite.toml"``.
-    """
-    if table is None:
-        return SlurmSettings()
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{source}: [slurm] must be a table, got {type(table).__name__}")
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        where = f"{source}: [slurm] {key}"
-        if key not in SLURM_KEYS:
-            close = difflib.get_close_matches(key, SLURM_KEYS, n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            known = ", ".join(SLURM_KEYS)
-            raise ConfigError(f"{source}: [slurm] unknown key {key!r}{hint}; known keys: {known}")
-        if key in _OPTIONAL_STR or key in ("time", "log_dir"):
-            if not isinstance(value, str):
-                raise ConfigError(f"{where} must be a string, got {value!r}")
-            _check_text(value, where)
-        elif key in _INT_MIN:
-            if type(value) is not int or value < _INT_MIN[key]:
-                raise ConfigError(f"{where} must be an integer >= {_INT_MIN[key]}, got {value!r}")
-        elif key == "requeue":
-            if not isinstance(value, bool):
-                raise ConfigError(f"{where} must be true or false, got {value!r}")
-        elif key == "extra_options":
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{where} must be a list of strings, got {value!r}")
-            for option in value:
-                _check_text(option, where)
-                if not _OPTION.match(option):
-                    raise ConfigError(
-                        f"{where}: {option!r} is not an sbatch long option like '--nice=10'"
-                    )
-            value = tuple(value)
-        values[key] = value
-    settings = SlurmSettings(**values)
-    _check_consistency(settings, source)
-    return settings
-
-
-def _check_consistency(s: SlurmSettings, source: str) -> None:
-    seconds = parse_time_limit(s.time)
-    if seconds is None or seconds <= 0:
-        raise ConfigError(
-            f"{source}: [slurm] time must be an sbatch time limit such as '90', '4:00:00' or "
-            f"'1-12:00:00', got {s.time!r}"
-        )
-    if s.requeue and s.signal_seconds >= seconds:
-        raise ConfigError(
-            f"{source}: [slurm] signal_seconds ({s.signal_seconds}) must be shorter than the "
-            f"time limit {s.time!r} ({seconds} s), or the job is told to stop as it starts"
-        )
-    if s.mem is not None and not _MEM.match(s.mem):
-        raise ConfigError(f"{source}: [slurm] mem must look like '16G' or '16000M', got {s.mem!r}")
-    if s.gres is not None and not all(_GRES_PART.match(p) for p in s.gres.split(",")):
-        raise ConfigError(
-            f"{source}: [slurm] gres must look like 'gpu:1' or 'gpu:a100:2', got {s.gres!r}"
-        )
-    log_dir = Path(s.log_dir)
-    if log_dir.is_absolute() or ".." in log_dir.parts:
-        raise ConfigError(
-            f"{source}: [slurm] log_dir must be a folder inside the suite's output root "
-            f"(relative, no '..'), got {s.log_dir!r}"
-        )
 
 
 def sbatch_path(script_dir: Path, name: str) -> Path:
@@ -220,7 +66,8 @@ def template_variables(
         "experiment_script": experiment_script,
         # sbatch expands %-patterns in file names; a literal % in a name is written %%.
         "output": f"{Path(settings.log_dir).as_posix()}/{name.replace('%', '%%')}-%j.out",
-        "requeue_exit_codes": REQUEUE_EXIT_CODES,
+        "requeue_exit_codes": [int(c) for c in RESUMABLE_EXIT_CODES],
+        "exit": {code.name: int(code) for code in ExitCode},
     }
 
 

@@ -37,7 +37,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
 
@@ -45,9 +45,7 @@ from metasuite.config import REPO_ROOT, ExperimentConfig, from_dict
 from metasuite.errors import ConfigError
 from metasuite.selection import matches
 from metasuite.suite.render import PACKAGE_TEMPLATES, make_environment, render_file, render_string
-
-if TYPE_CHECKING:
-    from metasuite.suite.slurm import SlurmSettings
+from metasuite.suite.slurm_settings import SlurmSettings, from_table
 
 DEFAULT_SUITE = REPO_ROOT / "experiment_template_config" / "suite.toml"
 DEFAULT_SCRIPT_TEMPLATE = "experiment.sh.j2"
@@ -94,7 +92,7 @@ class Suite:
     exclude: tuple[Mapping[str, tuple[Scalar, ...]], ...]
     description: str = ""
     slurm: SlurmSettings | None = None
-    """The ``[slurm]`` table (metasuite.suite.slurm); None: no sbatch files are generated."""
+    """The ``[slurm]`` table (metasuite.suite.slurm_settings); None: no sbatch files."""
 
     @property
     def variables(self) -> tuple[str, ...]:
@@ -269,8 +267,6 @@ def load_suite(path: str | Path | None = None, root: str | Path | None = None) -
             raise ConfigError(f"{src}: {key!r} is both a constant and a grid variable")
     slurm = None
     if "slurm" in raw:
-        from metasuite.suite.slurm import from_table
-
         slurm = from_table(raw["slurm"], src)
     return Suite(
         path=path,

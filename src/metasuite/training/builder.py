@@ -35,7 +35,7 @@ from tqdm import tqdm
 from metasuite import __version__
 from metasuite.config import ExperimentConfig, config_hash, to_dict
 from metasuite.data.batch import TaskBatch
-from metasuite.errors import UserError
+from metasuite.errors import ExitCode, UserError
 from metasuite.stats import mean_ci95, mean_std, per_task_accuracy
 from metasuite.training.checkpoint import CheckpointStore, CorruptCheckpointError, load_checkpoint
 from metasuite.training.experiment_dir import ExperimentDir, utc_now
@@ -51,11 +51,12 @@ KEEP_RECENT_CHECKPOINTS = 2
 
 
 class Outcome(IntEnum):
-    """How a call to :meth:`Builder.run` ended; the value is the exit status."""
+    """How a call to :meth:`Builder.run` ended; the value is the exit status, taken from
+    :class:`metasuite.errors.ExitCode` (where every exit status is defined)."""
 
-    DONE = 0
-    PAUSED = 3
-    INTERRUPTED = 4
+    DONE = ExitCode.DONE
+    PAUSED = ExitCode.PAUSED
+    INTERRUPTED = ExitCode.STOPPED
 
 
 class Sampler(Protocol):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from metasuite.errors import UserError
+from metasuite.training.devices import DeviceSpecError, gpu_indices, parse_devices
 
 THREADS_ENV = "METASUITE_NUM_THREADS"
 
@@ -23,25 +24,25 @@ THREADS_ENV = "METASUITE_NUM_THREADS"
 def resolve_devices(spec: str | None) -> list[torch.device]:
     """Turn ``--gpus`` into devices.
 
-    ``"cpu"`` → the CPU; ``"0,1"`` → those CUDA devices (each must exist); None → GPU 0
+    ``"cpu"`` → the CPU; ``"0,1"`` → those CUDA devices (each must exist; ids as
+    :mod:`metasuite.training.devices` defines them); None → GPU 0
     when CUDA is available, else the CPU. A GPU id on a machine without CUDA is an error
     rather than a silent fall-back to the CPU, which would make a cluster job crawl.
     """
     if spec is None:
         return [torch.device("cuda", 0)] if torch.cuda.is_available() else [torch.device("cpu")]
     text = spec.strip().lower()
-    if text == "cpu":
+    words = [part.strip() for part in text.split(",")]
+    try:
+        ids = gpu_indices(parse_devices(words))
+    except DeviceSpecError as exc:
+        if exc.problem == "twice":
+            raise UserError(f"--gpus {spec!r}: a GPU id is listed twice") from None
+        raise UserError(
+            f"--gpus {spec!r}: expected 'cpu' or comma-separated GPU ids such as 0,1"
+        ) from None
+    if not ids:
         return [torch.device("cpu")]
-    ids: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part.isdigit():
-            raise UserError(
-                f"--gpus {spec!r}: expected 'cpu' or comma-separated GPU ids such as 0,1"
-            )
-        ids.append(int(part))
-    if len(set(ids)) != len(ids):
-        raise UserError(f"--gpus {spec!r}: a GPU id is listed twice")
     if not torch.cuda.is_available():
         raise UserError(
             f"--gpus {spec}: CUDA is not available on this machine (torch {torch.__version__}); "
