@@ -12,12 +12,13 @@ in Python rather than in generated shell):
     after a second ``--`` go to ``metasuite train``. Device mistakes (the grammar of
     :mod:`metasuite.training.devices`) and a missing config are one line naming the
     script, exit 2, and nothing is started. Otherwise the launcher ``exec``s
-    ``$PYTHON -m metasuite train`` (``$PYTHON``: the interpreter the script started this
-    launcher with, unless ``$PYTHON`` names another, e.g. a wrapper), so the script's pid
-    is the trainer's and signals sent to it reach the trainer; the exit status is
+    ``$PYTHON -m metasuite train``, as the script did before (``$PYTHON`` may be a wrapper;
+    unset, this launcher's own interpreter, i.e. the script's ``python3``), so the pid is
+    the trainer's and signals sent to it reach the trainer; the exit status is
     train's (:class:`metasuite.errors.ExitCode`).
 
-``python -m metasuite.training.launch --slurm-job --script REL [--gpus-from-slurm] [--no-requeue | --max-requeues N]``
+``python -m metasuite.training.launch --slurm-job --script REL [--gpus-from-slurm]``
+``[--no-requeue | --max-requeues N]``
     What ``experiment_scripts/slurm/X.sbatch`` runs. Runs ``bash <submit dir>/REL`` with
     the GPUs Slurm granted (``$CUDA_VISIBLE_DEVICES``) or ``cpu`` as a child, forwards
     USR1 (the time-limit warning) and TERM to it as SIGTERM, and on a resumable exit
@@ -31,13 +32,13 @@ before ``metasuite train`` does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from types import FrameType
 
 from metasuite.errors import RESUMABLE_EXIT_CODES, ExitCode
@@ -118,10 +119,8 @@ class _Forwarder:
 
     def terminate_child(self) -> None:
         if self.child is not None and self.child.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 self.child.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
 
 def _requeue(job: str, log) -> bool:
