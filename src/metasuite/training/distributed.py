@@ -207,8 +207,9 @@ class Collectives:
 
 
 class Alone:
-    """The collectives of a world of size 1: there is no one to exchange with, so each is
-    the identity and no process group is joined."""
+    """The collectives the start-up path uses, for a world of size 1: there is no one to
+    exchange with, so each is the identity and no process group is joined. (The
+    learner's collectives are not needed: :func:`shared` leaves a lone learner as it is.)"""
 
     backend = "none"
 
@@ -218,12 +219,6 @@ class Alone:
 
     def all_reduce_sum_(self, tensors: list[torch.Tensor]) -> None:
         pass
-
-    def sum_floats(self, values: Sequence[float]) -> list[float]:
-        return [float(v) for v in values]
-
-    def all_gather_object(self, obj: Any) -> list[Any]:
-        return [obj]
 
     def broadcast_object(self, obj: Any) -> Any:
         return obj
