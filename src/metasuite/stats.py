@@ -2,9 +2,13 @@
 
 Conventions, fixed here so every table in the project means the same thing:
 
-- ``mean_std``: the population standard deviation (``ddof=0``, numpy's default), the
-  spread of the values themselves, as the reference code writes into its per-epoch
-  summary statistics.
+- ``mean_std``: the *sample* standard deviation (``ddof=1``), everywhere: the spread
+  over seeds in the report's tables and the plots' bands, and the per-epoch spread over
+  meta-iterations and validation tasks in ``summary_statistics.csv``. Seeds, iterations
+  and tasks are all samples of something larger, and a table over 3 seeds must not
+  understate its spread by a factor sqrt(3/2). (The reference MAML++ code writes numpy's
+  ``ddof=0`` into its summary statistics: with hundreds of iterations or tasks per epoch
+  the two differ by well under 1%.) With fewer than two values the std is undefined: NaN.
 - ``mean_ci95``: the half-width of the normal-approximation 95% confidence interval
   of the mean, ``1.96 * s / sqrt(n)``, with ``s`` the *sample* standard deviation
   (``ddof=1``), since the tasks are a sample from the task distribution. With a
@@ -26,11 +30,14 @@ Z95 = 1.96
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and population standard deviation; (nan, nan) for no values."""
+    """Mean and sample standard deviation (``ddof=1``); NaN where undefined (no values:
+    both; one value: the std)."""
     if len(values) == 0:
         return math.nan, math.nan
     arr = np.asarray(values, dtype=np.float64)
-    return float(arr.mean()), float(arr.std())
+    if arr.size == 1:
+        return float(arr[0]), math.nan
+    return float(arr.mean()), float(arr.std(ddof=1))
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float]:

@@ -162,15 +162,6 @@ def test_only_matching_nothing_says_so(suite, capsys):
     assert "no experiments under" not in err
 
 
-def test_band_is_mean_and_std_over_seeds():
-    from metasuite.results.plots import _band
-
-    epochs, means, stds = _band([([0, 1, 2], [10.0, 20.0, 30.0]), ([0, 1], [20.0, 40.0])])
-    assert epochs == [0, 1]  # epoch 2 has one seed only
-    assert means == [15.0, 30.0]
-    assert stds == pytest.approx([50**0.5, 200**0.5])
-
-
 def test_method_labels_follow_the_paper():
     assert report.method_label(make_config("a", 0)) == "MAML++"
     assert report.method_label(make_config("a", 0, **MAML)) == "MAML"

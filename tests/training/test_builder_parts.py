@@ -12,13 +12,11 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from metasuite.config import ExperimentConfig
 from metasuite.errors import UserError
-from metasuite.stats import mean_ci95, mean_std, per_task_accuracy
 from metasuite.training.experiment_dir import SUMMARY_COLUMNS, ExperimentDir
 from metasuite.training.lock import ExperimentLock
 from metasuite.training.runner import check_root_writable
@@ -136,25 +134,6 @@ def test_gpu_ids_without_cuda_or_out_of_range(monkeypatch) -> None:
     with pytest.raises(UserError, match="twice"):
         resolve_devices("1,1")
     assert resolve_devices("1,0") == [torch.device("cuda", 1), torch.device("cuda", 0)]
-
-
-# ------------------------------------------------------------------------- statistics
-
-
-def test_mean_ci95_uses_sample_std() -> None:
-    values = [0.2, 0.4, 0.4, 1.0, 0.6]
-    mean, ci = mean_ci95(values)
-    assert mean == pytest.approx(0.52)
-    assert ci == pytest.approx(1.96 * np.std(values, ddof=1) / math.sqrt(5))
-    assert mean_ci95([0.7]) == (0.7, 0.0)
-    m, s = mean_std([1.0, 3.0])
-    assert (m, s) == (2.0, 1.0)  # population std
-
-
-def test_per_task_accuracy_from_probabilities() -> None:
-    probs = torch.tensor([[[0.9, 0.1], [0.2, 0.8]], [[0.6, 0.4], [0.7, 0.3]]], dtype=torch.float64)
-    labels = torch.tensor([[0, 1], [1, 0]])
-    assert per_task_accuracy(probs, labels) == [1.0, 0.5]
 
 
 # ------------------------------------------------------------------------- folder files

@@ -221,6 +221,25 @@ def test_worker_context_reads_torchrun_environment() -> None:
     assert distributed.worker_context({}) is None
 
 
+def test_a_single_process_is_a_world_of_one_that_joins_nothing() -> None:
+    from metasuite.training.signals import StopRequest
+
+    cpu = torch.device("cpu")
+    learner, stop = object(), StopRequest()
+    with distributed.joined(distributed.SINGLE_PROCESS, cpu) as comm:
+        assert isinstance(comm, distributed.Alone) and comm.ctx.is_writer
+        assert not torch.distributed.is_initialized()
+        decision = {"payload": None, "done": False}
+        assert comm.broadcast_object(decision) is decision
+        # The builder drives the learner and stop request themselves: no wrapper, so a
+        # single process computes exactly what it did before there were ranks.
+        assert distributed.shared(learner, stop, comm) == (learner, stop)
+    several = distributed.Collectives(DistContext(0, 2, 0, 2), cpu)  # no group joined
+    wrapped, agreed = distributed.shared(learner, stop, several)
+    assert isinstance(wrapped, distributed.DistributedLearner) and wrapped.learner is learner
+    assert isinstance(agreed, distributed.AgreedStop) and agreed.local is stop
+
+
 def test_rank_device_wants_one_gpu_per_process() -> None:
     from metasuite.errors import UserError
 

@@ -107,10 +107,11 @@ def _worker_argv(args: argparse.Namespace, root: Path) -> list[str]:
 def _run_worker(args: argparse.Namespace, config, root: Path, devices: list, ctx) -> int:
     """One torchrun worker: rank 0 records the exit status for the launcher."""
     from metasuite.training import distributed
+    from metasuite.training.runner import run_experiment
 
     try:
         code = int(
-            distributed.run_worker(config, root, devices, ctx, quiet=args.quiet, force=args.force)
+            run_experiment(config, root, devices, ctx=ctx, quiet=args.quiet, force=args.force)
         )
     except UserError as exc:
         distributed.record_outcome(ctx, exc.exit_code)

@@ -1,5 +1,9 @@
 """Learning-curve figures for a group of seeds (PNG, matplotlib's Agg renderer).
 
+Plots take plain rows (:class:`SeedCurves`: a legend label and the rows of one
+``summary_statistics.csv``), not the report's types, so the report imports plots and
+never the other way round; anything that has the rows can draw them.
+
 The Agg canvas is attached to each figure directly instead of going through pyplot, so
 plotting never depends on (or changes) a global backend and works on machines without
 a display. The PNG is rendered to memory and written atomically.
@@ -10,13 +14,23 @@ from __future__ import annotations
 import io
 import math
 import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from metasuite.fsutil import write_bytes_atomic
+from metasuite.stats import mean_std
 
-if TYPE_CHECKING:
-    from metasuite.results.report import Group
+
+@dataclass(frozen=True)
+class SeedCurves:
+    """One seed's learning curves: the legend label and its per-epoch summary rows
+    (``epoch`` plus the :data:`CURVES` columns; missing or NaN cells are skipped)."""
+
+    label: str
+    rows: list[dict[str, float]]
+
 
 CURVES: tuple[tuple[str, str], ...] = (
     ("train_accuracy_mean", "Training accuracy"),
@@ -45,39 +59,38 @@ def _band(
     epochs = sorted(x for x, v in by_epoch.items() if len(v) >= 2)
     means, stds = [], []
     for x in epochs:
-        v = by_epoch[x]
-        m = sum(v) / len(v)
-        means.append(m)
-        stds.append(math.sqrt(sum((y - m) ** 2 for y in v) / (len(v) - 1)))
+        mean, std = mean_std(by_epoch[x])
+        means.append(mean)
+        stds.append(std)
     return epochs, means, stds
 
 
-def plot_learning_curves(group: Group, path: Path) -> Path | None:
+def plot_learning_curves(
+    seeds: Sequence[SeedCurves], path: Path, *, title: str, subtitle: str = ""
+) -> Path | None:
     """Train and validation accuracy per epoch, one line per seed plus the mean band.
 
-    Returns the PNG's path, or None when no member has a finished epoch to draw.
+    ``title`` (wrapped when long) and ``subtitle`` head the figure. Returns the PNG's
+    path, or None when no seed has a finished epoch to draw.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    from metasuite.results.report import dataset_title
-
-    if not any(_series(m.curves, column)[0] for m in group.members for column, _ in CURVES):
+    if not any(_series(seed.rows, column)[0] for seed in seeds for column, _ in CURVES):
         return None
     fig = Figure(figsize=(11, 4.6), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2, sharey=True)
-    colors = [f"C{i % 10}" for i in range(len(group.members))]
-    longest = max(len(m.curves) for m in group.members)
-    for ax, (column, title) in zip(axes, CURVES, strict=True):
+    colors = [f"C{i % 10}" for i in range(len(seeds))]
+    longest = max(len(seed.rows) for seed in seeds)
+    for ax, (column, panel_title) in zip(axes, CURVES, strict=True):
         series = []
-        for member, color in zip(group.members, colors, strict=True):
-            xs, ys = _series(member.curves, column)
+        for seed, color in zip(seeds, colors, strict=True):
+            xs, ys = _series(seed.rows, column)
             if not xs:
                 continue
             series.append((xs, ys))
-            suffix = "" if member.has_results else f" ({member.status.state})"
             ax.plot(
                 xs,
                 ys,
@@ -86,7 +99,7 @@ def plot_learning_curves(group: Group, path: Path) -> Path | None:
                 alpha=0.8,
                 marker="o" if longest <= 20 else None,
                 markersize=3,
-                label=f"seed {group.seed_label(member)}{suffix}",
+                label=seed.label,
             )
         epochs, means, stds = _band(series)
         if epochs:
@@ -95,7 +108,7 @@ def plot_learning_curves(group: Group, path: Path) -> Path | None:
             ax.fill_between(epochs, low, high, color="0.5", alpha=0.25, linewidth=0,
                             label="mean ± std over seeds")  # fmt: skip
             ax.plot(epochs, means, color="black", linewidth=2, linestyle="--", label="mean")
-        ax.set_title(title)
+        ax.set_title(panel_title)
         ax.set_xlabel("epoch")
         if ax is axes[0]:
             ax.set_ylabel("accuracy (%)")
@@ -118,15 +131,13 @@ def plot_learning_curves(group: Group, path: Path) -> Path | None:
             fontsize="small",
             frameon=False,
         )
-    total, done = len(group.members), len(group.finished)
-    title = f"{dataset_title(group.dataset)} {group.way}-way {group.shot}-shot — {group.method}"
     # Long labels (a method disambiguated by its settings) wrap instead of running off.
-    fig.suptitle(
-        "\n".join(textwrap.wrap(title, 95))
-        + f"\n{total} seed{'s' if total != 1 else ''}, {done} with test results",
-        fontsize="large",
-    )
+    lines = [*textwrap.wrap(title, 95), *([subtitle] if subtitle else [])]
+    fig.suptitle("\n".join(lines), fontsize="large")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     write_bytes_atomic(path, buffer.getvalue())
     return path
+
+
+__all__ = ["CURVES", "SeedCurves", "plot_learning_curves"]

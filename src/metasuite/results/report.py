@@ -23,7 +23,6 @@ import io
 import json
 import math
 import re
-import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ from typing import Any
 from metasuite.config import ExperimentConfig, load_config, to_dict
 from metasuite.errors import UserError
 from metasuite.fsutil import write_text_atomic
+from metasuite.results.plots import SeedCurves, plot_learning_curves
 from metasuite.results.status import (
     DONE,
     ExperimentStatus,
@@ -42,6 +42,7 @@ from metasuite.results.status import (
     read_status,
     read_summary_statistics,
 )
+from metasuite.stats import mean_std
 from metasuite.training.experiment_dir import CONFIG_FILE, SUMMARY_FILE, TEST_SUMMARY_FILE
 
 SEED_FIELDS: tuple[str, ...] = ("train_seed", "val_seed", "test_seed")
@@ -111,7 +112,24 @@ class Group:
         """(mean, sample std) over seeds of the per-seed test means; ``which`` is
         ``"ensemble"`` or ``"best_single"``. std is None with fewer than two seeds."""
         values = [getattr(m, which).accuracy_mean for m in self.finished]
-        return mean_std(values)
+        return seed_mean_std(values)
+
+    def plot(self, path: Path) -> Path | None:
+        """The group's learning curves (:func:`plot_learning_curves`) as a PNG at ``path``."""
+        seeds = [
+            SeedCurves(
+                f"seed {self.seed_label(m)}" + ("" if m.has_results else f" ({m.status.state})"),
+                m.curves,
+            )
+            for m in self.members
+        ]
+        total, done = len(self.members), len(self.finished)
+        return plot_learning_curves(
+            seeds,
+            path,
+            title=f"{dataset_title(self.dataset)} {self.way}-way {self.shot}-shot — {self.method}",
+            subtitle=f"{total} seed{'s' if total != 1 else ''}, {done} with test results",
+        )
 
 
 @dataclass(frozen=True)
@@ -123,12 +141,11 @@ class Excluded:
     reason: str
 
 
-def mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (ddof=1); None where undefined."""
-    if not values:
-        return None, None
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) if len(values) > 1 else None)
+def seed_mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """:func:`metasuite.stats.mean_std` (sample std) for a table cell: None where
+    undefined (no seed; the std of one seed)."""
+    mean, std = mean_std(values)
+    return (None if math.isnan(mean) else mean), (None if math.isnan(std) else std)
 
 
 def _seeds(config: ExperimentConfig) -> tuple[int, int, int]:
@@ -506,8 +523,6 @@ def write_report(
     quiet: bool = False,
 ) -> ReportFiles:
     """Collect the suite under ``root`` and write index.md, tables and plots into ``out``."""
-    from metasuite.results.plots import plot_learning_curves
-
     groups, excluded = collect(root, configs, only)
     if not groups and not excluded:
         if only:  # the suite may well be there; the pattern selected nothing of it
@@ -535,7 +550,7 @@ def write_report(
 
         groups_iter = tqdm(groups, desc="plots", unit="group", leave=False)
     for g in groups_iter:
-        path = plot_learning_curves(g, plot_dir / f"{g.slug}.png")
+        path = g.plot(plot_dir / f"{g.slug}.png")
         if path is not None:
             plots[g.key] = path
     if plot_dir.is_dir():  # plots of groups that no longer exist would mislead

@@ -144,12 +144,11 @@ class Progress:
 
 
 def _task_losses(result: Any, batch: TaskBatch) -> list[float]:
-    """Per-task query loss; from the probabilities when the learner does not give it."""
-    losses = getattr(result, "task_loss", None)
-    if losses is None:
-        probs = result.probabilities.double()
-        picked = probs.gather(-1, batch.query_y.cpu().unsqueeze(-1)).squeeze(-1)
-        losses = -picked.clamp_min(1e-45).log().mean(-1)
+    """Per-task query loss (cross-entropy of the final step), from the query
+    probabilities: the learner's result carries only their mean over tasks."""
+    probs = result.probabilities.double()
+    picked = probs.gather(-1, batch.query_y.cpu().unsqueeze(-1)).squeeze(-1)
+    losses = -picked.clamp_min(1e-45).log().mean(-1)
     return [float(x) for x in losses.reshape(-1)]
 
 

@@ -17,6 +17,11 @@ What is split and what is shared:
 - A stop signal seen by any rank is agreed on at the next collective, so every rank
   stops after the same meta-iteration and rank 0's checkpoint covers it.
 
+Every rank runs the one start-up sequence, :func:`metasuite.training.runner.run_experiment`;
+this module holds what differs between ranks and what they exchange. A plain process
+is a world of size 1 (:data:`SINGLE_PROCESS`), whose collectives (:class:`Alone`) are
+the identity, so the same sequence serves it. This module never imports the runner.
+
 Launching: ``metasuite train --gpus 0,1`` (or ``--gpus cpu --nproc 2``) runs
 :func:`launch`, which starts torchrun (``python -m torch.distributed.run --standalone``)
 in a session of its own. torchrun cannot carry ``metasuite train``'s exit codes (any
@@ -35,7 +40,6 @@ peer gets an error from gloo at once, or after ``$METASUITE_DIST_TIMEOUT_S`` (de
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import subprocess
@@ -52,8 +56,6 @@ import torch.distributed as dist
 
 from metasuite.errors import UserError
 from metasuite.training.signals import parent_death_signal
-
-log = logging.getLogger("metasuite")
 
 LAUNCH_DIR_ENV = "METASUITE_LAUNCH_DIR"
 """Folder shared by the launcher and its workers (worker pids, rank 0's exit status)."""
@@ -77,6 +79,10 @@ class DistContext:
     @property
     def is_writer(self) -> bool:
         return self.rank == 0
+
+
+SINGLE_PROCESS = DistContext(rank=0, world_size=1, local_rank=0, local_world_size=1)
+"""A plain process: a world of size 1, its own writer."""
 
 
 def worker_context(environ: dict[str, str] | None = None) -> DistContext | None:
@@ -198,6 +204,45 @@ class Collectives:
 
     def barrier(self) -> None:
         dist.barrier()
+
+
+class Alone:
+    """The collectives the start-up path uses, for a world of size 1: there is no one to
+    exchange with, so each is the identity and no process group is joined. (The
+    learner's collectives are not needed: :func:`shared` leaves a lone learner as it is.)"""
+
+    backend = "none"
+
+    def __init__(self, device: torch.device) -> None:
+        self.ctx = SINGLE_PROCESS
+        self.device = device
+
+    def all_reduce_sum_(self, tensors: list[torch.Tensor]) -> None:
+        pass
+
+    def broadcast_object(self, obj: Any) -> Any:
+        return obj
+
+    def barrier(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def joined(ctx: DistContext, device: torch.device) -> Iterator[Collectives | Alone]:
+    """This process's collectives for the length of a run.
+
+    A world of several tells the launcher this worker's pid (:func:`launch`), joins
+    torchrun's process group and leaves it at the end; a world of one joins nothing.
+    """
+    if ctx.world_size == 1:
+        yield Alone(device)
+        return
+    record_pid(ctx)
+    comm = Collectives.init(ctx, device)
+    try:
+        yield comm
+    finally:
+        comm.close()
 
 
 def slot_order(parts: Sequence[Sequence[Any]]) -> list[Any]:
@@ -323,163 +368,14 @@ class DistributedLearner:
         self.learner.load_state_dict(state)
 
 
-# ---------------------------------------------------------------------- one worker
-
-
-class _DropRecords(logging.Handler):
-    """Other ranks stay silent: rank 0 speaks for the job."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def _silenced() -> Iterator[None]:
-    logger = logging.getLogger("metasuite")
-    handler = _DropRecords()
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-
-
-def _writer_start(config: Any, exp: Any, store: Any, *, force: bool) -> dict[str, Any]:
-    """Rank 0 decides where the job starts (as one process would); the others get the
-    decision."""
-    from metasuite.training.runner import _already_done, checkpoint_to_test, choose_start
-
-    if config.evaluate_on_test_set_only:
-        payload = checkpoint_to_test(config, exp, store, force=force)
-        return {"payload": payload, "done": False}
-    payload = choose_start(config, exp, store, force=force)
-    done = payload is not None and _already_done(exp, payload, config)
-    return {"payload": payload, "done": done}
-
-
-def run_worker(
-    config: Any,
-    root: Path,
-    devices: Sequence[torch.device],
-    ctx: DistContext,
-    *,
-    quiet: bool = False,
-    force: bool = False,
-    tasks: Any = None,
-) -> Any:
-    """One rank of a data-parallel run of ``config``; returns the builder's Outcome."""
-    from metasuite.training.runtime import configure
-
-    record_pid(ctx)
-    device = rank_device(devices, ctx)
-    configure([device])
-    comm = Collectives.init(ctx, device)
-    try:
-        return _run_rank(config, root, device, ctx, comm, quiet=quiet, force=force, tasks=tasks)
-    finally:
-        comm.close()
-
-
-def _run_rank(
-    config: Any,
-    root: Path,
-    device: torch.device,
-    ctx: DistContext,
-    comm: Collectives,
-    *,
-    quiet: bool,
-    force: bool,
-    tasks: Any,
-) -> Any:
-    from metasuite.learner.system import MamlSystem
-    from metasuite.training.builder import Builder, Outcome
-    from metasuite.training.checkpoint import CheckpointStore
-    from metasuite.training.experiment_dir import ExperimentDir
-    from metasuite.training.lock import ExperimentLock
-    from metasuite.training.manifest import recorded_run
-    from metasuite.training.runner import (
-        check_root_writable,
-        logging_to,
-        recover_from_a_kill,
-        train_recorded,
-    )
-    from metasuite.training.runtime import seed_everything
-    from metasuite.training.signals import StopRequest
-
-    writer = ctx.is_writer
-    exp = ExperimentDir.for_config(root, config)
-    store = CheckpointStore(exp.checkpoints)
-    with contextlib.ExitStack() as stack:
-        local_stop = stack.enter_context(StopRequest())
-        decision: dict[str, Any] | None = None
-        if writer:
-            try:
-                check_root_writable(root)
-                if tasks is None:
-                    from metasuite.data.tasks import FewShotTasks
-
-                    tasks = FewShotTasks.from_config(config, quiet=quiet)
-                seed_everything(config.train_seed)
-                learner = MamlSystem(config, device)
-                exp.create()
-                lock = ExperimentLock(exp.path)
-                stack.enter_context(logging_to(exp.log_file))
-                stack.enter_context(lock.hold())
-                recover_from_a_kill(lock, store)
-                log.info(
-                    "experiment %s in %s on %d processes (%s, %s)",
-                    config.experiment_name,
-                    exp.path,
-                    ctx.world_size,
-                    device,
-                    comm.backend,
-                )
-                decision = _writer_start(config, exp, store, force=force)
-            except UserError as exc:
-                comm.broadcast_object({"error": str(exc)})
-                raise
-        else:
-            stack.enter_context(_silenced())
-        decision = comm.broadcast_object(decision)
-        assert decision is not None
-        if "error" in decision:
-            raise UserError(f"rank {ctx.rank}: rank 0 stopped: {decision['error']}")
-        if not writer:
-            if tasks is None:
-                from metasuite.data.tasks import FewShotTasks
-
-                tasks = FewShotTasks.from_config(config, quiet=True)
-            seed_everything(config.train_seed)
-            learner = MamlSystem(config, device)
-        if decision["done"]:
-            log.info("experiment already done; test results in %s", exp.test_summary_path)
-            return Outcome.DONE
-
-        stop = AgreedStop(local_stop)
-        builder = Builder(
-            config,
-            DistributedLearner(learner, comm, stop),
-            tasks,
-            exp,
-            device=device,
-            stop=stop,  # type: ignore[arg-type]
-            quiet=quiet or not writer,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-            sync_gradients=comm.all_reduce_sum_,
-            is_writer=writer,
-            barrier=comm.barrier,
-        )
-        payload = decision["payload"]
-        if payload is not None:
-            builder.restore(payload)
-        if not writer:
-            return builder.test() if config.evaluate_on_test_set_only else builder.run()
-        devices = [device] * ctx.world_size if device.type == "cpu" else [device]
-        if config.evaluate_on_test_set_only:
-            with recorded_run(exp.path, config, devices=devices, tasks=tasks) as run:
-                return run.ended_with(builder.test())
-        return train_recorded(builder, payload, devices=devices, tasks=tasks)
+def shared(learner: Any, stop: Any, comm: Collectives | Alone) -> tuple[Any, Any]:
+    """The learner and stop request the builder drives: in a world of one, ``learner`` and
+    ``stop`` themselves (nothing to agree on, so the steps are exactly a plain process's);
+    across several, a :class:`DistributedLearner` and an :class:`AgreedStop`."""
+    if comm.ctx.world_size == 1:
+        return learner, stop
+    agreed = AgreedStop(stop)
+    return DistributedLearner(learner, comm, agreed), agreed
 
 
 # ---------------------------------------------------------------------- the launcher
@@ -544,14 +440,17 @@ def launch(worker_argv: Sequence[str], nproc: int) -> int:
 
 
 __all__ = [
+    "SINGLE_PROCESS",
     "AgreedStop",
+    "Alone",
     "Collectives",
     "DistContext",
     "DistributedLearner",
+    "joined",
     "launch",
     "rank_device",
     "record_outcome",
-    "run_worker",
+    "shared",
     "slot_order",
     "worker_context",
 ]

@@ -6,6 +6,11 @@ leaves a half-made folder or a "failed" state behind. Then, under the folder's l
 where to start (``continue_from_epoch``), whether the config still matches the run
 being resumed, and the builder's loop.
 
+One sequence serves a plain process and each rank of a data-parallel job: a plain
+process is a world of size 1 (:mod:`metasuite.training.distributed` supplies the world:
+its context, collectives and the learner the builder drives). Rank 0 alone checks,
+locks, decides and writes; the decision reaches the other ranks by broadcast.
+
 ``continue_from_epoch``:
 
 - ``"from_scratch"`` or ``-1``: start over; the folder's checkpoints, statistics and
@@ -35,6 +40,15 @@ from metasuite.config import ExperimentConfig, from_dict, training_differences
 from metasuite.errors import UserError
 from metasuite.training.builder import Builder, Outcome
 from metasuite.training.checkpoint import CheckpointStore
+from metasuite.training.distributed import (
+    SINGLE_PROCESS,
+    Alone,
+    Collectives,
+    DistContext,
+    joined,
+    rank_device,
+    shared,
+)
 from metasuite.training.experiment_dir import ExperimentDir
 from metasuite.training.lock import ExperimentLock
 from metasuite.training.manifest import recorded_run
@@ -174,66 +188,139 @@ def run_experiment(
     root: Path,
     devices: list[torch.device],
     *,
+    ctx: DistContext | None = None,
     quiet: bool = False,
     force: bool = False,
     tasks: Any = None,
 ) -> Outcome:
     """Train (or resume, or only test) one experiment; returns how it ended.
 
-    ``tasks`` may be given (tests); otherwise it is built from the config, which is
-    where a missing data set is reported.
+    ``ctx`` is this process's place among torchrun's workers
+    (:func:`~metasuite.training.distributed.worker_context`); None, a plain process, is a
+    world of size 1. Every rank runs this one sequence: rank 0, the writer (a plain
+    process is its own), checks what a user can get wrong, locks the folder, decides
+    where to start and hands the decision to the others; every rank then builds the same
+    learner and runs its share of the builder's loop; only the writer records the run
+    in the manifest and writes files. ``tasks`` may be given (tests); otherwise it is
+    built from the config, which is where a missing data set is reported.
     """
-    if len(devices) != 1:
-        raise UserError(
-            f"--gpus: {len(devices)} devices given; training on several GPUs is not "
-            "supported yet, name one"
-        )
-    device = devices[0]
-    check_root_writable(root)
-    if tasks is None:
-        from metasuite.data.tasks import FewShotTasks
+    world = ctx or SINGLE_PROCESS
+    device = rank_device(devices, world)
+    configure([device])
+    exp = ExperimentDir.for_config(root, config)
+    with joined(world, device) as comm, contextlib.ExitStack() as stack:
+        local_stop = stack.enter_context(StopRequest())
+        if world.is_writer:
+            try:
+                start, tasks, learner = _open_as_writer(
+                    config, root, exp, device, comm, stack, quiet=quiet, force=force, tasks=tasks
+                )
+            except UserError as exc:
+                comm.broadcast_object({"error": str(exc)})
+                raise
+            comm.broadcast_object(start)
+        else:
+            stack.enter_context(_silenced())
+            start = comm.broadcast_object(None)
+            if "error" in start:
+                raise UserError(f"rank {world.rank}: rank 0 stopped: {start['error']}")
+            if tasks is None:
+                tasks = _tasks(config, quiet=True)
+            learner = _learner(config, device)
+        if start["done"]:
+            log.info("experiment already done; test results in %s", exp.test_summary_path)
+            return Outcome.DONE
 
-        tasks = FewShotTasks.from_config(config, quiet=quiet)
-    configure(devices)
+        learner, stop = shared(learner, local_stop, comm)
+        builder = Builder(
+            config,
+            learner,
+            tasks,
+            exp,
+            device=device,
+            stop=stop,
+            quiet=quiet or not world.is_writer,
+            rank=world.rank,
+            world_size=world.world_size,
+            sync_gradients=comm.all_reduce_sum_,
+            is_writer=world.is_writer,
+            barrier=comm.barrier,
+        )
+        payload = start["payload"]
+        if payload is not None:
+            builder.restore(payload)
+        if not world.is_writer:
+            return builder.test() if config.evaluate_on_test_set_only else builder.run()
+        # What the manifest records: each CPU process, or this rank's GPU.
+        used = [device] * world.world_size if device.type == "cpu" else [device]
+        return _recorded(builder, payload, devices=used, tasks=tasks)
+
+
+def _tasks(config: ExperimentConfig, *, quiet: bool) -> Any:
+    from metasuite.data.tasks import FewShotTasks
+
+    return FewShotTasks.from_config(config, quiet=quiet)
+
+
+def _learner(config: ExperimentConfig, device: torch.device) -> Any:
+    """The learner, seeded so that a fresh start is reproducible (a resume overwrites
+    it all); the same on every rank."""
     from metasuite.learner.system import MamlSystem
 
-    # Built before the folder is touched: a setting the learner refuses is a user error.
-    # Seeded so that a fresh start is reproducible; a resume overwrites it all.
     seed_everything(config.train_seed)
-    learner = MamlSystem(config, device)
+    return MamlSystem(config, device)
 
-    exp = ExperimentDir.for_config(root, config)
+
+def _open_as_writer(
+    config: ExperimentConfig,
+    root: Path,
+    exp: ExperimentDir,
+    device: torch.device,
+    comm: Collectives | Alone,
+    stack: contextlib.ExitStack,
+    *,
+    quiet: bool,
+    force: bool,
+    tasks: Any,
+) -> tuple[dict[str, Any], Any, Any]:
+    """The writer's start: checks, then the folder, its log and lock (held on ``stack``),
+    then where to start; returns ``({"payload", "done"}, tasks, learner)``."""
+    check_root_writable(root)
+    if tasks is None:
+        tasks = _tasks(config, quiet=quiet)
+    # Built before the folder is touched: a setting the learner refuses is a user error.
+    learner = _learner(config, device)
     exp.create()
     store = CheckpointStore(exp.checkpoints)
     lock = ExperimentLock(exp.path)
-    with logging_to(exp.log_file), lock.hold(), StopRequest() as stop:
-        recover_from_a_kill(lock, store)
-        log.info("experiment %s in %s on %s", config.experiment_name, exp.path, device)
-
-        if config.evaluate_on_test_set_only:
-            builder = Builder(config, learner, tasks, exp, device=device, stop=stop, quiet=quiet)
-            with recorded_run(exp.path, config, devices=devices, tasks=tasks) as run:
-                return run.ended_with(_test_only(builder, force=force))
-
-        payload = choose_start(config, exp, store, force=force)
-        if payload is not None and _already_done(exp, payload, config):
-            log.info("experiment already done; test results in %s", exp.test_summary_path)
-            return Outcome.DONE
-        builder = Builder(config, learner, tasks, exp, device=device, stop=stop, quiet=quiet)
-        if payload is not None:
-            builder.restore(payload)
-        return train_recorded(builder, payload, devices=devices, tasks=tasks)
+    stack.enter_context(logging_to(exp.log_file))
+    stack.enter_context(lock.hold())
+    recover_from_a_kill(lock, store)
+    where = f"{device}"
+    if comm.ctx.world_size > 1:
+        where = f"{comm.ctx.world_size} processes ({device}, {comm.backend})"
+    log.info("experiment %s in %s on %s", config.experiment_name, exp.path, where)
+    if config.evaluate_on_test_set_only:
+        payload = checkpoint_to_test(config, exp, store, force=force)
+        log.info("evaluate_on_test_set_only: testing checkpoints of %s", exp.path)
+        return {"payload": payload, "done": False}, tasks, learner
+    payload = choose_start(config, exp, store, force=force)
+    done = payload is not None and _already_done(exp, payload, config)
+    return {"payload": payload, "done": done}, tasks, learner
 
 
-def train_recorded(
+def _recorded(
     builder: Builder, payload: dict[str, Any] | None, *, devices: list[torch.device], tasks: Any
 ) -> Outcome:
-    """The builder's loop (restored from ``payload`` already, if any) as one run of the
-    manifest; the writer's part, shared with the distributed rank 0.
+    """The writer's part of the loop (restored from ``payload`` already, if any) as one
+    run of the manifest: the test alone (evaluate_on_test_set_only), or training.
 
     A resumed run tests again at its end, so an older test summary is removed first.
     """
     exp, config = builder.exp, builder.cfg
+    if config.evaluate_on_test_set_only:
+        with recorded_run(exp.path, config, devices=devices, tasks=tasks) as run:
+            return run.ended_with(builder.test())
     if payload is not None:
         exp.test_summary_path.unlink(missing_ok=True)
     exp.write_config(config)
@@ -241,6 +328,24 @@ def train_recorded(
     resumed = None if payload is None else payload["progress"]
     with recorded_run(exp.path, config, devices=devices, tasks=tasks, resumed_from=resumed) as run:
         return run.ended_with(builder.run())
+
+
+class _DropRecords(logging.Handler):
+    """Ranks other than the writer stay silent: rank 0 speaks for the job."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _silenced() -> Iterator[None]:
+    logger = logging.getLogger("metasuite")
+    handler = _DropRecords()
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def _already_done(exp: ExperimentDir, payload: dict[str, Any], config: ExperimentConfig) -> bool:
@@ -270,13 +375,6 @@ def checkpoint_to_test(
     return payload
 
 
-def _test_only(builder: Builder, *, force: bool) -> Outcome:
-    """evaluate_on_test_set_only: test the best saved epochs, train nothing."""
-    builder.restore(checkpoint_to_test(builder.cfg, builder.exp, builder.store, force=force))
-    log.info("evaluate_on_test_set_only: testing checkpoints of %s", builder.exp.path)
-    return builder.test()
-
-
 __all__ = [
     "check_root_writable",
     "checkpoint_to_test",
@@ -284,5 +382,4 @@ __all__ = [
     "logging_to",
     "recover_from_a_kill",
     "run_experiment",
-    "train_recorded",
 ]
