@@ -133,7 +133,9 @@ def _locked(archive: Path) -> Iterator[None]:
 
 
 def _scan_tree(folder: Path) -> tuple[int, str | None]:
-    """(number of regular files, first link found or None) under ``folder``."""
+    """(number of regular files, first link found or None) under ``folder``: the check
+    that ``tar -I`` made no symbolic or hard link (tarfile and zipfile refuse them while
+    extracting)."""
     files = 0
     pending = [folder]
     while pending:
@@ -143,6 +145,8 @@ def _scan_tree(folder: Path) -> tuple[int, str | None]:
                     return files, os.path.relpath(entry.path, folder)
                 if entry.is_dir():
                     pending.append(Path(entry.path))
+                elif entry.stat(follow_symlinks=False).st_nlink > 1:  # a hard link (GNU tar)
+                    return files, os.path.relpath(entry.path, folder)
                 else:
                     files += 1
     return files, None
