@@ -10,6 +10,7 @@ PYTHON="${PYTHON:-python3}"
 
 # System tools through apt (root only; everything works without them):
 #   pbzip2     parallel bzip2 for the data set archives (else Python's tarfile)
+#   pigz       parallel gzip for .tar.gz/.tgz archives (else Python's tarfile)
 #   ShellCheck: lints the generated experiment scripts in the tests (else only bash -n)
 #   Slurm      slurmctld, slurmd and clients let tests/suite/test_slurm_cluster.py submit real jobs
 #              to a throw-away one-node cluster; only in CI or on request
@@ -17,6 +18,7 @@ PYTHON="${PYTHON:-python3}"
 #              daemons would also enable them.
 apt_packages=()
 command -v pbzip2 >/dev/null 2>&1 || apt_packages+=(pbzip2)
+command -v pigz >/dev/null 2>&1 || apt_packages+=(pigz)
 command -v shellcheck >/dev/null 2>&1 || apt_packages+=(shellcheck)
 if [ -n "${CI:-}${METASUITE_INSTALL_SLURM:-}" ] && ! command -v slurmctld >/dev/null 2>&1; then
     apt_packages+=(slurmctld slurmd slurm-client)
