@@ -163,7 +163,9 @@ def task_loss(
     stats: StatsRecord | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Adapt to one task's support set; return (weighted query loss, final logits)."""
-    return adapt(net, params, rates, inner_names, support_x, support_y, query_x, query_y, plan, stats)
+    return adapt(
+        net, params, rates, inner_names, support_x, support_y, query_x, query_y, plan, stats
+    )
 
 
 def adapt(
@@ -264,9 +266,9 @@ def meta_loss_loop(
 
 __all__ = [
     "MSL_FLOOR",
-    "StepPlan",
     "InnerGradient",
     "Network",
+    "StepPlan",
     "SupportLoss",
     "adapt",
     "autograd_gradient",

@@ -55,7 +55,16 @@ def task_group_loss(
     stats: StatsRecord | None = [] if records is not None else None
     support, query = wide.prepare(support_x), wide.prepare(query_x)
     total, logits = adapt(
-        wide, wide.widen(params), rates, inner_names, support, support_y, query, query_y, plan, stats
+        wide,
+        wide.widen(params),
+        rates,
+        inner_names,
+        support,
+        support_y,
+        query,
+        query_y,
+        plan,
+        stats,
     )
     if records is not None and stats is not None:
         records.extend(_split_record(stats, tasks))
