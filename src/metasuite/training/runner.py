@@ -177,11 +177,13 @@ def run_experiment(
     quiet: bool = False,
     force: bool = False,
     tasks: Any = None,
+    builder_class: type[Builder] = Builder,
 ) -> Outcome:
     """Train (or resume, or only test) one experiment; returns how it ended.
 
     ``tasks`` may be given (tests); otherwise it is built from the config, which is
-    where a missing data set is reported.
+    where a missing data set is reported. ``builder_class`` lets a benchmark observe
+    the loop (``bench/time_to_accuracy.py``) without a second copy of it.
     """
     if len(devices) != 1:
         raise UserError(
@@ -219,7 +221,7 @@ def run_experiment(
         if payload is not None and _already_done(exp, payload, config):
             log.info("experiment already done; test results in %s", exp.test_summary_path)
             return Outcome.DONE
-        builder = Builder(config, learner, tasks, exp, device=device, stop=stop, quiet=quiet)
+        builder = builder_class(config, learner, tasks, exp, device=device, stop=stop, quiet=quiet)
         if payload is not None:
             builder.restore(payload)
         return train_recorded(builder, payload, devices=devices, tasks=tasks)
