@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "status": "metasuite.commands.status",
     "report": "metasuite.commands.report",
     "show": "metasuite.commands.show",
+    "quickstart": "metasuite.commands.quickstart",
 }
 
 
