@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "report": "metasuite.commands.report",
     "show": "metasuite.commands.show",
     "data": "metasuite.commands.data",
+    "quickstart": "metasuite.commands.quickstart",
 }
 
 

@@ -192,6 +192,7 @@ def run_experiment(
     quiet: bool = False,
     force: bool = False,
     tasks: Any = None,
+    builder_class: type[Builder] = Builder,
 ) -> Outcome:
     """Train (or resume, or only test) one experiment; returns how it ended.
 
@@ -203,6 +204,8 @@ def run_experiment(
     learner and runs its share of the builder's loop; only the writer records the run
     in the manifest and writes files. ``tasks`` may be given (tests); otherwise it is
     built from the config, which is where a missing data set is reported.
+    ``builder_class`` lets a benchmark observe the loop (``bench/time_to_accuracy.py``)
+    without a second copy of it.
     """
     world = ctx or SINGLE_PROCESS
     device = rank_device(devices, world)
@@ -232,7 +235,7 @@ def run_experiment(
             return Outcome.DONE
 
         learner, stop = shared(learner, local_stop, comm)
-        builder = Builder(
+        builder = builder_class(
             config,
             learner,
             tasks,

@@ -1,0 +1,167 @@
+"""``metasuite quickstart``: a first suite that finishes, from nothing to a report.
+
+generate → run on the CPU → report, for ``experiment_template_config/quickstart.toml``
+(Omniglot 5-way 1-shot, MAML and MAML++, one seed each, about ten minutes on two CPU
+cores). Everything it makes lives under ``<experiments-root>/quickstart/``: the
+generated configs and scripts, the experiment folders and ``report/``, so the paper
+suite's committed files are never touched (``metasuite generate --check`` stays clean).
+
+Running it again resumes unfinished experiments and skips finished ones, as
+``run-suite`` does. ``--epochs``/``--iters-per-epoch``/``--eval-tasks`` shrink the suite
+(a smoke test in seconds); they change the generated configs, so a changed size needs a
+fresh ``--experiments-root`` (resuming a run with other training settings is refused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from metasuite.commands import _options
+from metasuite.config import REPO_ROOT
+from metasuite.errors import UserError
+
+HELP = "generate, run on the CPU and report a ten-minute MAML vs MAML++ suite"
+
+QUICKSTART_SUITE = REPO_ROOT / "experiment_template_config" / "quickstart.toml"
+FOLDER = "quickstart"
+POLL_SECONDS = 1.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _options.add_experiments_root(parser, note=f"; quickstart uses its {FOLDER}/ subfolder")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        metavar="N",
+        help="experiments at once on the CPU (default 2: MAML and MAML++ side by side)",
+    )
+    for flag, key, what in (
+        ("--epochs", "total_epochs", "epochs"),
+        ("--iters-per-epoch", "total_iter_per_epoch", "meta-iterations per epoch"),
+        ("--eval-tasks", "num_evaluation_tasks", "validation and test tasks"),
+    ):
+        parser.add_argument(
+            flag, type=int, metavar="N", dest=key, help=f"{what} (default: quickstart.toml's)"
+        )
+    _options.add_quiet(parser, "no progress bar")
+
+
+def _suite(args: argparse.Namespace, base: Path) -> Any:
+    from metasuite.suite.sweep import load_suite
+
+    suite = load_suite(QUICKSTART_SUITE, root=base)
+    overrides = {}
+    for key in ("total_epochs", "total_iter_per_epoch", "num_evaluation_tasks"):
+        value = getattr(args, key)
+        if value is not None:
+            if value < 1:
+                raise UserError(f"--{key}: must be >= 1, got {value}")
+            overrides[key] = value
+    if overrides:
+        suite = dataclasses.replace(suite, constants={**suite.constants, **overrides})
+    return suite
+
+
+def _iterations(state: dict[str, Any] | None) -> int:
+    if not state:
+        return 0
+    value = state.get("iteration")
+    return value if isinstance(value, int) else 0
+
+
+def _watch(base: Path, names: list[str], total: int, quiet: bool) -> tuple[Any, Any]:
+    """A progress bar over the meta-iterations of all experiments, from their state.json
+    (written at every checkpoint), polled by a thread while the pool runs."""
+    from tqdm import tqdm
+
+    from metasuite.training.experiment_dir import ExperimentDir
+
+    bar = tqdm(total=total, unit="it", desc="quickstart", disable=quiet, file=sys.stderr)
+    stop = threading.Event()
+
+    def poll() -> None:
+        while True:
+            done = sum(_iterations(ExperimentDir(base / n).read_state()) for n in names)
+            bar.update(min(done, total) - bar.n)
+            if stop.wait(POLL_SECONDS):
+                return
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+
+    def finish() -> None:
+        stop.set()
+        thread.join()
+        bar.close()
+
+    return bar, finish
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    from tqdm import tqdm
+
+    from metasuite.results.report import write_report
+    from metasuite.suite.files import job_environment, suite_files
+    from metasuite.suite.pool import Job, Pool, StopFlag, make_slots
+    from metasuite.suite.sweep import expand
+
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+    base = _options.experiments_root_of(args) / FOLDER
+    suite = _suite(args, base)
+    experiments = expand(suite)
+
+    # generate: the suite's files under base/ only (written when changed)
+    files = suite_files(suite, experiments)
+    for f in files:
+        if f.status() != "unchanged":
+            f.write()
+    print(f"quickstart: {len(experiments)} experiments generated in {base}")
+
+    # run on the CPU, threads shared out among the jobs (as run-suite does)
+    jobs = [Job(e.name, e.script_path) for e in experiments]
+    slots = make_slots(["cpu"], 1, min(args.jobs, len(jobs)))
+    env = job_environment(base)
+    env.setdefault("METASUITE_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(slots))))
+    total = sum(e.config.total_epochs * e.config.total_iter_per_epoch for e in experiments)
+    _, finish = _watch(base, [e.name for e in experiments], total, args.quiet)
+
+    def report(line: str) -> None:
+        if not args.quiet:
+            tqdm.write(line, file=sys.stderr)
+
+    stop = StopFlag()
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        pool = Pool(jobs, slots, base, env=env, stop=stop, report=report)
+        results = pool.run()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        finish()
+    failed = [r for r in results if r.status == "failed"]
+    for r in failed:
+        print(f"failed: {r.name} (exit {r.exit_code}): {r.message} [log: {r.log}]")
+    if stop.signum is not None:
+        print("quickstart: stopped; run the same command again to resume", file=sys.stderr)
+        return 128 + stop.signum
+
+    # report
+    out = base / "report"
+    report = write_report(base, suite.config_dir, out, quiet=args.quiet)
+    print()
+    print(report.results_md.read_text(encoding="utf-8").rstrip())
+    print()
+    print(f"report: {report.index}")
+    for plot in report.plots:
+        print(f"plot:   {plot}")
+    return 1 if failed else 0
