@@ -1,6 +1,6 @@
 """Meta-iterations/s, evaluation tasks/s and peak memory of each learner backend.
 
-    python bench/meta_step.py [--ways 5 20] [--backends loop,vmap,threads] [--reps 5]
+    python bench/meta_step.py [--ways 5 20] [--backends loop,vmap,grouped] [--reps 5]
                               [--bf16] [--no-memory] [--accuracy-iters N]
                               [--group-sizes 1,2,4,8] [--quiet]
 
@@ -15,9 +15,9 @@ loop on the same batch (relative loss and meta-gradient difference, in float32 a
 and in float64), and the peak resident memory of one training step (measured in a
 fresh subprocess).
 
-``--group-sizes`` additionally times the threads backend's meta-gradient alone with
-each number of tasks per grouped network (``maml_backends.TASKS_PER_GROUP`` is the
-default; 1 is the task-by-task threads backend), interleaved the same way.
+``--group-sizes`` additionally times the grouped backend's meta-gradient alone with
+each number of tasks per grouped network (``backends.TASKS_PER_GROUP`` is the
+default; 1 is the task-by-task grouped backend), interleaved the same way.
 
 ``--accuracy-iters N`` additionally trains a small 5-way 1-shot model for N
 meta-iterations in fp32 and in bf16 and reports validation accuracy, the accuracy
@@ -46,7 +46,7 @@ from tqdm import tqdm
 from metasuite.config import REPO_ROOT, ExperimentConfig, replace
 from metasuite.data.batch import TaskBatch
 from metasuite.data.tasks import FewShotTasks, train_indices
-from metasuite.learner.backends import AUTO_BACKEND, BACKENDS, TASKS_PER_GROUP, threads_backend
+from metasuite.learner.backends import AUTO_BACKEND, BACKENDS, TASKS_PER_GROUP, grouped_backend
 from metasuite.learner.reference import train_plan
 from metasuite.learner.system import MamlSystem
 
@@ -166,14 +166,14 @@ def timings(
 def group_size_sweep(
     cfg: ExperimentConfig, train: TaskBatch, sizes: list[int], reps: int, quiet: bool
 ) -> dict[str, float]:
-    """Median wall seconds of the threads backend's meta-gradient per group size."""
-    system = MamlSystem(cfg, backend="threads")
+    """Median wall seconds of the grouped backend's meta-gradient per group size."""
+    system = MamlSystem(cfg, backend="grouped")
     plan = train_plan(cfg, epoch=0)
     meta = system.meta_parameters()
 
     def run(size: int) -> None:
         records: list = []
-        threads_backend(
+        grouped_backend(
             system.net, system.params, system.rates, system.inner_names, train, plan,
             records, meta, group_size=size,
         )  # fmt: skip
@@ -252,10 +252,10 @@ def main() -> None:
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--eval-tasks", type=int, default=16)
-    parser.add_argument("--bf16", action="store_true", help="also time loop and threads in bf16")
+    parser.add_argument("--bf16", action="store_true", help="also time loop and grouped in bf16")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--accuracy-iters", type=int, default=0)
-    parser.add_argument("--group-sizes", default="", help="e.g. 1,2,4,8 (threads backend)")
+    parser.add_argument("--group-sizes", default="", help="e.g. 1,2,4,8 (grouped backend)")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--child-memory", nargs=3, metavar=("WAYS", "BACKEND", "PRECISION"))
     args = parser.parse_args()
@@ -266,7 +266,7 @@ def main() -> None:
 
     variants = [Variant(b, "fp32") for b in args.backends.split(",")]
     if args.bf16:
-        variants += [Variant(b, "bf16") for b in ("loop", "threads") if b in args.backends]
+        variants += [Variant(b, "bf16") for b in ("loop", "grouped") if b in args.backends]
     report = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -347,7 +347,7 @@ def _print_table(report: dict) -> None:
         )
     for ways, sweep in report.get("group_size_wall_s", {}).items():
         cells = ", ".join(f"{size}: {wall:.3f} s" for size, wall in sweep.items())
-        print(f"\n{ways}-way threads backend, wall s per meta-gradient by tasks per group: {cells}")
+        print(f"\n{ways}-way grouped backend, wall s per meta-gradient by tasks per group: {cells}")
     load = report["machine"]
     print(f"load average start {load['load_average_start']}, end {load['load_average_end']}")
 

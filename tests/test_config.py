@@ -220,6 +220,20 @@ def test_misspelt_evaluate_key_is_a_deprecated_alias() -> None:
         from_dict({"evalute_on_test_set_only": True, "evaluate_on_test_set_only": False})
 
 
+def test_backend_threads_is_a_deprecated_alias_of_grouped() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = from_dict({"backend": "threads"}, source="x.json")
+        again = replace(config, cnn_num_filters=8)  # a round trip does not warn again
+    assert config.backend == again.backend == "grouped"
+    assert [str(w.message) for w in caught] == [
+        "x.json: backend 'threads' is deprecated, use 'grouped'"
+    ]
+    assert all(w.category is DeprecationWarning for w in caught)
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        from_dict({"backend": "thread"})
+
+
 def test_gpu_to_use_is_ignored_silently_and_use_gdrive_with_a_warning() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from maml_helpers import random_batch, tiny_config
-from metasuite.learner.backends import BACKENDS, task_chunks, threads_backend
+from metasuite.learner.backends import BACKENDS, grouped_backend, task_chunks
 from metasuite.learner.reference import eval_plan, train_plan
 from metasuite.learner.system import MamlSystem
 
@@ -118,7 +118,7 @@ def test_task_groups_match_the_reference_loop(group_size, switches):
     plan = train_plan(cfg, epoch=1)
     ref, ref_records = _run("loop", system, batch, plan)
     records = [] if ref_records is not None else None
-    got = threads_backend(
+    got = grouped_backend(
         system.net,
         system.params,
         system.rates,
@@ -152,7 +152,7 @@ def test_task_chunks_are_consecutive_and_cover_the_batch():
     assert task_chunks(3, 1) == [range(0, 1), range(1, 2), range(2, 3)]
 
 
-def test_threads_backend_is_deterministic_and_independent_of_worker_count():
+def test_grouped_backend_is_deterministic_and_independent_of_worker_count():
     cfg = tiny_config(batch_size=5)
     system = MamlSystem(cfg, backend="loop")
     batch = random_batch(cfg)
@@ -160,9 +160,9 @@ def test_threads_backend_is_deterministic_and_independent_of_worker_count():
     meta = system.meta_parameters()
     args = (system.net, system.params, system.rates, system.inner_names, batch, plan, None, meta)
     threads_before = torch.get_num_threads()
-    one = threads_backend(*args, workers=1)
+    one = grouped_backend(*args, workers=1)
     for workers in (2, 3, 2):
-        other = threads_backend(*args, workers=workers)
+        other = grouped_backend(*args, workers=workers)
         assert torch.equal(one.loss_sum, other.loss_sum)
         assert all(torch.equal(a, b) for a, b in zip(one.grads, other.grads, strict=True))
     assert torch.get_num_threads() == threads_before  # workers set their own, not ours
@@ -196,7 +196,7 @@ def test_training_steps_agree_across_backends():
                 )
 
 
-@pytest.mark.parametrize("backend", ["loop", "threads"])
+@pytest.mark.parametrize("backend", ["loop", "grouped"])
 def test_bf16_autocast_runs_close_to_fp32(backend):
     cfg = tiny_config()
     batch = random_batch(cfg)

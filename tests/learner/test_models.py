@@ -3,6 +3,9 @@ that norm_act_pool is the reference block (values, gradients, second derivatives
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -189,3 +192,14 @@ def test_fast_conv2d_follows_bf16_autocast():
     torch.testing.assert_close(out, ref)
     (grad,) = torch.autograd.grad(out.float().square().sum(), w)
     assert grad.dtype == torch.float32
+
+
+def test_the_reference_network_and_math_do_not_load_the_fast_path():
+    """models.py and reference.py read on their own: importing them loads no
+    metasuite.learner.fast module (the fast network imports them, not the other way)."""
+    code = (
+        "import sys, metasuite.learner.models, metasuite.learner.reference\n"
+        "print([m for m in sys.modules if m.startswith('metasuite.learner.fast')])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

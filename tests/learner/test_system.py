@@ -1,4 +1,5 @@
-"""The MAML++ learner: MSL schedule, LSLR, DA, state round trip, evaluation."""
+"""The MAML++ system: LSLR learning, schedule, state round trip, evaluation (the
+reference math itself: tests/learner/test_reference.py)."""
 
 from __future__ import annotations
 
@@ -9,35 +10,8 @@ import torch
 
 from maml_helpers import random_batch, tiny_config
 from metasuite.errors import ConfigError, UserError
-from metasuite.learner.reference import eval_plan, msl_weights, task_loss, train_plan
+from metasuite.learner.reference import eval_plan, task_loss, train_plan
 from metasuite.learner.system import MamlSystem, cosine_learning_rate
-
-
-def test_msl_weights_follow_the_rule_at_start_middle_and_end():
-    s, epochs = 5, 10
-    start = msl_weights(s, epochs, 0)
-    assert start == pytest.approx([0.2] * 5)
-    mid = msl_weights(s, epochs, 5)
-    # each non-final weight falls by 1/(S*E) per epoch: 0.2 - 5 * 0.02 = 0.1
-    assert mid[:4] == pytest.approx([0.1] * 4)
-    assert mid[4] == pytest.approx(0.6)
-    end = msl_weights(s, epochs, 9)
-    # 0.2 - 9 * 0.02 = 0.02 is above the floor 0.03 / 5 = 0.006
-    assert end[:4] == pytest.approx([0.02] * 4)
-    late = msl_weights(s, epochs, 30)
-    assert late[:4] == pytest.approx([0.006] * 4)
-    for w in (start, mid, end, late):
-        assert sum(w) == pytest.approx(1.0)
-
-
-def test_train_plan_switches_msl_off_after_its_epochs_and_second_order_on_after_da():
-    cfg = tiny_config(multi_step_loss_num_epochs=2, first_order_to_second_order_epoch=1)
-    assert train_plan(cfg, 0).loss_weights == pytest.approx(msl_weights(3, 2, 0))
-    assert train_plan(cfg, 2).loss_weights == (0.0, 0.0, 1.0)
-    assert not train_plan(cfg, 1).second_order
-    assert train_plan(cfg, 2).second_order
-    plain = tiny_config(use_multi_step_loss_optimization=False)
-    assert train_plan(plain, 0).loss_weights == (0.0, 0.0, 1.0)
 
 
 def test_cosine_schedule_runs_from_meta_to_min_learning_rate():

@@ -9,13 +9,17 @@ computes and differ only in how the work is laid out for the hardware; a test ho
 each to the loop to 1e-5.
 
 - ``loop``: per-task Python loop with ``torch.autograd.grad`` (the reference).
-- ``vmap``: ``torch.func.vmap`` over tasks with ``torch.func.grad`` in the inner loop.
-  On a GPU this turns batch_size x steps small launches into a few batched kernels; on
-  a CPU the per-task weights become grouped convolutions, which are slower.
-- ``threads``: the per-task loop spread over a pool of threads, one intra-op thread
-  each, with each task's outer backward run in its own thread. The ops of one small
-  task parallelise poorly inside an op; whole tasks parallelise perfectly. Each
-  task's graph is freed after its backward, so it also needs less memory.
+- ``vmap``: ``torch.func.vmap`` over tasks of the same inner loop
+  (:func:`metasuite.learner.reference.adapt`), differentiated with ``torch.func.grad``.
+  It should turn batch_size x steps small launches into a few batched kernels on a GPU
+  (not measured yet: no GPU benchmark has been run); on a CPU the per-task weights
+  become grouped convolutions, which are slower than the loop.
+- ``grouped``: task groups of :data:`TASKS_PER_GROUP` consecutive tasks, each run as one
+  grouped network (:class:`metasuite.learner.fast.network.FastBackbone`), the groups
+  run in a pool of CPU threads with one intra-op thread each and each group's outer
+  backward in its own thread. The ops of one small task parallelise poorly inside an
+  op; whole groups parallelise well. Each group's graph is freed after its backward,
+  so it also needs less memory. Configs may still say ``threads``, its old name.
 """
 
 from __future__ import annotations
@@ -28,13 +32,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from metasuite.data.batch import TaskBatch
 from metasuite.errors import ConfigError
+from metasuite.learner.fast.network import FastBackbone
 from metasuite.learner.fast.task_groups import task_group_loss
 from metasuite.learner.models import Backbone, Params, StatsRecord
-from metasuite.learner.reference import StepPlan, inner_update, meta_loss_loop, task_loss
+from metasuite.learner.reference import StepPlan, SupportLoss, adapt, meta_loss_loop
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,10 @@ Backend = Callable[
 
 
 def _gradients(loss: torch.Tensor, wrt: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    grads = torch.autograd.grad(loss, list(wrt), allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(wrt, grads, strict=True)]
+    """d(loss)/d(wrt), zeros for tensors the loss does not use (e.g. the rates of steps
+    evaluation never takes)."""
+    grads = torch.autograd.grad(loss, list(wrt), allow_unused=True, materialize_grads=True)
+    return list(grads)
 
 
 # ---------------------------------------------------------------------------- loop
@@ -87,6 +93,62 @@ def loop_backend(
 
 
 # ---------------------------------------------------------------------------- vmap
+@dataclass(frozen=True)
+class _ElementaryNormBackbone(Backbone):
+    """The reference network with its norms written in elementary ops: the same
+    function, for torch.func.vmap, whose batching rule for the fused norms' double
+    backward is wrong when gamma/beta are batched (pytorch/functorch#534; still so in
+    torch 2.13: second-order meta-gradients 0.24 off with inner-loop BN parameters)."""
+
+    @classmethod
+    def of(cls, net: Backbone) -> _ElementaryNormBackbone:
+        return cls(**{f.name: getattr(net, f.name) for f in dataclasses.fields(net)})
+
+    def normalise(
+        self,
+        x: torch.Tensor,
+        gamma: torch.Tensor | None,
+        beta: torch.Tensor | None,
+        record: list[tuple[torch.Tensor, torch.Tensor]] | None,
+    ) -> torch.Tensor:
+        """Batch norm (over dims 0, 2, 3, gamma/beta ``[C]``) or layer norm (over 1, 2,
+        3, gamma/beta ``[C, H, W]``) from ``var_mean``."""
+        dims = (1, 2, 3) if self.norm == "layer_norm" else (0, 2, 3)
+        var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
+        out = (x - mean) * torch.rsqrt(var + self.eps)
+        shape = (1, *x.shape[1:]) if self.norm == "layer_norm" else (1, -1, 1, 1)
+        if gamma is not None:
+            out = out * gamma.reshape(shape)
+        if beta is not None:
+            out = out + beta.reshape(shape)
+        if record is not None:
+            n = x.numel() // x.shape[1]
+            with torch.no_grad():
+                unbiased = var.detach().flatten() * (n / max(n - 1, 1))
+                record.append((mean.detach().flatten(), unbiased))
+        return out
+
+
+def func_gradient(
+    support_loss: SupportLoss, inner: Params, create_graph: bool
+) -> tuple[Params, StatsRecord | None]:
+    """:data:`metasuite.learner.reference.InnerGradient` by ``torch.func.grad``, which
+    works under ``torch.func.vmap`` (``torch.autograd.grad`` does not)."""
+    rows: list[int] = []
+
+    def tensors_only(p: Params) -> tuple[torch.Tensor, list[list[tuple[torch.Tensor, ...]]]]:
+        # torch.func.grad's auxiliary output must hold tensors only: keep the rows aside.
+        loss, record = support_loss(p)
+        rows[:] = [row for row, _ in record or []]
+        return loss, [list(layers) for _, layers in record or []]
+
+    grads, layers = torch.func.grad(tensors_only, has_aux=True)(inner)
+    if not create_graph:
+        grads = {k: g.detach() for k, g in grads.items()}
+    record: StatsRecord = [(row, list(pairs)) for row, pairs in zip(rows, layers, strict=True)]
+    return grads, record
+
+
 def vmap_backend(
     net: Backbone,
     params: Params,
@@ -97,76 +159,35 @@ def vmap_backend(
     records: list[StatsRecord] | None = None,
     wrt: Sequence[torch.Tensor] | None = None,
 ) -> MetaBatchResult:
-    """The loop's computation, vmapped over the tasks of the batch."""
-    net = dataclasses.replace(net, composite_norm=True)
-    if not plan.differentiable:
-        params = {k: v.detach() for k, v in params.items()}
-        rates = {k: v.detach() for k, v in rates.items()}
-    names = tuple(inner_names)
+    """The loop's computation, :func:`adapt` vmapped over the tasks of the batch."""
+    net = _ElementaryNormBackbone.of(net)
     want_stats = records is not None and net.per_step_stats
-    query_steps = set(plan.query_steps)
+    rows: list[int] = []
 
     def one_task(
         sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        def support_loss(
-            inner: Params, current: Params, step: int
-        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-            stats: StatsRecord = []
-            logits = net.forward({**current, **inner}, sx, step, stats if want_stats else None)
-            return F.cross_entropy(logits, sy), _flatten_stats(stats)
-
-        current = dict(params)
-        total = sx.new_zeros(())
-        logits = sx.new_zeros(())
-        collected: list[torch.Tensor] = []
-        for step in range(plan.num_steps):
-            inner = {n: current[n] for n in names}
-            grads, stats = torch.func.grad(support_loss, has_aux=True)(inner, current, step)
-            collected += stats
-            g = [grads[n] for n in names]
-            if not (plan.second_order and plan.differentiable):
-                g = [t.detach() for t in g]
-            current = inner_update(current, g, rates, names, step)
-            if step in query_steps:
-                qstats: StatsRecord = []
-                logits = net.forward(current, qx, step, qstats if want_stats else None)
-                collected += _flatten_stats(qstats)
-                weight = plan.loss_weights[step]
-                if weight != 0.0:
-                    total = total + weight * F.cross_entropy(logits, qy)
-        stacked = torch.stack(collected) if collected else sx.new_zeros((0,))
-        return total, logits, stacked
+        stats: StatsRecord | None = [] if want_stats else None
+        loss, logits = adapt(
+            net, params, rates, inner_names, sx, sy, qx, qy, plan, stats, func_gradient
+        )
+        # vmap's outputs must be tensors: each pass's statistics as [L, 2, C], stacked.
+        rows[:] = [row for row, _ in stats or []]
+        passes = [torch.stack([torch.stack(pair) for pair in layers]) for _, layers in stats or []]
+        return loss, logits, torch.stack(passes) if passes else sx.new_zeros((0,))
 
     losses, logits, stats = torch.func.vmap(one_task)(
         batch.support_x, batch.support_y, batch.query_x, batch.query_y
     )
     if want_stats and records is not None:
-        records.extend(_unflatten_stats(net, plan, stats))
+        for task in stats.detach():  # [passes, L, 2, C]
+            records.append([(row, [(p[0], p[1]) for p in task[i]]) for i, row in enumerate(rows)])
     loss = losses.sum()
     grads = _gradients(loss, wrt) if wrt is not None else None
     return MetaBatchResult(loss.detach(), logits.detach(), grads)
 
 
-def _flatten_stats(stats: StatsRecord) -> list[torch.Tensor]:
-    """One forward pass's statistics as tensors [L, 2, C] (vmap outputs must be tensors)."""
-    return [torch.stack([torch.stack(pair) for pair in layers]) for _, layers in stats]
-
-
-def _unflatten_stats(net: Backbone, plan: StepPlan, stats: torch.Tensor) -> list[StatsRecord]:
-    """Per-task records from vmap's ``[T, passes, L, 2, C]``, in the loop's pass order."""
-    rows: list[int] = []
-    for step in range(plan.num_steps):
-        rows.append(net.norm_step(step))
-        if step in plan.query_steps:
-            rows.append(net.norm_step(step))
-    out: list[StatsRecord] = []
-    for task in stats.detach():
-        out.append([(row, [(p[0], p[1]) for p in task[i]]) for i, row in enumerate(rows)])
-    return out
-
-
-# ---------------------------------------------------------------------------- threads
+# ---------------------------------------------------------------------------- grouped
 _POOL_LOCK = threading.Lock()
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _WORKER_PREFIX = "maml-task"
@@ -192,7 +213,7 @@ def default_workers() -> int:
 
 
 TASKS_PER_GROUP = 4
-"""Tasks run side by side in one grouped network by the threads backend (measured with
+"""Tasks run side by side in one grouped network by the grouped backend (measured with
 bench/meta_step.py; a fixed number, so the chunks, and so the floating-point result,
 do not depend on how many cores run them)."""
 
@@ -202,7 +223,7 @@ def task_chunks(tasks: int, group_size: int) -> list[range]:
     return [range(a, min(a + group_size, tasks)) for a in range(0, tasks, group_size)]
 
 
-def threads_backend(
+def grouped_backend(
     net: Backbone,
     params: Params,
     rates: Params,
@@ -215,21 +236,19 @@ def threads_backend(
     workers: int | None = None,
     group_size: int | None = None,
 ) -> MetaBatchResult:
-    """Chunks of tasks in parallel threads; per-chunk gradients summed in task order.
+    """Task groups as grouped networks, the groups in parallel CPU threads; per-group
+    gradients summed in task order.
 
-    A chunk is ``group_size`` consecutive tasks (default :data:`TASKS_PER_GROUP` where
-    the network allows, else 1) run as one grouped network
-    (:mod:`metasuite.learner.fast.task_groups`). Summing per-chunk gradients in a fixed order keeps
-    the result independent of thread scheduling and of the number of workers, so a
-    step is deterministic. Autocast is thread-local, so the caller's autocast state is
-    re-entered in each worker.
+    A group is ``group_size`` consecutive tasks (default :data:`TASKS_PER_GROUP` where
+    the network allows, else 1) run as one :class:`FastBackbone`
+    (:mod:`metasuite.learner.fast.task_groups`). Summing per-group gradients in a fixed
+    order keeps the result independent of thread scheduling and of the number of
+    workers, so a step is deterministic. Autocast is thread-local, so the caller's
+    autocast state is re-entered in each worker.
     """
     workers = workers or default_workers()
-    if batch.support_x.device.type == "cpu":
-        net = dataclasses.replace(net, fused_blocks=True)
     if group_size is None:
-        group_size = TASKS_PER_GROUP if net.supports_task_groups else 1
-    group = group_size > 1
+        group_size = TASKS_PER_GROUP if FastBackbone.supports_task_groups(net) else 1
     device_type = batch.support_x.device.type
     autocast = torch.is_autocast_enabled(device_type)
     autocast_dtype = torch.get_autocast_dtype(device_type)
@@ -243,35 +262,18 @@ def threads_backend(
         stats: list[StatsRecord] = []
         part = slice(chunk.start, chunk.stop)
         with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast):
-            if group:
-                loss, logits = task_group_loss(
-                    net,
-                    params,
-                    rates,
-                    inner_names,
-                    batch.support_x[part],
-                    batch.support_y[part],
-                    batch.query_x[part],
-                    batch.query_y[part],
-                    plan,
-                    stats if want_stats else None,
-                )
-            else:
-                record: StatsRecord = []
-                loss, logits = task_loss(
-                    net,
-                    params,
-                    rates,
-                    inner_names,
-                    batch.support_x[chunk.start],
-                    batch.support_y[chunk.start],
-                    batch.query_x[chunk.start],
-                    batch.query_y[chunk.start],
-                    plan,
-                    record if want_stats else None,
-                )
-                logits = logits.unsqueeze(0)
-                stats.append(record)
+            loss, logits = task_group_loss(
+                net,
+                params,
+                rates,
+                inner_names,
+                batch.support_x[part],
+                batch.support_y[part],
+                batch.query_x[part],
+                batch.query_y[part],
+                plan,
+                stats if want_stats else None,
+            )
         grads = _gradients(loss, wrt) if wrt is not None else None
         return loss.detach(), logits.detach(), grads, stats
 
@@ -300,11 +302,13 @@ def threads_backend(
 BACKENDS: dict[str, Backend] = {
     "loop": loop_backend,
     "vmap": vmap_backend,
-    "threads": threads_backend,
+    "grouped": grouped_backend,
 }
 
-# The fastest measured per device type (bench/meta_step.py, results in bench/results/).
-AUTO_BACKEND: dict[str, str] = {"cpu": "threads", "cuda": "vmap"}
+# What ``auto`` runs per device type. CPU: the fastest measured (bench/meta_step.py,
+# results in bench/results/). CUDA: vmap is NOT measured (no GPU benchmark has been
+# run); it is the choice by design (few batched kernels instead of many small launches).
+AUTO_BACKEND: dict[str, str] = {"cpu": "grouped", "cuda": "vmap"}
 
 
 def resolve_backend(name: str, device: torch.device) -> str:
@@ -313,8 +317,8 @@ def resolve_backend(name: str, device: torch.device) -> str:
         return AUTO_BACKEND.get(device.type, "loop")
     if name not in BACKENDS:
         raise ConfigError(f"backend must be one of auto, {', '.join(BACKENDS)}; got {name!r}")
-    if name == "threads" and device.type != "cpu":
-        raise ConfigError(f"backend 'threads' runs on the CPU only; the device is {device}")
+    if name == "grouped" and device.type != "cpu":
+        raise ConfigError(f"backend 'grouped' runs on the CPU only; the device is {device}")
     return name
 
 
@@ -325,9 +329,10 @@ __all__ = [
     "Backend",
     "MetaBatchResult",
     "default_workers",
+    "func_gradient",
+    "grouped_backend",
     "loop_backend",
     "resolve_backend",
     "task_chunks",
-    "threads_backend",
     "vmap_backend",
 ]

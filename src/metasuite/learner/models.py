@@ -2,9 +2,11 @@
 
 MAML differentiates through the network's *parameters*, so the network is not an
 ``nn.Module`` holding state: :class:`Backbone` is a frozen description of the
-architecture, and :meth:`Backbone.forward` maps ``(params, x, step)`` to logits. The
-same function serves the per-task reference loop, ``torch.func.vmap`` and the batched
-CPU path, which is what lets a test hold them to the same numbers.
+architecture, and :meth:`Backbone.forward` maps ``(params, x, step)`` to logits. This is
+the reference network, written plainly (``F.conv2d``, batch or layer norm, leaky ReLU,
+max-pool); the per-task loop and ``torch.func.vmap`` run it as it is, and the fast CPU
+network (:class:`metasuite.learner.fast.network.FastBackbone`) is a separate object that
+tests hold to it.
 
 Architecture (the reference ``VGGReLUNormNetwork``): ``num_stages`` stages of
 ``cnn_blocks_per_stage`` x (3x3 conv -> norm -> leaky ReLU(0.01)), each stage ending
@@ -26,11 +28,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from metasuite.config import ExperimentConfig
 from metasuite.errors import ConfigError
-from metasuite.learner.fast.ops import NEGATIVE_SLOPE, conv2d, norm_act_pool, to_channels_last
-from metasuite.learner.fast.stem import StemInput, stem_block
+
+NEGATIVE_SLOPE = 0.01
+"""F.leaky_relu's default, which the reference network uses."""
 
 Params = dict[str, torch.Tensor]
 # Detached batch statistics of one forward pass: (norm-step row, [(mean, unbiased var)]).
@@ -58,14 +62,6 @@ class Backbone:
     learn_beta: bool
     eps: float = 1e-5
     momentum: float = 0.1
-    fused_blocks: bool = False
-    """Run in channels-last layout and compute each batch norm -> leaky ReLU -> max-pool
-    block with :func:`metasuite.learner.fast.ops.norm_act_pool` (same function, far less
-    full-resolution memory traffic on a CPU)."""
-    composite_norm: bool = False
-    """Normalise with elementary ops instead of the fused kernels. Same function; needed
-    under torch.func.vmap, whose batching rule for the fused norms' backward is wrong
-    when gamma/beta are batched (pytorch/functorch#534)."""
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig) -> Backbone:
@@ -150,8 +146,7 @@ class Backbone:
         shapes = self.layer_shapes()
         for layer in range(self.num_layers):
             cout = self.num_filters
-            weight = torch.empty(cout, cin, 3, 3)
-            _xavier_uniform(weight, generator)
+            weight = nn.init.xavier_uniform_(torch.empty(cout, cin, 3, 3), generator=generator)
             params[f"conv{layer}.weight"] = weight
             params[f"conv{layer}.bias"] = torch.zeros(cout)
             affine_shape: tuple[int, ...]
@@ -167,8 +162,7 @@ class Backbone:
                 params[f"norm{layer}.bias"] = torch.zeros(affine_shape)
             cin = cout
         weight = torch.empty(self.num_classes, self.feature_size())
-        _xavier_uniform(weight, generator)
-        params["linear.weight"] = weight
+        params["linear.weight"] = nn.init.xavier_uniform_(weight, generator=generator)
         params["linear.bias"] = torch.zeros(self.num_classes)
         return params
 
@@ -195,134 +189,48 @@ class Backbone:
         return gamma, beta
 
     # ------------------------------------------------------------------ forward
-    @property
-    def computes_stem(self) -> bool:
-        """Whether the first block is computed from image patches
-        (:mod:`metasuite.learner.fast.stem`): on the fused CPU path, for a batch-norm block that
-        pools."""
-        return self.fused_blocks and self.norm == "batch_norm" and self.pools_after(0)
-
-    @property
-    def supports_task_groups(self) -> bool:
-        """Whether several tasks can run side by side as one grouped network
-        (:mod:`metasuite.learner.fast.task_groups`): batch norm is per channel, so per task; layer
-        norm would mix a task's channels with its neighbours'."""
-        return self.norm == "batch_norm"
-
-    def prepare(self, x: torch.Tensor) -> torch.Tensor | StemInput:
-        """Images in the form :meth:`forward` takes them fastest: one task's ``[n, C, H,
-        W]``, or T tasks' ``[T, n, C, H, W]`` folded into channel groups ``[n, T * C,
-        H, W]``. The inner loop prepares a task's support and query sets once and passes
-        them to every step."""
-        if self.computes_stem:
-            return StemInput.from_images(x, self.padding)
-        if x.dim() == 5:
-            tasks, n, c, h, w = x.shape
-            return x.permute(1, 0, 2, 3, 4).reshape(n, tasks * c, h, w)
-        return x
-
-    def widen(self, params: Params, tasks: int) -> Params:
-        """The parameters of ``tasks`` copies of the network side by side, as one
-        grouped network: copy t holds conv filters ``t*C`` to ``(t+1)*C`` (group t),
-        the same norm channels, and classifier ``[t]``. Differentiable: the gradient of
-        a wide tensor sums over the copies, so the meta-gradient sums over tasks."""
-        wide: Params = {}
-        for name, value in params.items():
-            if name.startswith("linear."):
-                wide[name] = value.expand(tasks, *value.shape)
-            elif value.dim() == 4:  # conv filters
-                wide[name] = value.repeat(tasks, 1, 1, 1)
-                if self.fused_blocks:  # what the convolutions want: no copy per call
-                    wide[name] = wide[name].contiguous(memory_format=torch.channels_last)
-            else:  # conv bias and norm gamma/beta: channels last, per step rows first
-                wide[name] = value.repeat(*([1] * (value.dim() - 1)), tasks)
-        return wide
-
     def forward(
         self,
         params: Params,
-        x: torch.Tensor | StemInput,
+        x: torch.Tensor,
         step: int,
         stats: StatsRecord | None = None,
-        tasks: int = 1,
     ) -> torch.Tensor:
-        """Logits ``[n, num_classes]`` for images ``x`` ``[n, C, H, W]`` of ONE task
-        (or those images as :meth:`prepare` returned them).
-
-        With ``tasks`` = T, the network is T copies side by side: ``params`` come from
-        :meth:`widen`, ``x`` from :meth:`prepare` of ``[T, n, C, H, W]`` images, and
-        the logits are ``[T, n, num_classes]``.
+        """Logits ``[n, num_classes]`` for images ``x`` ``[n, C, H, W]`` of one task.
 
         ``step`` selects the per-step norm row. When ``stats`` is a list, the detached
         batch statistics of every batch-norm layer are appended to it (for the running
         statistics, which never influence the output).
         """
-        if tasks > 1 and not self.supports_task_groups:
-            raise ValueError(f"a {self.norm} network cannot run tasks side by side")
-        record: list[tuple[torch.Tensor, torch.Tensor]] = []
-        if not isinstance(x, StemInput):
-            x = self.prepare(x)
-        if isinstance(x, StemInput):
-            gamma, beta = self.affine(params, 0, step)
-            out = stem_block(
-                x,
-                params["conv0.weight"],
-                params["conv0.bias"],
-                gamma,
-                beta,
-                self.eps,
-                record if stats is not None else None,
-            )
-            first = 1
-        else:
-            out = to_channels_last(x) if self.fused_blocks else x
-            first = 0
-        for layer in range(first, self.num_layers):
-            out = (conv2d if self.fused_blocks else F.conv2d)(
-                out,
-                params[f"conv{layer}.weight"],
-                params[f"conv{layer}.bias"],
-                stride=self.stride(layer),
-                padding=self.padding,
-                groups=tasks,
-            )
+        record: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if stats is not None else None
+        out = x
+        for layer in range(self.num_layers):
+            weight, bias = params[f"conv{layer}.weight"], params[f"conv{layer}.bias"]
+            out = F.conv2d(out, weight, bias, stride=self.stride(layer), padding=self.padding)
             gamma, beta = self.affine(params, layer, step)
-            out = self._norm_act_pool(
-                out, layer, gamma, beta, record if stats is not None else None
-            )
+            out = self.normalise(out, gamma, beta, record)
+            out = F.leaky_relu(out, NEGATIVE_SLOPE)
+            if self.pools_after(layer):
+                out = F.max_pool2d(out, 2, 2)
         if not self.max_pooling:
-            out = out.mean(dim=(2, 3))
+            out = out.mean(dim=(2, 3))  # global average pool
         if stats is not None and record:
             stats.append((self.norm_step(step), record))
-        weight, bias = params["linear.weight"], params["linear.bias"]
-        if weight.dim() == 2:  # one network
-            return F.linear(out.flatten(1), weight, bias)
-        features = out.reshape(out.shape[0], tasks, -1).transpose(0, 1)  # [T, n, F]
-        return torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2))
+        return F.linear(out.flatten(1), params["linear.weight"], params["linear.bias"])
 
-    def _norm_act_pool(
+    def normalise(
         self,
-        out: torch.Tensor,
-        layer: int,
+        x: torch.Tensor,
         gamma: torch.Tensor | None,
         beta: torch.Tensor | None,
         record: list[tuple[torch.Tensor, torch.Tensor]] | None,
     ) -> torch.Tensor:
-        """norm -> leaky ReLU -> (max-pool at the end of a stage) after conv ``layer``."""
-        pools = self.pools_after(layer)
+        """Layer norm, or batch norm with the batch's own statistics (recorded when
+        ``record`` is a list). A method so that the vmap backend can swap in
+        elementary ops (:mod:`metasuite.learner.backends`)."""
         if self.norm == "layer_norm":
-            if self.composite_norm:
-                out = _composite_norm(out, gamma, beta, self.eps, (1, 2, 3), None)
-            else:
-                out = F.layer_norm(out, out.shape[1:], gamma, beta, self.eps)
-        elif self.fused_blocks and pools:
-            return norm_act_pool(out, gamma, beta, self.eps, record)
-        elif self.composite_norm:
-            out = _composite_norm(out, gamma, beta, self.eps, (0, 2, 3), record)
-        else:
-            out = batch_norm(out, gamma, beta, self.eps, record)
-        out = F.leaky_relu(out, NEGATIVE_SLOPE)
-        return F.max_pool2d(out, 2, 2) if pools else out
+            return F.layer_norm(x, x.shape[1:], gamma, beta, self.eps)
+        return batch_norm(x, gamma, beta, self.eps, record)
 
     def update_running_stats(self, buffers: Params, records: list[StatsRecord]) -> None:
         """Fold recorded batch statistics into the per-step running stats, in order.
@@ -364,41 +272,6 @@ def batch_norm(
             var = (invstd.detach().float() ** -2 - eps) * (n / max(n - 1, 1))
         record.append((mean.detach(), var))
     return out
-
-
-def _composite_norm(
-    x: torch.Tensor,
-    gamma: torch.Tensor | None,
-    beta: torch.Tensor | None,
-    eps: float,
-    dims: tuple[int, ...],
-    record: list[tuple[torch.Tensor, torch.Tensor]] | None,
-) -> torch.Tensor:
-    """Batch norm (dims 0, 2, 3) or layer norm (dims 1, 2, 3) from elementary ops.
-
-    gamma/beta are per channel ``[C]`` for batch norm and ``[C, H, W]`` for layer norm.
-    """
-    var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
-    out = (x - mean) * torch.rsqrt(var + eps)
-    shape = (1, -1, 1, 1) if dims == (0, 2, 3) else (1, *x.shape[1:])
-    if gamma is not None:
-        out = out * gamma.reshape(shape)
-    if beta is not None:
-        out = out + beta.reshape(shape)
-    if record is not None:
-        n = x.numel() // x.shape[1]
-        with torch.no_grad():
-            record.append((mean.detach().flatten(), var.detach().flatten() * (n / max(n - 1, 1))))
-    return out
-
-
-def _xavier_uniform(t: torch.Tensor, generator: torch.Generator) -> None:
-    """nn.init.xavier_uniform_ with an explicit generator (gain 1)."""
-    fan_out = t.shape[0] * (t[0][0].numel() if t.dim() > 2 else 1)
-    fan_in = t.shape[1] * (t[0][0].numel() if t.dim() > 2 else 1)
-    bound = (6.0 / (fan_in + fan_out)) ** 0.5
-    with torch.no_grad():
-        t.uniform_(-bound, bound, generator=generator)
 
 
 __all__ = ["NEGATIVE_SLOPE", "Backbone", "Params", "StatsRecord", "batch_norm"]

@@ -10,15 +10,15 @@ backend (:mod:`metasuite.learner.backends`) is tested against;
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from metasuite.config import ExperimentConfig
 from metasuite.data.batch import TaskBatch
-from metasuite.learner.fast.stem import StemInput
 from metasuite.learner.models import Backbone, Params, StatsRecord
 
 MSL_FLOOR = 0.03
@@ -114,6 +114,42 @@ def inner_update(
     return new
 
 
+class Network(Protocol):
+    """What :func:`adapt` runs: the reference :class:`Backbone` (one task, images ``[n,
+    C, H, W]``, logits ``[n, N]``) or a network laying several tasks out side by side
+    (:class:`metasuite.learner.fast.network.FastBackbone`: logits ``[T, n, N]``)."""
+
+    def forward(
+        self, params: Params, x: Any, step: int, stats: StatsRecord | None = None
+    ) -> torch.Tensor: ...
+
+
+SupportLoss = Callable[[Params], tuple[torch.Tensor, StatsRecord | None]]
+"""The support loss as a function of the adapted tensors, with the statistics record of
+its forward pass (None when none is kept)."""
+
+InnerGradient = Callable[[SupportLoss, Params, bool], tuple[Params, StatsRecord | None]]
+"""``(support_loss, inner, create_graph) -> (d support_loss / d inner, its record)``:
+how :func:`adapt` differentiates the support loss. With ``create_graph`` false the
+gradient is a constant of the outer loop (first order, evaluation)."""
+
+
+def autograd_gradient(
+    support_loss: SupportLoss, inner: Params, create_graph: bool
+) -> tuple[Params, StatsRecord | None]:
+    """:data:`InnerGradient` by ``torch.autograd.grad`` (the loop and grouped backends).
+
+    Without ``create_graph`` the loss is taken at detached copies of ``inner``: the
+    gradient has the same value, no graph back to the meta-parameters is built for it,
+    and evaluation needs no parameter to require a gradient.
+    """
+    if not create_graph:
+        inner = {k: v.detach().requires_grad_() for k, v in inner.items()}
+    loss, record = support_loss(inner)
+    grads = torch.autograd.grad(loss, list(inner.values()), create_graph=create_graph)
+    return dict(zip(inner, grads, strict=True)), record
+
+
 def task_loss(
     net: Backbone,
     params: Params,
@@ -127,53 +163,56 @@ def task_loss(
     stats: StatsRecord | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Adapt to one task's support set; return (weighted query loss, final logits)."""
-    support, query = net.prepare(support_x), net.prepare(query_x)
-    return adapt(net, params, rates, inner_names, support, support_y, query, query_y, plan, stats)
+    return adapt(
+        net, params, rates, inner_names, support_x, support_y, query_x, query_y, plan, stats
+    )
 
 
 def adapt(
-    net: Backbone,
+    net: Network,
     params: Params,
     rates: Params,
     inner_names: Sequence[str],
-    support: torch.Tensor | StemInput,
+    support: Any,
     support_y: torch.Tensor,
-    query: torch.Tensor | StemInput,
+    query: Any,
     query_y: torch.Tensor,
     plan: StepPlan,
     stats: StatsRecord | None = None,
-    tasks: int = 1,
+    gradient: InnerGradient = autograd_gradient,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference inner loop, on images as :meth:`Backbone.prepare` returns them.
+    """The MAML++ inner loop, the one every backend runs.
 
     At step ``s`` the support loss under step-``s`` parameters gives the gradient
     (kept differentiable for second order), the update uses ``lr[name][s]``, and the
     query loss of the updated parameters (norm row ``s``) enters the task loss with
-    weight ``plan.loss_weights[s]``. With ``tasks`` = T, ``params`` are
-    :meth:`Backbone.widen`'s T copies, labels are ``[T, n]``, and the loss is the sum
-    of the T task losses (:mod:`metasuite.learner.fast.task_groups`).
+    weight ``plan.loss_weights[s]``. ``support``/``query`` are images as ``net.forward``
+    takes them. With a network of T tasks side by side, labels are ``[T, n]`` and the
+    loss is the sum of the T task losses. ``gradient`` differentiates the support loss:
+    ``torch.autograd.grad`` by default, ``torch.func.grad`` under ``torch.func.vmap``.
     """
     if not plan.differentiable:
-        params = {k: v.detach().requires_grad_(k in inner_names) for k, v in params.items()}
+        params = {k: v.detach() for k, v in params.items()}
         rates = {k: v.detach() for k, v in rates.items()}
+    create_graph = plan.second_order and plan.differentiable
     query_steps = set(plan.query_steps)
     total = next(iter(params.values())).new_zeros(())
     logits = total
     for step in range(plan.num_steps):
-        support_logits = net.forward(params, support, step, stats, tasks)
-        support_loss = summed_cross_entropy(support_logits, support_y)
-        inner = [params[n] for n in inner_names]
-        grads = torch.autograd.grad(
-            support_loss, inner, create_graph=plan.second_order and plan.differentiable
-        )
-        params = inner_update(params, grads, rates, inner_names, step)
-        if not plan.differentiable:
-            params = {
-                k: (v.detach().requires_grad_() if k in inner_names else v)
-                for k, v in params.items()
-            }
+
+        def support_loss(
+            inner: Params, current: Params = params, step: int = step
+        ) -> tuple[torch.Tensor, StatsRecord | None]:
+            record: StatsRecord | None = [] if stats is not None else None
+            out = net.forward({**current, **inner}, support, step, record)
+            return summed_cross_entropy(out, support_y), record
+
+        grads, record = gradient(support_loss, {n: params[n] for n in inner_names}, create_graph)
+        if stats is not None and record is not None:
+            stats.extend(record)
+        params = inner_update(params, [grads[n] for n in inner_names], rates, inner_names, step)
         if step in query_steps:
-            logits = net.forward(params, query, step, stats, tasks)
+            logits = net.forward(params, query, step, stats)
             weight = plan.loss_weights[step]
             if weight != 0.0:
                 total = total + weight * summed_cross_entropy(logits, query_y)
@@ -227,8 +266,12 @@ def meta_loss_loop(
 
 __all__ = [
     "MSL_FLOOR",
+    "InnerGradient",
+    "Network",
     "StepPlan",
+    "SupportLoss",
     "adapt",
+    "autograd_gradient",
     "eval_plan",
     "init_rates",
     "inner_parameter_names",

@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-NEGATIVE_SLOPE = 0.01
-"""F.leaky_relu's default, which the reference network uses."""
+from metasuite.learner.models import NEGATIVE_SLOPE
 
 
 class PooledMoments(torch.autograd.Function):

@@ -8,9 +8,10 @@ t of every convolution and its batch-norm channels as channels ``t*C`` to
 per group as separate ones. Tasks never mix: every op is per channel group, per task's
 images, or a per-task product, so the gradient of the summed loss with respect to
 group t is task t's gradient, and the meta-gradient (through
-:meth:`metasuite.learner.models.Backbone.widen`) is the sum over tasks, as in the reference
-loop, whose inner loop (:func:`metasuite.learner.reference.adapt`) this runs on the wide network;
-a test holds it to :func:`metasuite.learner.reference.task_loss` task by task.
+:meth:`metasuite.learner.fast.network.FastBackbone.widen`) is the sum over tasks, as in
+the reference loop, whose inner loop (:func:`metasuite.learner.reference.adapt`) this
+runs on the wide network; a test holds it to :func:`metasuite.learner.reference.task_loss`
+task by task.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
+from metasuite.learner.fast.network import FastBackbone
 from metasuite.learner.models import Backbone, Params, StatsRecord
 from metasuite.learner.reference import StepPlan, adapt
 
@@ -49,11 +51,12 @@ def task_group_loss(
     query logits ``[T, nq, N]``. When ``records`` is a list, each task's statistics
     record is appended to it, in task order."""
     tasks = support_x.shape[0]
+    wide = FastBackbone(net, tasks)
     stats: StatsRecord | None = [] if records is not None else None
-    support, query = net.prepare(support_x), net.prepare(query_x)
+    support, query = wide.prepare(support_x), wide.prepare(query_x)
     total, logits = adapt(
-        net,
-        net.widen(params, tasks),
+        wide,
+        wide.widen(params),
         rates,
         inner_names,
         support,
@@ -62,7 +65,6 @@ def task_group_loss(
         query_y,
         plan,
         stats,
-        tasks,
     )
     if records is not None and stats is not None:
         records.extend(_split_record(stats, tasks))
