@@ -11,6 +11,7 @@ import pytest
 
 from metasuite.config import (
     CONFIG_FIELDS,
+    OMITTED_AT_DEFAULT,
     REPO_ROOT,
     ExperimentConfig,
     canonical_json,
@@ -264,7 +265,21 @@ def _non_default() -> ExperimentConfig:
         meta_learning_rate=0.0005,
         conv_padding=False,
         dataset_path="mini_imagenet_full_size",
+        max_images_per_class=500,
     )
+
+
+def test_keys_added_later_are_written_only_when_set() -> None:
+    """max_images_per_class left unset keeps configs generated before it (and their
+    hashes) byte for byte; set, it is written and hashed like any key."""
+    plain = ExperimentConfig()
+    assert "max_images_per_class" not in json.loads(to_json(plain))
+    assert to_dict(plain)["max_images_per_class"] is None
+    capped = replace(plain, max_images_per_class=100)
+    assert json.loads(to_json(capped))["max_images_per_class"] == 100
+    assert config_hash(capped) != config_hash(plain)
+    with pytest.raises(ConfigError, match=r"max_images_per_class must be an integer >= 1"):
+        from_dict({"max_images_per_class": 0})
 
 
 @pytest.mark.parametrize("config", [ExperimentConfig(), _non_default()], ids=["default", "changed"])
@@ -274,7 +289,12 @@ def test_save_then_load_is_lossless(tmp_path: Path, config: ExperimentConfig) ->
     loaded = load_config(path)
     assert loaded == config
     assert to_json(loaded) == path.read_text()
-    assert list(json.loads(path.read_text())) == list(CONFIG_FIELDS)  # field order
+    written = [
+        name
+        for name in CONFIG_FIELDS
+        if name not in OMITTED_AT_DEFAULT or getattr(config, name) is not None
+    ]
+    assert list(json.loads(path.read_text())) == written  # field order
     assert config_hash(loaded) == config_hash(config)
     assert not list(path.parent.glob("*.tmp"))  # atomic write left nothing behind
 

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "status": "metasuite.commands.status",
     "report": "metasuite.commands.report",
     "show": "metasuite.commands.show",
+    "data": "metasuite.commands.data",
 }
 
 

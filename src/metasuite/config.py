@@ -123,6 +123,9 @@ class ExperimentConfig:
     checkpoint_every_n_iters: int = 100
     """Extra checkpoints inside an epoch, so a kill loses at most this many iterations
     (0: only at the end of each epoch)."""
+    max_images_per_class: int | None = None
+    """Class-array data sets (one .npy/.npz per class): read only the first this many
+    images of each class (None: all), so a 100k-image class does not fill memory."""
 
     # ------------------------------------------------------------------ derived
     @property
@@ -141,6 +144,7 @@ class ExperimentConfig:
 
 CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ExperimentConfig))
 _HINTS = get_type_hints(ExperimentConfig)
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(ExperimentConfig)}
 
 
 def _expected(tp: Any) -> str:
@@ -282,6 +286,8 @@ def _check_ranges(c: ExperimentConfig, source: str) -> None:
     for key, low in at_least.items():
         if getattr(c, key) < low:
             fail(key, f"an integer >= {low}")
+    if c.max_images_per_class is not None and c.max_images_per_class < 1:
+        fail("max_images_per_class", "an integer >= 1 or null (every image)")
     for key in ("train_seed", "val_seed", "test_seed"):
         seed = getattr(c, key)
         if seed is not None and not 0 <= seed < 2**63:  # numpy and torch seed ranges
@@ -363,6 +369,11 @@ def load_config(path: str | os.PathLike[str]) -> ExperimentConfig:
     return from_dict(raw, source=str(path))
 
 
+# Keys added after configs were first generated and hashed: written (and hashed) only
+# when set, so existing generated configs and config hashes do not change.
+OMITTED_AT_DEFAULT: frozenset[str] = frozenset({"max_images_per_class"})
+
+
 def to_dict(config: ExperimentConfig) -> dict[str, Any]:
     """The config as plain JSON types, every key present, in field order."""
     out: dict[str, Any] = {}
@@ -372,14 +383,23 @@ def to_dict(config: ExperimentConfig) -> dict[str, Any]:
     return out
 
 
+def _written(config: ExperimentConfig) -> dict[str, Any]:
+    """:func:`to_dict` less the :data:`OMITTED_AT_DEFAULT` keys left at their default."""
+    out = to_dict(config)
+    for name in OMITTED_AT_DEFAULT:
+        if out[name] == _DEFAULTS[name]:
+            del out[name]
+    return out
+
+
 def to_json(config: ExperimentConfig) -> str:
     """Readable JSON in field order (what ``generate`` writes and humans diff)."""
-    return json.dumps(to_dict(config), indent=2) + "\n"
+    return json.dumps(_written(config), indent=2) + "\n"
 
 
 def canonical_json(config: ExperimentConfig) -> str:
     """Sorted-keys, compact JSON: the form that is hashed."""
-    return json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"))
+    return json.dumps(_written(config), sort_keys=True, separators=(",", ":"))
 
 
 def config_hash(config: ExperimentConfig) -> str:
@@ -452,6 +472,7 @@ def resolve_dataset_path(config: ExperimentConfig, root: Path | None = None) -> 
 
 __all__ = [
     "CONFIG_FIELDS",
+    "OMITTED_AT_DEFAULT",
     "ExperimentConfig",
     "canonical_json",
     "config_hash",

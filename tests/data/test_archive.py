@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from data_helpers import make_archive, omniglot_subset
+from data_helpers import make_archive, omniglot_subset, pack
 from metasuite.config import REPO_ROOT
 from metasuite.data import archive as archive_mod
 from metasuite.data.archive import archive_sha256, pbzip2_available, unpack
@@ -224,3 +225,165 @@ def test_concurrent_unpacks_share_one_result(small_archive: Path, tmp_path: Path
     assert {out.strip() for out, _ in outputs} == {str(tmp_path / "omniglot_dataset")}
     assert len(_tree(tmp_path / "omniglot_dataset")) == 240
     assert not (tmp_path / ".small.tar.bz2.unpacking").exists()
+
+
+# ------------------------------------------------------------------ other formats (issue 17)
+FORMATS = [".tar.gz", ".tgz", ".tar", ".zip", ".tar.gz.zip", ".tar.bz2.zip", ".tar.zip"]
+needs_pigz = pytest.mark.skipif(shutil.which("pigz") is None, reason="pigz not installed")
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_every_format_unpacks_to_the_same_tree_named_after_the_archive(
+    small_archive: Path, tmp_path: Path, omniglot_folder: Path, suffix: str
+) -> None:
+    source = tmp_path / "src"
+    unpack(_copy(small_archive, source), quiet=True)
+    archive = pack(source / "omniglot_dataset", tmp_path / f"mine{suffix}")
+    folder = unpack(archive, expected_files=240, quiet=True)
+    assert folder == tmp_path / "mine"  # its lone top folder takes the archive's name
+    tree = _tree(folder)
+    assert len(tree) == 240
+    assert all(data == (omniglot_folder / rel).read_bytes() for rel, data in tree.items())
+    assert not list(tmp_path.glob(".mine*.unpacking"))
+
+
+@pytest.mark.parametrize("fast", [pytest.param(True, id="pigz", marks=needs_pigz), False])
+def test_tar_gz_with_pigz_or_tarfile(small_archive: Path, tmp_path: Path, fast: bool) -> None:
+    source = tmp_path / "src"
+    unpack(_copy(small_archive, source), quiet=True)
+    archive = pack(source / "omniglot_dataset", tmp_path / "mine.tar.gz")
+    folder = unpack(archive, expected_files=240, use_pbzip2=fast, quiet=True)
+    assert len(_tree(folder)) == 240
+
+
+@pytest.mark.parametrize("suffix", [".tar.gz", ".tgz", ".tar", ".zip", ".tar.gz.zip"])
+def test_a_file_that_is_not_that_archive_is_refused_by_name(tmp_path: Path, suffix: str) -> None:
+    archive = tmp_path / f"fake{suffix}"
+    archive.write_bytes(b"<html>404 Not Found</html>" * 40)  # a failed download
+    kind = {".tar": "tar", ".tar.gz": "gzip", ".tgz": "gzip"}.get(suffix, "zip")
+    with pytest.raises(DatasetError, match=rf"fake{re.escape(suffix)}: .*not a {kind} archive"):
+        unpack(archive, quiet=True)
+    assert not (tmp_path / "fake").exists()
+    assert not list(tmp_path.glob(".*.unpacking"))
+
+
+@pytest.mark.parametrize("suffix", [".tar.gz", ".zip", ".tar.gz.zip"])
+@pytest.mark.parametrize("fast", [pytest.param(True, id="fast", marks=needs_pigz), False])
+def test_truncated_archive_of_any_format_is_refused(
+    small_archive: Path, tmp_path: Path, suffix: str, fast: bool
+) -> None:
+    source = tmp_path / "src"
+    unpack(_copy(small_archive, source), quiet=True)
+    whole = pack(source / "omniglot_dataset", tmp_path / f"whole{suffix}")
+    cut = tmp_path / f"cut{suffix}"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(DatasetError, match=rf"cut{re.escape(suffix)}.*corrupt or truncated"):
+        unpack(cut, expected_files=240, use_pbzip2=fast, quiet=True)
+    assert not (tmp_path / "cut").exists()
+    assert not list(tmp_path.glob(".cut*.unpacking"))
+
+
+def _tar_with(archive: Path, member: tarfile.TarInfo, payload: bytes = b"") -> Path:
+    mode = "w:gz" if archive.name.endswith(".tar.gz") else "w:bz2"
+    with tarfile.open(archive, mode) as tar:
+        ok = tarfile.TarInfo("data/a/ok.png")
+        ok.size = 2
+        tar.addfile(ok, io.BytesIO(b"ok"))
+        member.size = len(payload) if member.isfile() else 0
+        tar.addfile(member, io.BytesIO(payload) if payload else None)
+    return archive
+
+
+def _symlink(name: str, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.SYMTYPE, target
+    return info
+
+
+def _hardlink(name: str, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.LNKTYPE, target
+    return info
+
+
+HOSTILE_MEMBERS = {
+    "dotdot": lambda: (tarfile.TarInfo("data/../../escaped.txt"), b"owned"),
+    "absolute": lambda: (tarfile.TarInfo("/tmp/metasuite-absolute-escape.txt"), b"owned"),
+    "symlink-out": lambda: (_symlink("data/a/link.png", "/etc/passwd"), b""),
+    "symlink-in": lambda: (_symlink("data/a/link.png", "ok.png"), b""),
+    "hardlink-in": lambda: (_hardlink("data/a/hard.png", "data/a/ok.png"), b""),
+    "hardlink-out": lambda: (_hardlink("data/a/hard.png", "../../etc/passwd"), b""),
+}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE_MEMBERS))
+@pytest.mark.parametrize(
+    ("suffix", "fast"),
+    [
+        pytest.param(".tar.gz", True, id="pigz", marks=needs_pigz),
+        pytest.param(".tar.gz", False, id="tarfile-gz"),
+        pytest.param(".tar.bz2", True, id="pbzip2", marks=needs_pbzip2),
+        pytest.param(".tar.bz2", False, id="tarfile-bz2"),
+    ],
+)
+def test_tar_members_leaving_the_folder_or_links_are_refused(
+    tmp_path: Path, kind: str, suffix: str, fast: bool
+) -> None:
+    member, payload = HOSTILE_MEMBERS[kind]()
+    archive = _tar_with(tmp_path / f"evil{suffix}", member, payload)
+    with pytest.raises(DatasetError, match=rf"evil{re.escape(suffix)}: refused an unsafe"):
+        unpack(archive, use_pbzip2=fast, quiet=True)
+    assert not (tmp_path.parent / "escaped.txt").exists()
+    assert not Path("/tmp/metasuite-absolute-escape.txt").exists()
+    assert not (tmp_path / "evil").exists() and not (tmp_path / "data").exists()
+    assert not list(tmp_path.glob(".*.unpacking"))
+
+
+def _zip_with(archive: Path, name: str, payload: bytes = b"owned", link: bool = False) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("data/a/ok.png", b"ok")
+        info = zipfile.ZipInfo(name)
+        if link:
+            info.external_attr = 0o120777 << 16  # S_IFLNK
+        zf.writestr(info, payload)
+    return archive
+
+
+@pytest.mark.parametrize(
+    ("name", "link"),
+    [("data/../../escaped.txt", False), ("/tmp/metasuite-zip-escape.txt", False),
+     ("data/a/link.png", True)],
+    ids=["dotdot", "absolute", "symlink"],
+)  # fmt: skip
+def test_zip_members_leaving_the_folder_or_links_are_refused(
+    tmp_path: Path, name: str, link: bool
+) -> None:
+    archive = _zip_with(tmp_path / "evil.zip", name, b"/etc/passwd" if link else b"owned", link)
+    with pytest.raises(DatasetError, match=r"evil\.zip: refused an unsafe archive member"):
+        unpack(archive, quiet=True)
+    assert not (tmp_path.parent / "escaped.txt").exists()
+    assert not Path("/tmp/metasuite-zip-escape.txt").exists()
+    assert not (tmp_path / "evil").exists()
+
+
+def test_hostile_tar_inside_a_zip_is_refused_naming_the_zip(tmp_path: Path) -> None:
+    import zipfile
+
+    inner = _tar_with(tmp_path / "inner.tar.gz", *HOSTILE_MEMBERS["dotdot"]())
+    archive = tmp_path / "evil.tar.gz.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(inner, "mini.tar.gz")
+    with pytest.raises(DatasetError, match=r"evil\.tar\.gz\.zip.*mini\.tar\.gz.*refused an unsafe"):
+        unpack(archive, use_pbzip2=False, quiet=True)
+    assert not (tmp_path.parent / "escaped.txt").exists()
+    assert not (tmp_path / "evil").exists()
+
+
+def test_unknown_archive_name_is_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "data.rar"
+    archive.write_bytes(b"Rar!")
+    with pytest.raises(DatasetError, match=r"data\.rar: not a known archive name.*\.tar\.gz"):
+        unpack(archive, quiet=True)

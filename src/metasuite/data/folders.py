@@ -1,4 +1,9 @@
-"""Folder-structure data sets → one uint8 image tensor per split, cached beside the data.
+"""Data set folders → one uint8 image tensor per split, cached beside the data.
+
+Every layout (:mod:`metasuite.data.layouts`: image folders, the CSV split, class arrays,
+mini-ImageNet pickles) is listed cheaply, then built into the same cache; the split is
+computed from the cached classes. This module describes image folders; the others have
+their own modules.
 
 A class is named by the folders at ``indexes_of_folders_indicating_class`` in each image
 path (Omniglot: ``<alphabet>/<character>`` with ``[-3, -2]``). Images are decoded once
@@ -28,8 +33,12 @@ import numpy as np
 import torch
 
 from metasuite.config import ExperimentConfig, dataset_root, resolve_dataset_path
-from metasuite.data.archive import ARCHIVE_SUFFIX, unpack
+from metasuite.data.archive import ARCHIVE_SUFFIX, ARCHIVE_SUFFIXES, unpack
+from metasuite.data.arrays import scan_arrays
+from metasuite.data.csv_split import scan_csv
 from metasuite.data.images import IMAGE_SUFFIXES, RESAMPLE_NAME, decode_images
+from metasuite.data.layouts import Listing, detect_layout
+from metasuite.data.pickles import scan_pickles
 from metasuite.errors import ConfigError, DatasetError
 from metasuite.fsutil import write_with_atomic
 
@@ -90,10 +99,20 @@ def _folder_candidates(config: ExperimentConfig, root: Path) -> list[Path]:
 
 def _archive_candidates(config: ExperimentConfig, folders: list[Path]) -> list[Path]:
     # Only beside the expected folder: an archive elsewhere could never unpack into it.
-    archives = [f.parent / (f.name + ARCHIVE_SUFFIX) for f in folders]
-    for name in (config.dataset_name, *FOLDER_ALIASES.get(config.dataset_name, ())):
-        archives.append(folders[0].parent / (name + ARCHIVE_SUFFIX))
-    return _unique(archives)
+    # Every format of the folder's own names comes before the dataset_name fallbacks.
+    return _unique(
+        [
+            stem.parent / (stem.name + suffix)
+            for stems in (folders, _name_stems(config, folders))
+            for suffix in ARCHIVE_SUFFIXES
+            for stem in stems
+        ]
+    )
+
+
+def _name_stems(config: ExperimentConfig, folders: list[Path]) -> list[Path]:
+    names = (config.dataset_name, *FOLDER_ALIASES.get(config.dataset_name, ()))
+    return [folders[0].parent / name for name in names]
 
 
 def find_archive(config: ExperimentConfig, root: Path | None = None) -> Path | None:
@@ -110,8 +129,9 @@ def locate_dataset(
     """Find the data set folder, unpacking its archive on first use.
 
     Looks for ``dataset_path`` (and its aliases, e.g. ``omniglot`` ↔ ``omniglot_dataset``)
-    under the data set root, then for ``<dataset_path>.tar.bz2`` or
-    ``<dataset_name>.tar.bz2``. Raises :class:`DatasetError` saying where it looked.
+    under the data set root, then for ``<dataset_path>`` or ``<dataset_name>`` with any
+    archive ending (:data:`~metasuite.data.archive.ARCHIVE_SUFFIXES`, ``.tar.bz2``
+    first). Raises :class:`DatasetError` saying where it looked.
     """
     root = (root or dataset_root()).resolve()
     folders = _folder_candidates(config, root)
@@ -127,10 +147,13 @@ def locate_dataset(
         if folder.is_dir():
             return DataSource(folder, archive)
     if archive is None:
+        stems = _unique([*folders, *_name_stems(config, folders)])
+        others = ", ".join(s for s in ARCHIVE_SUFFIXES if s != ARCHIVE_SUFFIX)
         raise DatasetError(
             f"data set {config.dataset_name!r} not found: no folder "
             f"{' or '.join(str(f) for f in folders)} and no archive "
-            f"{' or '.join(str(a) for a in archives)} (dataset_path={config.dataset_path!r}, "
+            f"{' or '.join(f'{a}{ARCHIVE_SUFFIX}' for a in stems)} (or {others}) "
+            f"(dataset_path={config.dataset_path!r}, "
             f"data set root {root}; set DATASET_DIR or dataset_path)"
         )
     _refuse_archive_of_another_folder(config, archive, folders)
@@ -145,7 +168,12 @@ def locate_dataset(
 
 
 def _archive_top_folder(archive: Path) -> str | None:
-    """The top folder of the archive's first member (reads one bzip2 block), or None."""
+    """The top folder of the archive's first member (reads one bzip2 block), or None.
+
+    Only ``.tar.bz2`` archives unpack to their top folder's name; the others unpack to
+    their own name, which is the expected folder's."""
+    if not archive.name.endswith(ARCHIVE_SUFFIX):
+        return None
     try:
         with tarfile.open(archive, "r:bz2") as tar:
             member = tar.next()
@@ -221,21 +249,68 @@ def scan_images(
     return names, files, sizes
 
 
+def _scan_folder_tree(config: ExperimentConfig, folder: Path) -> Listing:
+    indexes = config.indexes_of_folders_indicating_class
+    names, files, sizes = scan_images(folder, indexes)
+    flat = [str(folder / rel) for class_files in files for rel in class_files]
+    counts = [len(f) for f in files]
+
+    def build(
+        height: int, width: int, channels: int, workers: int, quiet: bool
+    ) -> tuple[np.ndarray, list[int]]:
+        pixels = decode_images(
+            flat, height, width, channels, workers=workers, quiet=quiet,
+            desc=f"decoding {folder.name}",
+        )  # fmt: skip
+        return pixels, counts
+
+    key = {"indexes": list(indexes), "files": files, "sizes": sizes}
+    return Listing("folders", folder, names, key, config.sets_are_pre_split, build)
+
+
+def list_dataset(config: ExperimentConfig, folder: Path) -> Listing:
+    """Detect the layout of the data set ``folder`` and list it (no pixels read).
+
+    Keys that do not apply to a layout are ignored: ``indexes_of_folders_indicating_class``
+    outside image folders, ``sets_are_pre_split`` for the CSV layout and pickles (always
+    pre-split) and class arrays (always split by ratio), ``max_images_per_class`` outside
+    class arrays.
+    """
+    layout, where = detect_layout(folder)
+    if layout == "pickles":
+        return scan_pickles(where)
+    if layout == "csv":
+        return scan_csv(where)
+    if layout == "arrays":
+        return scan_arrays(where, config.max_images_per_class)
+    return _scan_folder_tree(config, folder)
+
+
 # --------------------------------------------------------------------------- cache
-def _fingerprint(
-    config: ExperimentConfig, names: list[str], files: list[list[str]], sizes: list[int]
-) -> str:
-    key = {
-        "format": CACHE_FORMAT,
-        "height": config.image_height,
-        "width": config.image_width,
-        "channels": config.image_channels,
-        "resample": RESAMPLE_NAME,
-        "indexes": list(config.indexes_of_folders_indicating_class),
-        "classes": names,
-        "files": files,
-        "sizes": sizes,
-    }
+def _fingerprint(config: ExperimentConfig, listing: Listing) -> str:
+    if listing.layout == "folders":  # the original key, so existing caches stay valid
+        key = {
+            "format": CACHE_FORMAT,
+            "height": config.image_height,
+            "width": config.image_width,
+            "channels": config.image_channels,
+            "resample": RESAMPLE_NAME,
+            "indexes": listing.key["indexes"],
+            "classes": listing.names,
+            "files": listing.key["files"],
+            "sizes": listing.key["sizes"],
+        }
+    else:
+        key = {
+            "format": CACHE_FORMAT,
+            "layout": listing.layout,
+            "height": config.image_height,
+            "width": config.image_width,
+            "channels": config.image_channels,
+            "resample": RESAMPLE_NAME,
+            "classes": listing.names,
+            **listing.key,
+        }
     return hashlib.sha256(json.dumps(key, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -246,15 +321,18 @@ def cache_path(folder: Path, config: ExperimentConfig, fingerprint: str) -> Path
 
 def _load_cache(
     path: Path, fingerprint: str, names: list[str], shape: tuple[int, int, int]
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The cached (images, class_offsets), or None (with a warning) if unusable."""
+) -> tuple[torch.Tensor, torch.Tensor, list[str]] | None:
+    """The cached (images, class_offsets, class_names), or None (with a warning) if
+    unusable. Empty ``names`` (classes known only from the data files) take the cache's."""
     try:
         blob = torch.load(path, weights_only=True, mmap=True)
         images, offsets = blob["images"], blob["class_offsets"]
+        cached_names = list(blob.get("class_names", ()))
+        names = names or cached_names
         problem = None
         if blob.get("format") != CACHE_FORMAT or blob.get("fingerprint") != fingerprint:
             problem = "it was built from different files or settings"
-        elif list(blob.get("class_names", ())) != names:
+        elif cached_names != names or not names:
             problem = "its classes differ from the data folder"
         elif images.dtype != torch.uint8 or tuple(images.shape[1:]) != shape:
             problem = f"its images are {images.dtype} {tuple(images.shape)}"
@@ -267,25 +345,37 @@ def _load_cache(
     except Exception as exc:  # corrupt file: any decoder error means "rebuild it"
         problem = f"it cannot be read ({type(exc).__name__}: {exc})"
     if problem is not None:
-        warnings.warn(f"{path}: rebuilding the image cache, {problem}", UserWarning, stacklevel=3)
+        warnings.warn(f"{path}: rebuilding the image cache, {problem}", UserWarning, stacklevel=4)
         return None
-    return images, offsets
+    return images, offsets, names
 
 
-def load_images(
-    config: ExperimentConfig, folder: Path, *, quiet: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Every image of the data set, grouped by class: (images, class_offsets, class_names).
+@dataclass(frozen=True)
+class LoadedData:
+    """Every image of a data set grouped by class, and how it was obtained."""
 
-    Loads the cache when it matches; otherwise decodes and writes it atomically.
-    ``reset_stored_paths`` forces a rebuild.
+    images: torch.Tensor  # uint8 [num_images, C, H, W]
+    class_offsets: torch.Tensor  # int64 [num_classes + 1]
+    class_names: list[str]
+    listing: Listing
+    cache: Path
+    cache_state: str  # "loaded", "written", "rebuilt" or "not written (<why>)"
+
+
+def load_dataset(config: ExperimentConfig, folder: Path, *, quiet: bool = False) -> LoadedData:
+    """Every image of the data set at ``folder``, through the cache beside it.
+
+    Loads the cache when it matches; otherwise builds the pixels (decoding, or reading
+    arrays and pickles) and writes the cache atomically. ``reset_stored_paths`` forces a
+    rebuild.
     """
-    indexes = config.indexes_of_folders_indicating_class
-    names, files, sizes = scan_images(folder, indexes)
-    fingerprint = _fingerprint(config, names, files, sizes)
+    listing = list_dataset(config, folder)
+    fingerprint = _fingerprint(config, listing)
     path = cache_path(folder, config, fingerprint)
     shape = (config.image_channels, config.image_height, config.image_width)
+    state = "written"
     if config.reset_stored_paths:
+        state = "rebuilt"
         try:
             path.unlink(missing_ok=True)
         except OSError as exc:  # read-only data folder: rebuild in memory anyway
@@ -293,26 +383,27 @@ def load_images(
                 f"{path}: cannot remove the image cache ({exc})", UserWarning, stacklevel=2
             )
     elif path.is_file():
-        cached = _load_cache(path, fingerprint, names, shape)
+        cached = _load_cache(path, fingerprint, listing.names, shape)
         if cached is not None:
-            return cached[0], cached[1], names
-    counts = [len(f) for f in files]
-    offsets = torch.zeros(len(names) + 1, dtype=torch.int64)
-    offsets[1:] = torch.tensor(np.cumsum(counts), dtype=torch.int64)
-    flat = [str(folder / rel) for class_files in files for rel in class_files]
-    array = decode_images(
-        flat,
+            return LoadedData(*cached, listing, path, "loaded")
+        state = "rebuilt"
+    array, counts = listing.build(
         config.image_height,
         config.image_width,
         config.image_channels,
-        workers=config.num_dataprovider_workers,
-        quiet=quiet,
-        desc=f"decoding {folder.name}",
+        config.num_dataprovider_workers,
+        quiet,
     )
+    names = list(listing.names)
+    if not names or len(counts) != len(names):
+        raise DatasetError(f"{listing.root}: the {listing.layout} data set holds no classes")
+    offsets = torch.zeros(len(names) + 1, dtype=torch.int64)
+    offsets[1:] = torch.tensor(np.cumsum(counts), dtype=torch.int64)
     images = torch.from_numpy(array)
     blob = {
         "format": CACHE_FORMAT,
         "fingerprint": fingerprint,
+        "layout": listing.layout,
         "images": images,
         "class_offsets": offsets,
         "class_names": names,
@@ -326,15 +417,27 @@ def load_images(
         write_with_atomic(path, write)
     except OSError as exc:  # a read-only data folder still works, just slower next time
         warnings.warn(f"{path}: cannot write the image cache ({exc})", UserWarning, stacklevel=2)
-    return images, offsets, names
+        state = f"not written ({exc.strerror or exc})"
+    return LoadedData(images, offsets, names, listing, path, state)
+
+
+def load_images(
+    config: ExperimentConfig, folder: Path, *, quiet: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Every image of the data set, grouped by class: (images, class_offsets, class_names).
+
+    :func:`load_dataset` without the record of how.
+    """
+    data = load_dataset(config, folder, quiet=quiet)
+    return data.images, data.class_offsets, data.class_names
 
 
 # --------------------------------------------------------------------------- splits
 def _split_class_ids(
-    config: ExperimentConfig, names: list[str], folder: Path
+    config: ExperimentConfig, names: list[str], folder: Path, pre_split: bool
 ) -> dict[str, list[int]]:
     """Class indexes (into the sorted ``names``) of each split."""
-    if config.sets_are_pre_split:
+    if pre_split:
         ids: dict[str, list[int]] = {split: [] for split in SPLITS}
         for i, name in enumerate(names):
             split = name.split("/", 1)[0]
@@ -385,21 +488,34 @@ def load_splits(
     config: ExperimentConfig, root: Path | None = None, *, quiet: bool = False
 ) -> tuple[dict[str, SplitData], DataSource]:
     """The train/val/test splits of the configured data set, and where it came from."""
-    source = locate_dataset(config, root, quiet=quiet)
-    images, offsets, names = load_images(config, source.folder, quiet=quiet)
-    ids = _split_class_ids(config, names, source.folder)
-    splits = {split: _take_classes(images, offsets, names, ids[split]) for split in SPLITS}
+    splits, source, _ = load_splits_with_record(config, root, quiet=quiet)
     return splits, source
+
+
+def load_splits_with_record(
+    config: ExperimentConfig, root: Path | None = None, *, quiet: bool = False
+) -> tuple[dict[str, SplitData], DataSource, LoadedData]:
+    """:func:`load_splits`, plus the layout and cache record (``metasuite data check``)."""
+    source = locate_dataset(config, root, quiet=quiet)
+    data = load_dataset(config, source.folder, quiet=quiet)
+    images, offsets, names = data.images, data.class_offsets, data.class_names
+    ids = _split_class_ids(config, names, source.folder, data.listing.pre_split)
+    splits = {split: _take_classes(images, offsets, names, ids[split]) for split in SPLITS}
+    return splits, source, data
 
 
 __all__ = [
     "SPLITS",
     "DataSource",
+    "LoadedData",
     "SplitData",
     "cache_path",
     "find_archive",
+    "list_dataset",
+    "load_dataset",
     "load_images",
     "load_splits",
+    "load_splits_with_record",
     "locate_dataset",
     "scan_images",
 ]

@@ -33,13 +33,35 @@ def decode_image(path: str, height: int, width: int, channels: int) -> np.ndarra
     """
     try:
         with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
-            if image.size != (width, height):
-                image = image.resize((width, height), RESAMPLE)
-            array = np.array(image, dtype=np.uint8)  # a writable copy
+            return _to_chw(image, height, width, channels)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise DatasetError(f"{path}: cannot decode image ({exc})") from None
+
+
+def _to_chw(image: Image.Image, height: int, width: int, channels: int) -> np.ndarray:
+    image = image.convert("L" if channels == 1 else "RGB")
+    if image.size != (width, height):
+        image = image.resize((width, height), RESAMPLE)
+    array = np.array(image, dtype=np.uint8)  # a writable copy
     return array[None] if channels == 1 else np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def convert_pixels(pixels: np.ndarray, height: int, width: int, channels: int) -> np.ndarray:
+    """uint8 images ``[n, h, w]`` (grayscale) or ``[n, h, w, 3]`` (RGB), as stored in
+    class arrays and pickles, as uint8 ``[n, channels, height, width]``.
+
+    The same conversion and filter as :func:`decode_image`, so a data set gives the same
+    pixels whether it arrives as image files or as arrays; arrays already at the target
+    size and channels are only reordered.
+    """
+    rgb = pixels.ndim == 4
+    if pixels.shape[1:3] == (height, width) and (channels == 3) == rgb:
+        out = pixels[:, None] if not rgb else pixels.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(out, dtype=np.uint8)
+    out = np.empty((len(pixels), channels, height, width), dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        out[i] = _to_chw(Image.fromarray(np.asarray(image)), height, width, channels)
+    return out
 
 
 def _decode_chunk(paths: Sequence[str], height: int, width: int, channels: int) -> np.ndarray:
