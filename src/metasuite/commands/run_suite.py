@@ -51,8 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from metasuite import progress
     from metasuite.suite.files import config_file, job_environment, refuse_outdated, script_file
     from metasuite.suite.pool import Job, Pool, Result, StopFlag, make_slots
 
@@ -70,15 +69,17 @@ def run(args: argparse.Namespace) -> int:
         env[THREADS_ENV] = str(max(1, (os.cpu_count() or 1) // len(slots)))
 
     jobs = [Job(e.name, e.script_path) for e in experiments]
-    bar = tqdm(total=len(jobs), unit="exp", disable=args.quiet, file=sys.stderr, leave=False)
+    bar = progress.progress_bar(
+        total=len(jobs), unit="exp", quiet=args.quiet, file=sys.stderr, leave=False
+    )
 
     def report(line: str) -> None:
         if not args.quiet:
-            tqdm.write(line, file=sys.stderr)
+            progress.write(line, file=sys.stderr)
 
     def on_finish(result: Result) -> None:
         if result.status == "failed":
-            tqdm.write(f"{result.name} failed: {result.message}", file=sys.stderr)
+            progress.write(f"{result.name} failed: {result.message}", file=sys.stderr)
         elif result.status == "done":
             report(f"{result.name} done")
         if result.status in ("done", "skipped", "failed"):

@@ -32,6 +32,7 @@ from typing import Any
 from metasuite.config import ExperimentConfig, load_config, to_dict
 from metasuite.errors import UserError
 from metasuite.fsutil import write_text_atomic
+from metasuite.progress import progress_bar
 from metasuite.results.plots import SeedCurves, plot_learning_curves
 from metasuite.results.status import (
     DONE,
@@ -544,12 +545,7 @@ def write_report(
 
     plot_dir = out / "plots"
     plots: dict[str, Path] = {}
-    groups_iter: Iterable[Group] = groups
-    if not quiet and groups:
-        from tqdm import tqdm
-
-        groups_iter = tqdm(groups, desc="plots", unit="group", leave=False)
-    for g in groups_iter:
+    for g in progress_bar(groups, quiet=quiet, desc="plots", unit="group", leave=False):
         path = g.plot(plot_dir / f"{g.slug}.png")
         if path is not None:
             plots[g.key] = path

@@ -30,7 +30,7 @@ from enum import IntEnum
 from typing import Any, Protocol
 
 import torch
-from tqdm import tqdm
+from metasuite.progress import progress_bar
 
 from metasuite import __version__
 from metasuite.config import ExperimentConfig, config_hash, to_dict
@@ -322,11 +322,11 @@ class Builder:
         per_epoch = cfg.total_iter_per_epoch
         start = time.monotonic() - p.epoch_elapsed_s
         done_in_epoch = p.iteration - p.epoch * per_epoch
-        bar = tqdm(
+        bar = progress_bar(
             total=per_epoch,
             initial=done_in_epoch,
             desc=f"epoch {p.epoch + 1}/{cfg.total_epochs}",
-            disable=self.quiet,
+            quiet=self.quiet,
             leave=False,
             dynamic_ncols=True,
         )
@@ -414,7 +414,7 @@ class Builder:
         accs: list[float] = []
         probs: list[torch.Tensor] = []
         labels: list[torch.Tensor] = []
-        bar = tqdm(total=n, desc=desc, disable=self.quiet, leave=False, dynamic_ncols=True)
+        bar = progress_bar(total=n, desc=desc, quiet=self.quiet, leave=False, dynamic_ncols=True)
         try:
             for first in range(0, n, size):
                 batch = sampler.batch(list(range(first, min(n, first + size))))
