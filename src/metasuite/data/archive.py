@@ -33,10 +33,9 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
-from metasuite.progress import progress_bar
-
 from metasuite.errors import DatasetError
 from metasuite.fsutil import fsync_dir
+from metasuite.progress import progress_bar
 
 KNOWN_FILE_COUNTS: dict[str, int] = {
     "omniglot.tar.bz2": 32_460,  # 1,623 characters x 20 drawings

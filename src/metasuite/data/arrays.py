@@ -15,11 +15,11 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from metasuite.progress import progress_bar
 
 from metasuite.data.images import convert_pixels
 from metasuite.data.layouts import ARRAY_SUFFIXES, Listing
 from metasuite.errors import DatasetError
+from metasuite.progress import progress_bar
 
 
 def _open_array(path: Path) -> np.ndarray:

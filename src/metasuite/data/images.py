@@ -13,9 +13,9 @@ from multiprocessing import get_context
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from metasuite.progress import progress_bar
 
 from metasuite.errors import DatasetError
+from metasuite.progress import progress_bar
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg"})
 RESAMPLE = Image.Resampling.LANCZOS

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from metasuite.progress import progress_bar
 
 from metasuite.data.images import convert_pixels
 from metasuite.data.layouts import PICKLE_SUFFIXES, Listing
 from metasuite.errors import DatasetError
+from metasuite.progress import progress_bar
 
 SPLIT_WORDS: dict[str, tuple[str, ...]] = {
     "train": ("train",),

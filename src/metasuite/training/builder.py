@@ -30,12 +30,12 @@ from enum import IntEnum
 from typing import Any, Protocol
 
 import torch
-from metasuite.progress import progress_bar
 
 from metasuite import __version__
 from metasuite.config import ExperimentConfig, config_hash, to_dict
 from metasuite.data.batch import TaskBatch
 from metasuite.errors import ExitCode, UserError
+from metasuite.progress import progress_bar
 from metasuite.stats import mean_ci95, mean_std, per_task_accuracy
 from metasuite.training.checkpoint import CheckpointStore, CorruptCheckpointError, load_checkpoint
 from metasuite.training.experiment_dir import ExperimentDir, utc_now
