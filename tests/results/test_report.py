@@ -223,9 +223,17 @@ def test_real_tiny_run_manifest_status_and_report(tmp_path):
                         total_epochs_before_pause=1)  # fmt: skip
     first = train(path, root)
     assert first.returncode == 3, first.stderr  # paused after one epoch
+    folder = root / "tiny_s0"
+    # The last line says where the results are and what to run next.
+    assert first.stdout.splitlines()[-1] == (
+        f"checkpoint in {folder.resolve()}; run the same command to continue"
+    )
     second = train(path, root)
     assert second.returncode == 0, second.stderr
-    folder = root / "tiny_s0"
+    assert second.stdout.splitlines()[-1] == (
+        f"results in {folder.resolve()} (test_summary.json, summary_statistics.csv); "
+        f"next: metasuite report --experiments-root {root.resolve()}"
+    )
     config = load_config(folder / "config.json")
 
     runs = read_manifest(folder)["runs"]

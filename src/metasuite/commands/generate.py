@@ -15,6 +15,7 @@ from pathlib import Path
 
 from metasuite.commands import _options
 from metasuite.errors import UserError
+from metasuite.text import plural
 
 HELP = "render the suite's templates into experiment configs and scripts"
 
@@ -74,12 +75,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"extra: {_show(path)} (not produced by the suite; generate --clean removes it)")
         if changed or extras:
             print(
-                f"{len(changed) + len(extras)} of {len(files)} generated files out of date; "
+                f"{len(changed) + len(extras)} of {plural(len(files), 'generated file')} "
+                "out of date; "
                 "run: metasuite generate" + (" --clean" if extras else ""),
                 file=sys.stderr,
             )
             return 1
-        print(f"{len(experiments)} experiments, {len(files)} files up to date")
+        print(f"{plural(len(experiments), 'experiment')}, {plural(len(files), 'file')} up to date")
         return 0
 
     for f, _ in changed:
@@ -92,5 +94,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"removed {_show(path)}")
         else:
             print(f"not produced by the suite (kept; --clean removes it): {_show(path)}")
-    print(f"{len(experiments)} experiments: {len(changed)} written, {unchanged} unchanged")
+    print(
+        f"{plural(len(experiments), 'experiment')}: {len(changed)} written, {unchanged} unchanged"
+    )
     return 0

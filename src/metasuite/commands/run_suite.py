@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from metasuite import progress
     from metasuite.suite.files import config_file, job_environment, refuse_outdated, script_file
     from metasuite.suite.pool import Job, Pool, Result, StopFlag, make_slots
+    from metasuite.text import plural
 
     try:
         slots = make_slots(args.gpus, args.per_experiment, args.jobs)
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     order = ("done", "skipped", "failed", "stopped", "running elsewhere")
     counts = {status: sum(r.status == status for r in results) for status in order}
     summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "nothing to do"
-    print(f"{len(results)} experiments on {', '.join(s.label for s in slots)}: {summary}")
+    print(f"{plural(len(results), 'experiment')} on {', '.join(s.label for s in slots)}: {summary}")
     for r in results:
         if r.status == "failed":
             print(f"failed: {r.name} (exit {r.exit_code}): {r.message} [log: {r.log}]")

@@ -44,6 +44,7 @@ from metasuite.results.status import (
     read_summary_statistics,
 )
 from metasuite.stats import mean_std
+from metasuite.text import plural
 from metasuite.training.experiment_dir import CONFIG_FILE, SUMMARY_FILE, TEST_SUMMARY_FILE
 
 SEED_FIELDS: tuple[str, ...] = ("train_seed", "val_seed", "test_seed")
@@ -129,7 +130,7 @@ class Group:
             seeds,
             path,
             title=f"{dataset_title(self.dataset)} {self.way}-way {self.shot}-shot — {self.method}",
-            subtitle=f"{total} seed{'s' if total != 1 else ''}, {done} with test results",
+            subtitle=f"{plural(total, 'seed')}, {done} with test results",
         )
 
 
@@ -356,7 +357,7 @@ def cell(group: Group, which: str) -> str:
     """'99.47 ± 0.05% (3 seeds)': mean ± std over seeds, and how many seeds it rests on."""
     mean, std = group.over_seeds(which)
     done, total = len(group.finished), len(group.members)
-    seeds = f"{done} seed{'s' if done != 1 else ''}" if done == total else f"{done}/{total} seeds"
+    seeds = plural(done, "seed") if done == total else f"{done}/{plural(total, 'seed')}"
     if mean is None:
         return f"— ({seeds})"
     spread = f" ± {pct(std)}" if std is not None else ""
@@ -366,7 +367,7 @@ def cell(group: Group, which: str) -> str:
 def score_text(score: TestScore | None) -> str:
     if score is None:
         return "-"
-    tasks = f" ({score.num_tasks} tasks)" if score.num_tasks is not None else ""
+    tasks = f" ({plural(score.num_tasks, 'task')})" if score.num_tasks is not None else ""
     return f"{pct(score.accuracy_mean)} ± {pct(score.accuracy_ci95)}%{tasks}"
 
 
@@ -573,7 +574,7 @@ def index_markdown(
         "",
         f"Experiments root: `{root}`; written {now}.",
         "",
-        f"{members + len(ungrouped)} experiments in {len(groups)} groups"
+        f"{plural(members + len(ungrouped), 'experiment')} in {plural(len(groups), 'group')}"
         + (f" (and {len(ungrouped)} without a usable config)" if ungrouped else "")
         + f"; {finished} with test results, "
         f"{len(excluded)} not (fully) in the tables (listed below).",

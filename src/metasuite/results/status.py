@@ -24,6 +24,7 @@ from typing import Any
 from metasuite.config import ExperimentConfig, load_config
 from metasuite.errors import ConfigError, UserError
 from metasuite.selection import matches
+from metasuite.text import plural
 from metasuite.training.experiment_dir import CONFIG_FILE, STATE_FILE
 from metasuite.training.lock import pid_alive
 
@@ -318,5 +319,5 @@ def format_status_table(statuses: list[ExperimentStatus], now: datetime | None =
     for s in statuses:
         counts[s.state] = counts.get(s.state, 0) + 1
     summary = ", ".join(f"{n} {state}" for state, n in counts.items())
-    lines.append(f"{len(statuses)} experiments: {summary or 'none'}")
+    lines.append(f"{plural(len(statuses), 'experiment')}: {summary or 'none'}")
     return "\n".join(line.rstrip() for line in lines) + "\n"

@@ -37,6 +37,7 @@ from metasuite.data.batch import TaskBatch
 from metasuite.errors import ExitCode, UserError
 from metasuite.progress import progress_bar
 from metasuite.stats import mean_ci95, mean_std, per_task_accuracy
+from metasuite.text import plural
 from metasuite.training.checkpoint import CheckpointStore, CorruptCheckpointError, load_checkpoint
 from metasuite.training.experiment_dir import ExperimentDir, utc_now
 from metasuite.training.faults import fault_point
@@ -297,7 +298,7 @@ class Builder:
             self.epochs_this_run += 1
             if not self.training_complete and self.epochs_this_run >= cfg.total_epochs_before_pause:
                 message = (
-                    f"paused after {self.epochs_this_run} epochs in this run "
+                    f"paused after {plural(self.epochs_this_run, 'epoch')} in this run "
                     f"(total_epochs_before_pause); {self.progress.epoch}/{cfg.total_epochs} "
                     "done; run the same command to continue"
                 )
