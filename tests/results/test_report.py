@@ -286,3 +286,22 @@ def test_folder_without_any_config_is_listed(suite, tmp_path):
     index = files.index.read_text()
     assert "9 experiments in 4 groups (and 1 without a usable config)" in index
     assert "| stray | failed |" in index
+
+
+def test_read_only_experiments_root_is_one_line_naming_it(tmp_path, capsys):
+    """The default --out is <experiments-root>/report: on a read-only root that is one
+    line naming the folder (exit 2), and an --out elsewhere still works."""
+    from readonly_helpers import read_only_folder
+
+    configs = tmp_path / "experiment_config"
+    cfg = make_config("omni_plus_5w1s_s0", 0)
+    with read_only_folder(tmp_path / "ro") as ro:
+        args = ["report", "--experiments-root", str(ro), "--configs", str(configs), "--quiet"]
+        write_experiment(tmp_path / "unused", cfg, status=None, generated=configs)
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        (line,) = err.strip().splitlines()
+        assert line.startswith(f"metasuite report: error: {ro}: cannot write here")
+        assert main([*args, "--out", str(tmp_path / "elsewhere")]) == 0
+        assert (tmp_path / "elsewhere" / "index.md").is_file()

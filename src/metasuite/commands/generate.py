@@ -44,6 +44,18 @@ def _show(path: Path) -> str:
     return rel if not rel.startswith("../..") else str(path)
 
 
+def _refuse_root_without_parent(args: argparse.Namespace, root: Path, suite_file: Path) -> None:
+    """generate creates the suite root, not a whole tree: a root whose parent is missing
+    is almost always a typo, and silently creating ``/nonexistent/deep/x`` hides it."""
+    if root.exists() or root.parent.is_dir():
+        return
+    where = f"--suite-root {args.suite_root}" if args.suite_root else f"{suite_file}: [suite] root"
+    raise UserError(
+        f"{where}: the parent folder {root.parent} does not exist; create it first "
+        "(generate creates only the root folder itself)"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from metasuite.suite.files import extra_files, suite_files
 
@@ -53,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--clean works on the whole suite; it cannot be combined with --only")
 
     suite, experiments = _options.selected_experiments(args)
+    if not args.check:
+        _refuse_root_without_parent(args, suite.root, suite.path)
     files = suite_files(suite, experiments)
     extras = [] if args.only else extra_files(suite, files)
     seen: set[str] = set()

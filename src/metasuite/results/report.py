@@ -31,7 +31,7 @@ from typing import Any
 
 from metasuite.config import ExperimentConfig, load_config, to_dict
 from metasuite.errors import UserError
-from metasuite.fsutil import write_text_atomic
+from metasuite.fsutil import make_dirs, write_text_atomic
 from metasuite.progress import progress_bar
 from metasuite.results.plots import SeedCurves, plot_learning_curves
 from metasuite.results.status import (
@@ -531,7 +531,7 @@ def write_report(
             patterns = " ".join([only] if isinstance(only, str) else only)
             raise UserError(f"no experiment matches --only {patterns!r} ({root}, {configs})")
         raise UserError(f"no experiments under {root} and no generated configs in {configs}")
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     results_md = out / "results.md"
     write_text_atomic(results_md, results_markdown(groups, excluded))
     summary = out / "results.csv"
