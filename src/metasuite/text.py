@@ -6,6 +6,10 @@ some of them wrong, so every count in a user-facing line goes through :func:`plu
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+Number = TypeVar("Number", int, float)
+
 _ES_ENDINGS = ("s", "x", "z", "ch", "sh")
 
 
@@ -19,3 +23,14 @@ def plural(count: int, noun: str, many: str | None = None) -> str:
     if many is None:
         many = noun + ("es" if noun.endswith(_ES_ENDINGS) else "s")
     return f"{count} {many}"
+
+
+def shown_epoch(stored: Number) -> Number:
+    """The epoch as people read it: 1-based, as the log's "epoch 1/3" counts.
+
+    Files keep the stored, 0-based epoch index (``state.json`` ``best_val_epoch``,
+    ``summary_statistics.csv``, ``test_summary.json``, checkpoint names, as in the
+    reference MAML++ code); every message, table and plot shows ``stored + 1`` through
+    here, so the two conventions meet in one place.
+    """
+    return stored + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 
 import pytest
@@ -89,6 +90,11 @@ def test_numbers_match_a_hand_computation(suite, tmp_path):
     assert float(per_seed["omni_plus_5w1s_s1"]["ensemble_mean_pct"]) == pytest.approx(97.0)
     assert float(per_seed["omni_plus_5w1s_s1"]["ensemble_ci95_pct"]) == pytest.approx(0.3)
     assert float(per_seed["omni_plus_5w1s_s2"]["best_single_ci95_pct"]) == pytest.approx(0.4)
+    # Epochs in the report count from 1, as the log does (stored 0-based in the folder).
+    stored = json.loads((root / "omni_plus_5w1s_s1" / "test_summary.json").read_text())
+    row = per_seed["omni_plus_5w1s_s1"]
+    assert row["best_single_epoch"] == str(stored["best_single"]["epoch"] + 1)
+    assert row["ensemble_epochs"] == " ".join(str(e + 1) for e in stored["ensemble"]["epochs"])
 
     md = files.results_md.read_text()
     assert "| MAML++ | ensemble | 96.00 ± 1.00% (3 seeds) |" in md
@@ -226,6 +232,13 @@ def test_real_tiny_run_manifest_status_and_report(tmp_path):
     )
     second = train(path, root)
     assert second.returncode == 0, second.stderr
+    # Every epoch the log names counts from 1, like its "epoch 1/2": the best epoch and
+    # the test ensemble are the stored 0-based indexes + 1.
+    summary = json.loads((folder / "test_summary.json").read_text())
+    shown = [e + 1 for e in summary["ensemble"]["epochs"]]
+    assert f"ensemble of epochs {shown}" in second.stderr
+    assert f"(epoch {summary['best_single']['epoch'] + 1})" in second.stderr
+    assert "epoch 1/2: " in first.stderr and ", epoch 1) | lr" in first.stderr
     assert second.stdout.splitlines()[-1] == (
         f"results in {folder.resolve()} (test_summary.json, summary_statistics.csv); "
         f"next: metasuite report --experiments-root {root.resolve()}"

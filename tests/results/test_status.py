@@ -68,7 +68,8 @@ def test_table_has_one_line_per_experiment_with_progress(suite):
     assert len(lines) == 1 + 9 + 1  # header, experiments, count line
     done = next(line for line in lines if line.startswith("exp_done "))
     assert "3/4" in done and "30/40" in done
-    assert "65.00% @2" in done and "90.00%" in done
+    # Best val 65% in the third epoch: stored as index 2, shown 1-based as the log counts.
+    assert "65.00% @3" in done and "90.00%" in done
     paused = next(line for line in lines if line.startswith("exp_paused "))
     assert "2/4" in paused and "20/40" in paused
     # Test accuracy is only shown once an experiment is done.

@@ -44,7 +44,7 @@ from metasuite.results.status import (
     read_summary_statistics,
 )
 from metasuite.stats import mean_std
-from metasuite.text import plural
+from metasuite.text import plural, shown_epoch
 from metasuite.training.experiment_dir import CONFIG_FILE, SUMMARY_FILE, TEST_SUMMARY_FILE
 
 SEED_FIELDS: tuple[str, ...] = ("train_seed", "val_seed", "test_seed")
@@ -440,7 +440,7 @@ def per_seed_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
             rows.append([
                 dataset_title(g.dataset), g.method, str(g.way), str(g.shot), g.seed_label(m),
                 m.name, m.status.state, score_text(m.ensemble), score_text(m.best_single),
-                "-" if best_epoch is None else str(best_epoch),
+                "-" if best_epoch is None else str(shown_epoch(best_epoch)),
             ])  # fmt: skip
     return header, rows
 
@@ -529,10 +529,10 @@ def per_seed_csv(groups: list[Group]) -> str:
                 m.status.state,
                 _num(e and e.accuracy_mean), _num(e and e.accuracy_ci95),
                 "" if e is None or e.num_tasks is None else e.num_tasks,
-                "" if e is None else " ".join(map(str, e.epochs)),
+                "" if e is None else " ".join(str(shown_epoch(x)) for x in e.epochs),
                 _num(b and b.accuracy_mean), _num(b and b.accuracy_ci95),
                 "" if b is None or b.num_tasks is None else b.num_tasks,
-                "" if b is None or not b.epochs else b.epochs[0],
+                "" if b is None or not b.epochs else shown_epoch(b.epochs[0]),
             ])  # fmt: skip
     return _csv_text(header, rows)
 

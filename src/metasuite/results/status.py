@@ -24,7 +24,7 @@ from typing import Any
 from metasuite.config import ExperimentConfig, load_config
 from metasuite.errors import ConfigError, UserError
 from metasuite.selection import matches
-from metasuite.text import plural
+from metasuite.text import plural, shown_epoch
 from metasuite.training.experiment_dir import CONFIG_FILE, STATE_FILE
 from metasuite.training.lock import pid_alive
 
@@ -311,7 +311,7 @@ def format_status_table(statuses: list[ExperimentStatus], now: datetime | None =
     for s in statuses:
         best = percent(s.best_val_accuracy)
         if s.best_val_accuracy is not None and s.best_val_epoch is not None:
-            best += f" @{s.best_val_epoch}"
+            best += f" @{shown_epoch(s.best_val_epoch)}"  # 1-based, as the log counts
         rows.append(
             (
                 s.name,
