@@ -37,3 +37,21 @@ def test_mode_follows_umask_not_mkstemp(tmp_path: Path) -> None:
         assert stat.S_IMODE(target.stat().st_mode) == 0o644
     finally:
         os.umask(old)
+
+
+def test_a_read_only_folder_is_one_user_error_naming_it(tmp_path):
+    from metasuite.errors import UserError
+    from metasuite.fsutil import NotWritableError, make_dirs
+    from readonly_helpers import read_only_folder
+
+    with read_only_folder(tmp_path / "ro") as ro:
+        for attempt in (
+            lambda: write_text_atomic(ro / "a.txt", "x"),
+            lambda: write_text_atomic(ro / "deep" / "er" / "a.txt", "x"),
+            lambda: make_dirs(ro / "sub"),
+        ):
+            with pytest.raises(NotWritableError) as info:
+                attempt()
+            assert isinstance(info.value, UserError)
+            assert str(info.value).startswith(f"{ro}: cannot write here")
+        assert list(ro.iterdir()) == []

@@ -2,16 +2,59 @@
 
 Write to a temporary file in the same folder, fsync it, ``os.replace`` it over the
 target, then fsync the folder so the rename itself survives a power cut.
+
+A location the user pointed at that cannot be written (a read-only mount, a folder
+without write permission) is the user's to fix: :func:`writable` turns it into one
+:class:`NotWritableError` line naming the folder, for every write made through here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from metasuite.errors import UserError
+
+NOT_WRITABLE_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+"""A location that refuses writes: read-only file system, permission denied."""
+
+
+class NotWritableError(UserError):
+    """A folder the user named (or its parent) cannot be written to."""
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """``path`` or its nearest existing parent: the folder that refused the write."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+@contextlib.contextmanager
+def writable(folder: Path) -> Iterator[None]:
+    """Writes into ``folder`` inside this block that the location refuses become one
+    :class:`NotWritableError` naming the folder (other OS errors pass unchanged)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in NOT_WRITABLE_ERRNOS:
+            raise
+        where = _existing_ancestor(folder)
+        raise NotWritableError(
+            f"{where}: cannot write here ({exc.strerror or exc}); choose a writable folder"
+        ) from None
+
+
+def make_dirs(folder: Path) -> None:
+    """``mkdir -p`` that names the folder when the location is read-only."""
+    with writable(folder):
+        Path(folder).mkdir(parents=True, exist_ok=True)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -39,8 +82,9 @@ def _current_umask() -> int:
 def atomic_open(path: Path) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces ``path`` only when the block ends cleanly."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_dirs(path.parent)
+    with writable(path.parent):
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:
         # mkstemp creates 0600 files; give the result the mode a plain open() would, so

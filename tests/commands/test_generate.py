@@ -192,3 +192,28 @@ def test_reference_style_entry_points(tool, tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "6 experiments: 12 written" in result.stdout
+
+
+def test_read_only_suite_root_is_one_line_naming_it(tmp_path, capsys):
+    from readonly_helpers import read_only_folder
+
+    suite = write_suite(tmp_path)
+    with read_only_folder(tmp_path / "ro") as ro:
+        assert main(["generate", "--suite", str(suite), "--suite-root", str(ro)]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        (line,) = err.strip().splitlines()
+        assert line.startswith(f"metasuite generate: error: {ro}: cannot write here")
+        assert list(ro.iterdir()) == []
+
+
+def test_suite_root_whose_parent_is_missing_is_refused(tmp_path, capsys):
+    suite = write_suite(tmp_path)
+    root = tmp_path / "nonexistent" / "deep" / "x"
+    assert main(["generate", "--suite", str(suite), "--suite-root", str(root)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"metasuite generate: error: --suite-root {root}: the parent folder")
+    assert not (tmp_path / "nonexistent").exists()
+    # The root itself may be new: generate creates that one folder.
+    assert main(["generate", "--suite", str(suite), "--suite-root", str(tmp_path / "new")]) == 0
+    assert (tmp_path / "new" / "experiment_config").is_dir()

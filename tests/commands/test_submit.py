@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -95,11 +96,17 @@ def test_dry_run_prints_commands_without_slurm(
     suite: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     log = fake_bin(tmp_path, monkeypatch)
-    code = main(["submit", "--suite", str(suite), "--dry-run", "--only", "maml++_5*"])
+    experiments = tmp_path / "results here"
+    monkeypatch.delenv("PYTHON", raising=False)
+    code = main(["submit", "--suite", str(suite), "--dry-run", "--only", "maml++_5*",
+                 "--experiments-root", str(experiments)])  # fmt: skip
     out = capsys.readouterr().out.splitlines()
     assert code == 0
+    # The job's environment is part of the command: where results go, which python.
+    env = f"METASUITE_EXPERIMENTS_ROOT={shlex.quote(str(experiments.resolve()))} "
+    env += f"PYTHON={shlex.quote(sys.executable)} "
     assert out == [
-        f"cd {tmp_path.resolve()} && sbatch --parsable "
+        f"cd {tmp_path.resolve()} && {env}sbatch --parsable "
         f"experiment_scripts/slurm/maml++_5way_1shot_s{seed}.sbatch"
         for seed in (0, 1)
     ]

@@ -37,3 +37,20 @@ def test_plain_rows_make_a_png_and_no_rows_make_none(tmp_path):
     nan_only = [SeedCurves("seed 0", [{"epoch": 0.0, "val_accuracy_mean": float("nan")}])]
     assert plot_learning_curves(nan_only, tmp_path / "q.png", title="t") is None
     assert not (tmp_path / "q.png").exists()
+
+
+def test_x_axis_counts_epochs_from_one(tmp_path, monkeypatch):
+    """Rows store the 0-based epoch index; the plot reads as the log does: 1 = the first."""
+    from matplotlib.figure import Figure
+
+    drawn = []
+    save = Figure.savefig
+
+    def recording_savefig(self, *args, **kwargs):
+        drawn.extend(list(line.get_xdata()) for ax in self.axes for line in ax.lines)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording_savefig)
+    seeds = [SeedCurves("seed 0", _rows([(0.5, 0.4), (0.7, 0.6), (0.8, 0.7)]))]
+    assert plot_learning_curves(seeds, tmp_path / "p.png", title="t") is not None
+    assert drawn and all([float(x) for x in xs] == [1.0, 2.0, 3.0] for xs in drawn)

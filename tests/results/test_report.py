@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import shutil
 
 import pytest
 from PIL import Image
@@ -88,6 +90,11 @@ def test_numbers_match_a_hand_computation(suite, tmp_path):
     assert float(per_seed["omni_plus_5w1s_s1"]["ensemble_mean_pct"]) == pytest.approx(97.0)
     assert float(per_seed["omni_plus_5w1s_s1"]["ensemble_ci95_pct"]) == pytest.approx(0.3)
     assert float(per_seed["omni_plus_5w1s_s2"]["best_single_ci95_pct"]) == pytest.approx(0.4)
+    # Epochs in the report count from 1, as the log does (stored 0-based in the folder).
+    stored = json.loads((root / "omni_plus_5w1s_s1" / "test_summary.json").read_text())
+    row = per_seed["omni_plus_5w1s_s1"]
+    assert row["best_single_epoch"] == str(stored["best_single"]["epoch"] + 1)
+    assert row["ensemble_epochs"] == " ".join(str(e + 1) for e in stored["ensemble"]["epochs"])
 
     md = files.results_md.read_text()
     assert "| MAML++ | ensemble | 96.00 ± 1.00% (3 seeds) |" in md
@@ -145,11 +152,6 @@ def test_plots_are_valid_pngs_one_per_group_with_curves(suite, tmp_path):
     for path in files.plots:
         assert f"](plots/{path.name})" in index
     assert "No finished epoch yet" in index  # the 20-way group
-    # A re-run after a group vanished removes its stale plot.
-    stale = out / "plots" / "old_group.png"
-    stale.write_bytes(b"old")
-    report.write_report(root, configs, out, quiet=True)
-    assert not stale.exists()
 
 
 def test_only_matching_nothing_says_so(suite, capsys):
@@ -223,9 +225,24 @@ def test_real_tiny_run_manifest_status_and_report(tmp_path):
                         total_epochs_before_pause=1)  # fmt: skip
     first = train(path, root)
     assert first.returncode == 3, first.stderr  # paused after one epoch
+    folder = root / "tiny_s0"
+    # The last line says where the results are and what to run next.
+    assert first.stdout.splitlines()[-1] == (
+        f"checkpoint in {folder.resolve()}; run the same command to continue"
+    )
     second = train(path, root)
     assert second.returncode == 0, second.stderr
-    folder = root / "tiny_s0"
+    # Every epoch the log names counts from 1, like its "epoch 1/2": the best epoch and
+    # the test ensemble are the stored 0-based indexes + 1.
+    summary = json.loads((folder / "test_summary.json").read_text())
+    shown = [e + 1 for e in summary["ensemble"]["epochs"]]
+    assert f"ensemble of epochs {shown}" in second.stderr
+    assert f"(epoch {summary['best_single']['epoch'] + 1})" in second.stderr
+    assert "epoch 1/2: " in first.stderr and ", epoch 1) | lr" in first.stderr
+    assert second.stdout.splitlines()[-1] == (
+        f"results in {folder.resolve()} (test_summary.json, summary_statistics.csv); "
+        f"next: metasuite report --experiments-root {root.resolve()}"
+    )
     config = load_config(folder / "config.json")
 
     runs = read_manifest(folder)["runs"]
@@ -278,3 +295,81 @@ def test_folder_without_any_config_is_listed(suite, tmp_path):
     index = files.index.read_text()
     assert "9 experiments in 4 groups (and 1 without a usable config)" in index
     assert "| stray | failed |" in index
+
+
+def test_read_only_experiments_root_is_one_line_naming_it(tmp_path, capsys):
+    """The default --out is <experiments-root>/report: on a read-only root that is one
+    line naming the folder (exit 2), and an --out elsewhere still works."""
+    from readonly_helpers import read_only_folder
+
+    configs = tmp_path / "experiment_config"
+    cfg = make_config("omni_plus_5w1s_s0", 0)
+    with read_only_folder(tmp_path / "ro") as ro:
+        args = ["report", "--experiments-root", str(ro), "--configs", str(configs), "--quiet"]
+        write_experiment(tmp_path / "unused", cfg, status=None, generated=configs)
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        (line,) = err.strip().splitlines()
+        assert line.startswith(f"metasuite report: error: {ro}: cannot write here")
+        assert main([*args, "--out", str(tmp_path / "elsewhere")]) == 0
+        assert (tmp_path / "elsewhere" / "index.md").is_file()
+
+
+def test_report_removes_only_its_own_stale_files(suite, tmp_path):
+    """--out EXISTING: a re-run removes the plot and table of a group and data set that
+    vanished (the report wrote them), and never a file the user put there."""
+    root, configs = suite
+    out = tmp_path / "r"
+    other = make_config("mini_plus_5w1s_s0", 0, dataset_name="mini_imagenet_full_size")
+    write_experiment(root, other, status="done", curves=CURVES[0], test=(0.5, 0.01, 0.48, 0.01),
+                     generated=configs)  # fmt: skip
+    first = report.write_report(root, configs, out, quiet=True)
+    mini_table = out / "table_mini_imagenet_full_size.csv"
+    (mini_plot,) = [p for p in first.plots if p.name.startswith("mini")]
+    assert mini_table.is_file() and mini_plot.is_file()
+    mine = [out / "plots" / "my_figure.png", out / "notes.md", out / "table_mine.csv"]
+    for path in mine:
+        path.write_bytes(b"the user's own")
+
+    (configs / "mini_plus_5w1s_s0.json").unlink()
+    shutil.rmtree(root / "mini_plus_5w1s_s0")
+    second = report.write_report(root, configs, out, quiet=True)
+    assert not mini_table.exists() and not mini_plot.exists()
+    assert all(path.read_bytes() == b"the user's own" for path in mine)
+    assert set(second.plots) <= set(first.plots) and len(second.plots) == 3
+
+
+def test_corrupt_summary_statistics_of_a_done_experiment_is_reported(suite, tmp_path):
+    root, configs = suite
+    path = root / "omni_plus_5w1s_s0" / "summary_statistics.csv"
+    path.write_bytes(b"\x00\x17garbage;;\n\x01,2,3\n")
+    index = report.write_report(root, configs, tmp_path / "r", quiet=True).index.read_text()
+    (line,) = [x for x in index.splitlines() if "omni_plus_5w1s_s0" in x and "left out" in x]
+    assert f"{path}: corrupt" in line
+    # Truncated mid-row is damage too, and an emptied file of a done run is not "no epoch yet".
+    write_experiment(tmp_path / "x", make_config("ok", 0), status="done", curves=CURVES[0])
+    text = (tmp_path / "x" / "ok" / "summary_statistics.csv").read_text()
+    path.write_text(text[: len(text) - 9])
+    index = report.write_report(root, configs, tmp_path / "r", quiet=True).index.read_text()
+    assert "corrupt (line 4 has" in index
+    path.write_text(text.splitlines()[0] + "\n")
+    index = report.write_report(root, configs, tmp_path / "r", quiet=True).index.read_text()
+    assert "state is done but" in index and "has no epoch rows" in index
+
+
+def test_repeats_of_one_seed_are_not_counted_as_seeds(tmp_path):
+    """Three experiments that all ran seed 0 are one seed (three runs), not '3 seeds',
+    and their spread is not a spread over seeds."""
+    root = tmp_path / "exp"
+    for i, acc in enumerate((0.90, 0.91, 0.92)):
+        cfg = make_config(f"rep_{i}", 0)
+        write_experiment(root, cfg, status="done", curves=CURVES[0], test=(acc, 0.01, acc, 0.01))
+    (group,) = report.collect(root, None)[0]
+    assert report.cell(group, "ensemble") == "91.00% (1 seed, 3 runs)"
+    assert group.over_seeds("ensemble") == (pytest.approx(0.91), None)
+    files = report.write_report(root, None, tmp_path / "r", quiet=True)
+    with files.summary_csv.open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert (row["seeds_finished"], row["runs_finished"], row["ensemble_std_pct"]) == ("1", "3", "")
+    assert "use only 1 distinct seed" in files.index.read_text()

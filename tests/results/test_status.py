@@ -68,7 +68,8 @@ def test_table_has_one_line_per_experiment_with_progress(suite):
     assert len(lines) == 1 + 9 + 1  # header, experiments, count line
     done = next(line for line in lines if line.startswith("exp_done "))
     assert "3/4" in done and "30/40" in done
-    assert "65.00% @2" in done and "90.00%" in done
+    # Best val 65% in the third epoch: stored as index 2, shown 1-based as the log counts.
+    assert "65.00% @3" in done and "90.00%" in done
     paused = next(line for line in lines if line.startswith("exp_paused "))
     assert "2/4" in paused and "20/40" in paused
     # Test accuracy is only shown once an experiment is done.
@@ -188,3 +189,21 @@ def test_summary_statistics_that_are_not_utf8_read_as_nan(tmp_path):
     rows = st.read_summary_statistics(path)
     assert rows[0] == {"epoch": 0.0, "val_accuracy_mean": 0.5}
     assert rows[1]["epoch"] == 1.0 and rows[1]["val_accuracy_mean"] != rows[1]["val_accuracy_mean"]
+
+
+def test_cli_status_only_matching_nothing_is_a_user_error(suite, capsys):
+    """As in generate, run-suite, submit and report: a pattern that selects nothing is a
+    mistake (exit 2, one line), not an empty table."""
+    root, configs = suite
+    args = ["status", "--experiments-root", str(root), "--configs", str(configs)]
+    assert main([*args, "--only", "zzz"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("metasuite status: error: no experiment matches --only 'zzz'")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_status_count_line_says_one_experiment(suite, capsys):
+    root, configs = suite
+    args = ["status", "--experiments-root", str(root), "--configs", str(configs)]
+    assert main([*args, "--only", "exp_done"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "1 experiment: 1 done"

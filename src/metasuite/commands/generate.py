@@ -15,6 +15,7 @@ from pathlib import Path
 
 from metasuite.commands import _options
 from metasuite.errors import UserError
+from metasuite.text import plural
 
 HELP = "render the suite's templates into experiment configs and scripts"
 
@@ -43,6 +44,18 @@ def _show(path: Path) -> str:
     return rel if not rel.startswith("../..") else str(path)
 
 
+def _refuse_root_without_parent(args: argparse.Namespace, root: Path, suite_file: Path) -> None:
+    """generate creates the suite root, not a whole tree: a root whose parent is missing
+    is almost always a typo, and silently creating ``/nonexistent/deep/x`` hides it."""
+    if root.exists() or root.parent.is_dir():
+        return
+    where = f"--suite-root {args.suite_root}" if args.suite_root else f"{suite_file}: [suite] root"
+    raise UserError(
+        f"{where}: the parent folder {root.parent} does not exist; create it first "
+        "(generate creates only the root folder itself)"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from metasuite.suite.files import extra_files, suite_files
 
@@ -52,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--clean works on the whole suite; it cannot be combined with --only")
 
     suite, experiments = _options.selected_experiments(args)
+    if not args.check:
+        _refuse_root_without_parent(args, suite.root, suite.path)
     files = suite_files(suite, experiments)
     extras = [] if args.only else extra_files(suite, files)
     seen: set[str] = set()
@@ -74,12 +89,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"extra: {_show(path)} (not produced by the suite; generate --clean removes it)")
         if changed or extras:
             print(
-                f"{len(changed) + len(extras)} of {len(files)} generated files out of date; "
+                f"{len(changed) + len(extras)} of {plural(len(files), 'generated file')} "
+                "out of date; "
                 "run: metasuite generate" + (" --clean" if extras else ""),
                 file=sys.stderr,
             )
             return 1
-        print(f"{len(experiments)} experiments, {len(files)} files up to date")
+        print(f"{plural(len(experiments), 'experiment')}, {plural(len(files), 'file')} up to date")
         return 0
 
     for f, _ in changed:
@@ -92,5 +108,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"removed {_show(path)}")
         else:
             print(f"not produced by the suite (kept; --clean removes it): {_show(path)}")
-    print(f"{len(experiments)} experiments: {len(changed)} written, {unchanged} unchanged")
+    print(
+        f"{plural(len(experiments), 'experiment')}: {len(changed)} written, {unchanged} unchanged"
+    )
     return 0

@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from metasuite.errors import UserError
     from metasuite.results.report import write_report
     from metasuite.results.status import looks_like_experiment
+    from metasuite.text import plural
 
     root = _options.experiments_root_of(args, must_exist=True)
     configs = _options.configs_of(args)
@@ -36,5 +37,5 @@ def run(args: argparse.Namespace) -> int:
     files = write_report(root, configs, out, only=args.only, quiet=args.quiet)
     print(f"report written: {files.index}")
     print(f"  tables: {files.results_md}, {files.summary_csv}, {files.per_seed_csv}")
-    print(f"  {len(files.plots)} learning-curve plots in {out / 'plots'}")
+    print(f"  {plural(len(files.plots), 'learning-curve plot')} in {out / 'plots'}")
     return 0

@@ -51,10 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from metasuite import progress
     from metasuite.suite.files import config_file, job_environment, refuse_outdated, script_file
     from metasuite.suite.pool import Job, Pool, Result, StopFlag, make_slots
+    from metasuite.text import plural
 
     try:
         slots = make_slots(args.gpus, args.per_experiment, args.jobs)
@@ -70,15 +70,17 @@ def run(args: argparse.Namespace) -> int:
         env[THREADS_ENV] = str(max(1, (os.cpu_count() or 1) // len(slots)))
 
     jobs = [Job(e.name, e.script_path) for e in experiments]
-    bar = tqdm(total=len(jobs), unit="exp", disable=args.quiet, file=sys.stderr, leave=False)
+    bar = progress.progress_bar(
+        total=len(jobs), unit="exp", quiet=args.quiet, file=sys.stderr, leave=False
+    )
 
     def report(line: str) -> None:
         if not args.quiet:
-            tqdm.write(line, file=sys.stderr)
+            progress.write(line, file=sys.stderr)
 
     def on_finish(result: Result) -> None:
         if result.status == "failed":
-            tqdm.write(f"{result.name} failed: {result.message}", file=sys.stderr)
+            progress.write(f"{result.name} failed: {result.message}", file=sys.stderr)
         elif result.status == "done":
             report(f"{result.name} done")
         if result.status in ("done", "skipped", "failed"):
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     order = ("done", "skipped", "failed", "stopped", "running elsewhere")
     counts = {status: sum(r.status == status for r in results) for status in order}
     summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "nothing to do"
-    print(f"{len(results)} experiments on {', '.join(s.label for s in slots)}: {summary}")
+    print(f"{plural(len(results), 'experiment')} on {', '.join(s.label for s in slots)}: {summary}")
     for r in results:
         if r.status == "failed":
             print(f"failed: {r.name} (exit {r.exit_code}): {r.message} [log: {r.log}]")

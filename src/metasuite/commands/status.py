@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from metasuite.commands import _options
+from metasuite.errors import UserError
 
 HELP = "show where each experiment stands (state, progress, best val and test accuracy)"
 
@@ -22,10 +23,11 @@ def run(args: argparse.Namespace) -> int:
     configs = _options.configs_of(args)
     suite = list_suite(root, configs, args.only)
     if not suite:
-        where = f"no experiments under {root} and no generated configs in {configs}"
-        if args.only:
-            where = f"no experiment matches {' '.join(args.only)!r} ({root}, {configs})"
-        print(where)
+        if args.only:  # a typo in a pattern is a mistake, as in every other command
+            raise UserError(
+                f"no experiment matches --only {' '.join(args.only)!r} ({root}, {configs})"
+            )
+        print(f"no experiments under {root} and no generated configs in {configs}")
         return 0
     print(format_status_table([read_status(e) for e in suite]), end="")
     return 0

@@ -58,7 +58,13 @@ def _queued_job_names(env: dict[str, str]) -> set[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from metasuite.suite.files import config_file, job_environment, refuse_outdated, script_file
+    from metasuite.suite.files import (
+        JOB_VARIABLES,
+        config_file,
+        job_environment,
+        refuse_outdated,
+        script_file,
+    )
     from metasuite.suite.render import relative_posix
     from metasuite.suite.slurm import sbatch_file
     from metasuite.training.experiment_dir import ExperimentDir
@@ -88,7 +94,12 @@ def run(args: argparse.Namespace) -> int:
     queued = None if args.dry_run else _queued_job_names(env)
 
     submitted = skipped = failed = 0
-    prefix = f"cd {shlex.quote(str(suite.root))} && " if args.dry_run else ""
+    # What the job gets from this command's environment (sbatch exports it), shown so the
+    # printed command does what submit would do, results root included.
+    passed = {name: env[name] for name in JOB_VARIABLES if name in env}
+    prefix = f"cd {shlex.quote(str(suite.root))} && " + "".join(
+        f"{name}={shlex.quote(value)} " for name, value in passed.items()
+    )
     for exp in experiments:
         state = ExperimentDir.for_config(root, exp.config).read_state() or {}
         if state.get("status") == "done" and not args.resubmit_done:

@@ -55,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from metasuite.config import load_config, replace
     from metasuite.training import distributed
+    from metasuite.training.experiment_dir import ExperimentDir
     from metasuite.training.runner import run_experiment
     from metasuite.training.runtime import resolve_devices
 
@@ -70,9 +71,26 @@ def run(args: argparse.Namespace) -> int:
         return _run_worker(args, config, root, devices, ctx)
     nproc = _process_count(args, devices)
     if nproc > 1:
-        return distributed.launch(_worker_argv(args, root), nproc)
-    outcome = run_experiment(config, root, devices, quiet=args.quiet, force=args.force)
-    return int(outcome)
+        code = distributed.launch(_worker_argv(args, root), nproc)
+    else:
+        code = int(run_experiment(config, root, devices, quiet=args.quiet, force=args.force))
+    line = next_step_line(ExperimentDir.for_config(root, config).path, root, code)
+    if line:
+        print(line)
+    return code
+
+
+def next_step_line(folder: Path, root: Path, code: int) -> str | None:
+    """The last line of a training run: where its results are and what to run next
+    (None after a failure, whose own error line says what went wrong)."""
+    import shlex
+
+    if code == ExitCode.DONE:
+        report = shlex.join(["metasuite", "report", "--experiments-root", str(root)])
+        return f"results in {folder} (test_summary.json, summary_statistics.csv); next: {report}"
+    if code in RESUMABLE_EXIT_CODES:
+        return f"checkpoint in {folder}; run the same command to continue"
+    return None
 
 
 def _process_count(args: argparse.Namespace, devices: list) -> int:

@@ -33,10 +33,9 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
-
 from metasuite.errors import DatasetError
 from metasuite.fsutil import fsync_dir
+from metasuite.progress import progress_bar
 
 KNOWN_FILE_COUNTS: dict[str, int] = {
     "omniglot.tar.bz2": 32_460,  # 1,623 characters x 20 drawings
@@ -195,8 +194,8 @@ def _extract_tar_command(
     # full pipe nobody reads would block it forever.
     with (
         tempfile.TemporaryFile() as errors,
-        tqdm(
-            total=expected, unit="file", desc=f"unpacking {archive.name} ({tool})", disable=quiet
+        progress_bar(
+            total=expected, unit="file", desc=f"unpacking {archive.name} ({tool})", quiet=quiet
         ) as bar,
     ):
         process = subprocess.Popen(
@@ -236,11 +235,11 @@ def _extract_tarfile(
     try:
         with (
             tarfile.open(archive, _TARFILE_MODES[fmt]) as tar,
-            tqdm(
+            progress_bar(
                 total=expected,
                 unit="file",
                 desc=f"unpacking {archive.name} (tarfile)",
-                disable=quiet,
+                quiet=quiet,
             ) as bar,
         ):
 
@@ -320,11 +319,11 @@ def _extract_zip(
                 finally:
                     inner_path.unlink(missing_ok=True)
                 return
-            with tqdm(
+            with progress_bar(
                 total=expected or len(files),
                 unit="file",
                 desc=f"unpacking {archive.name} (zipfile)",
-                disable=quiet,
+                quiet=quiet,
             ) as bar:
                 for info in infos:
                     zf.extract(info, into)  # names were checked above

@@ -15,11 +15,11 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from metasuite.data.images import convert_pixels
 from metasuite.data.layouts import ARRAY_SUFFIXES, Listing
 from metasuite.errors import DatasetError
+from metasuite.progress import progress_bar
 
 
 def _open_array(path: Path) -> np.ndarray:
@@ -84,7 +84,7 @@ def scan_arrays(root: Path, max_images_per_class: int | None) -> Listing:
         height: int, width: int, channels: int, workers: int, quiet: bool
     ) -> tuple[np.ndarray, list[int]]:
         parts: list[np.ndarray] = []
-        for name in tqdm(files, unit="class", desc=f"reading {root.name}", disable=quiet):
+        for name in progress_bar(files, unit="class", desc=f"reading {root.name}", quiet=quiet):
             path = root / name
             images = _as_images(_open_array(path), path)
             if max_images_per_class is not None:

@@ -13,9 +13,9 @@ from multiprocessing import get_context
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from metasuite.errors import DatasetError
+from metasuite.progress import progress_bar
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg"})
 RESAMPLE = Image.Resampling.LANCZOS
@@ -89,7 +89,7 @@ def decode_images(
     out = np.empty((len(paths), channels, height, width), dtype=np.uint8)
     workers = min(workers, os.cpu_count() or 1, max(1, len(paths) // CHUNK))
     starts = range(0, len(paths), CHUNK)
-    with tqdm(total=len(paths), unit="img", desc=desc, disable=quiet) as bar:
+    with progress_bar(total=len(paths), unit="img", desc=desc, quiet=quiet) as bar:
         if workers <= 1:
             for start in starts:
                 out[start : start + CHUNK] = _decode_chunk(

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from metasuite.data.images import convert_pixels
 from metasuite.data.layouts import PICKLE_SUFFIXES, Listing
 from metasuite.errors import DatasetError
+from metasuite.progress import progress_bar
 
 SPLIT_WORDS: dict[str, tuple[str, ...]] = {
     "train": ("train",),
@@ -153,12 +153,12 @@ def scan_pickles(root: Path) -> Listing:
         parts: list[np.ndarray] = []
         counts: list[int] = []
         names_box.clear()
-        for split, file in tqdm(
+        for split, file in progress_bar(
             zip(SPLIT_WORDS, ordered, strict=True),
             total=3,
             unit="split",
             desc=f"reading {root.name}",
-            disable=quiet,
+            quiet=quiet,
         ):
             images, classes = _checked(safe_load(root / file), root / file)
             for name in sorted(classes):

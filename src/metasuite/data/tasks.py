@@ -28,6 +28,7 @@ from metasuite.config import ExperimentConfig
 from metasuite.data.batch import TaskBatch
 from metasuite.data.folders import SPLITS, DataSource, SplitData, load_splits
 from metasuite.errors import ConfigError, DatasetError
+from metasuite.text import plural
 
 SPLIT_TAGS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 """Mixed into each task's seed so train task i and val task i differ even with one seed."""
@@ -63,7 +64,7 @@ class TaskSampler:
             raise ConfigError(f"the {split} seed must be >= 0, got {seed}")
         if data.num_classes < ways:
             raise DatasetError(
-                f"the {split} split has {data.num_classes} classes, fewer than "
+                f"the {split} split has {plural(data.num_classes, 'class')}, fewer than "
                 f"num_classes_per_set={ways}; use fewer ways or a larger {split} split"
             )
         sizes = data.class_sizes().numpy()

@@ -21,6 +21,7 @@ from typing import Any
 
 from metasuite.fsutil import write_bytes_atomic
 from metasuite.stats import mean_std
+from metasuite.text import shown_epoch
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ CURVES: tuple[tuple[str, str], ...] = (
 def _series(rows: list[dict[str, float]], column: str) -> tuple[list[float], list[float]]:
     xs, ys = [], []
     for row in rows:
-        x, y = row.get("epoch", math.nan), row.get(column, math.nan)
+        # Stored epochs are 0-based; the x axis counts as the log does (1 = first epoch).
+        x, y = shown_epoch(row.get("epoch", math.nan)), row.get(column, math.nan)
         if math.isfinite(x) and math.isfinite(y):
             xs.append(x)
             ys.append(100 * y)

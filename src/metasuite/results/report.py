@@ -31,7 +31,8 @@ from typing import Any
 
 from metasuite.config import ExperimentConfig, load_config, to_dict
 from metasuite.errors import UserError
-from metasuite.fsutil import write_text_atomic
+from metasuite.fsutil import make_dirs, write_text_atomic
+from metasuite.progress import progress_bar
 from metasuite.results.plots import SeedCurves, plot_learning_curves
 from metasuite.results.status import (
     DONE,
@@ -43,6 +44,7 @@ from metasuite.results.status import (
     read_summary_statistics,
 )
 from metasuite.stats import mean_std
+from metasuite.text import plural, shown_epoch
 from metasuite.training.experiment_dir import CONFIG_FILE, SUMMARY_FILE, TEST_SUMMARY_FILE
 
 SEED_FIELDS: tuple[str, ...] = ("train_seed", "val_seed", "test_seed")
@@ -72,6 +74,8 @@ class Member:
     best_single: TestScore | None
     problem: str | None = None
     """Why a finished experiment's test results could not be used."""
+    curves_problem: str | None = None
+    """Why its learning curves (``summary_statistics.csv``) could not be read."""
 
     @property
     def has_results(self) -> bool:
@@ -108,11 +112,20 @@ class Group:
             return str(seeds[varying[0] if varying else 0])
         return ", ".join(f"{('train', 'val', 'test')[i]} {seeds[i]}" for i in varying)
 
+    @property
+    def distinct_seeds(self) -> int:
+        """Finished members with different seeds: repeats of one seed are one sample."""
+        return len({_seeds(m.config) for m in self.finished})
+
     def over_seeds(self, which: str) -> tuple[float | None, float | None]:
-        """(mean, sample std) over seeds of the per-seed test means; ``which`` is
-        ``"ensemble"`` or ``"best_single"``. std is None with fewer than two seeds."""
-        values = [getattr(m, which).accuracy_mean for m in self.finished]
-        return seed_mean_std(values)
+        """(mean, sample std) over distinct seeds of the per-seed test means; ``which``
+        is ``"ensemble"`` or ``"best_single"``. Experiments that repeat one seed are
+        averaged into one value first, so three runs of seed 0 are one seed, not three
+        (they would shrink the std to a run-to-run noise). std is None below two seeds."""
+        per_seed: dict[tuple[int, int, int], list[float]] = {}
+        for m in self.finished:
+            per_seed.setdefault(_seeds(m.config), []).append(getattr(m, which).accuracy_mean)
+        return seed_mean_std([sum(v) / len(v) for v in per_seed.values()])
 
     def plot(self, path: Path) -> Path | None:
         """The group's learning curves (:func:`plot_learning_curves`) as a PNG at ``path``."""
@@ -128,7 +141,7 @@ class Group:
             seeds,
             path,
             title=f"{dataset_title(self.dataset)} {self.way}-way {self.shot}-shot — {self.method}",
-            subtitle=f"{total} seed{'s' if total != 1 else ''}, {done} with test results",
+            subtitle=f"{plural(total, 'seed')}, {done} with test results",
         )
 
 
@@ -285,15 +298,17 @@ def collect(
             problem = str(exc)
         if scores is None and problem is None and status.state == DONE:
             problem = f"state is done but {experiment.folder / TEST_SUMMARY_FILE} is missing"
+        curves, curves_problem = _curves(experiment.folder, status)
         member = Member(
             name=experiment.name,
             folder=experiment.folder,
             config=config,
             status=status,
-            curves=read_summary_statistics(experiment.folder / SUMMARY_FILE),
+            curves=curves,
             ensemble=scores[0] if scores else None,
             best_single=scores[1] if scores else None,
             problem=problem,
+            curves_problem=curves_problem,
         )
         if not member.has_results:
             excluded.append(Excluded(experiment.name, status.state, _reason(status, problem)))
@@ -312,6 +327,19 @@ def collect(
     _disambiguate(ordered, group_configs)
     ordered.sort(key=_group_order)
     return ordered, excluded
+
+
+def _curves(folder: Path, status: ExperimentStatus) -> tuple[list[dict[str, float]], str | None]:
+    """The epoch rows, or none and why: a damaged file, or a done experiment without
+    epochs, must read as what it is, not as "no finished epoch yet"."""
+    path = folder / SUMMARY_FILE
+    try:
+        rows = read_summary_statistics(path)
+    except (ValueError, OSError) as exc:
+        return [], str(exc)
+    if not rows and status.state == DONE:
+        return [], f"state is done but {path} has no epoch rows (missing or emptied)"
+    return rows, None
 
 
 def _reason(status: ExperimentStatus, problem: str | None) -> str:
@@ -352,10 +380,15 @@ def pct(value: float | None, digits: int = 2) -> str:
 
 
 def cell(group: Group, which: str) -> str:
-    """'99.47 ± 0.05% (3 seeds)': mean ± std over seeds, and how many seeds it rests on."""
+    """'99.47 ± 0.05% (3 seeds)': mean ± std over seeds, and how many seeds it rests on
+    ('1 seed, 3 runs' where finished experiments repeat a seed)."""
     mean, std = group.over_seeds(which)
     done, total = len(group.finished), len(group.members)
-    seeds = f"{done} seed{'s' if done != 1 else ''}" if done == total else f"{done}/{total} seeds"
+    seeds = plural(done, "seed") if done == total else f"{done}/{plural(total, 'seed')}"
+    if group.distinct_seeds < done:
+        seeds = f"{plural(group.distinct_seeds, 'seed')}, {done}/{plural(total, 'run')}"
+        if done == total:
+            seeds = f"{plural(group.distinct_seeds, 'seed')}, {plural(done, 'run')}"
     if mean is None:
         return f"— ({seeds})"
     spread = f" ± {pct(std)}" if std is not None else ""
@@ -365,7 +398,7 @@ def cell(group: Group, which: str) -> str:
 def score_text(score: TestScore | None) -> str:
     if score is None:
         return "-"
-    tasks = f" ({score.num_tasks} tasks)" if score.num_tasks is not None else ""
+    tasks = f" ({plural(score.num_tasks, 'task')})" if score.num_tasks is not None else ""
     return f"{pct(score.accuracy_mean)} ± {pct(score.accuracy_ci95)}%{tasks}"
 
 
@@ -407,7 +440,7 @@ def per_seed_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
             rows.append([
                 dataset_title(g.dataset), g.method, str(g.way), str(g.shot), g.seed_label(m),
                 m.name, m.status.state, score_text(m.ensemble), score_text(m.best_single),
-                "-" if best_epoch is None else str(best_epoch),
+                "-" if best_epoch is None else str(shown_epoch(best_epoch)),
             ])  # fmt: skip
     return header, rows
 
@@ -457,9 +490,12 @@ def _num(value: float | None) -> str:
 
 
 def summary_csv(groups: list[Group]) -> str:
-    """One row per group, numbers in percent (blank where undefined)."""
+    """One row per group, numbers in percent (blank where undefined); seeds_finished
+    counts distinct seeds, runs_finished the finished experiments (more where a seed
+    was run twice)."""
     header = [
         "dataset", "method", "way", "shot", "seeds_finished", "seeds_total", "seeds",
+        "runs_finished",
         "ensemble_mean_pct", "ensemble_std_pct", "best_single_mean_pct", "best_single_std_pct",
         "experiments",
     ]  # fmt: skip
@@ -468,8 +504,9 @@ def summary_csv(groups: list[Group]) -> str:
         ens_mean, ens_std = g.over_seeds("ensemble")
         best_mean, best_std = g.over_seeds("best_single")
         rows.append([
-            g.dataset, g.method, g.way, g.shot, len(g.finished), len(g.members),
-            "; ".join(g.seed_label(m) for m in g.finished), _num(ens_mean), _num(ens_std),
+            g.dataset, g.method, g.way, g.shot, g.distinct_seeds, len(g.members),
+            "; ".join(g.seed_label(m) for m in g.finished), len(g.finished),
+            _num(ens_mean), _num(ens_std),
             _num(best_mean), _num(best_std), " ".join(m.name for m in g.members),
         ])  # fmt: skip
     return _csv_text(header, rows)
@@ -492,10 +529,10 @@ def per_seed_csv(groups: list[Group]) -> str:
                 m.status.state,
                 _num(e and e.accuracy_mean), _num(e and e.accuracy_ci95),
                 "" if e is None or e.num_tasks is None else e.num_tasks,
-                "" if e is None else " ".join(map(str, e.epochs)),
+                "" if e is None else " ".join(str(shown_epoch(x)) for x in e.epochs),
                 _num(b and b.accuracy_mean), _num(b and b.accuracy_ci95),
                 "" if b is None or b.num_tasks is None else b.num_tasks,
-                "" if b is None or not b.epochs else b.epochs[0],
+                "" if b is None or not b.epochs else shown_epoch(b.epochs[0]),
             ])  # fmt: skip
     return _csv_text(header, rows)
 
@@ -529,7 +566,8 @@ def write_report(
             patterns = " ".join([only] if isinstance(only, str) else only)
             raise UserError(f"no experiment matches --only {patterns!r} ({root}, {configs})")
         raise UserError(f"no experiments under {root} and no generated configs in {configs}")
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
+    previous = owned_files(out)
     results_md = out / "results.md"
     write_text_atomic(results_md, results_markdown(groups, excluded))
     summary = out / "results.csv"
@@ -544,24 +582,47 @@ def write_report(
 
     plot_dir = out / "plots"
     plots: dict[str, Path] = {}
-    groups_iter: Iterable[Group] = groups
-    if not quiet and groups:
-        from tqdm import tqdm
-
-        groups_iter = tqdm(groups, desc="plots", unit="group", leave=False)
-    for g in groups_iter:
+    for g in progress_bar(groups, quiet=quiet, desc="plots", unit="group", leave=False):
         path = g.plot(plot_dir / f"{g.slug}.png")
         if path is not None:
             plots[g.key] = path
-    if plot_dir.is_dir():  # plots of groups that no longer exist would mislead
-        keep = set(plots.values())
-        for stale in plot_dir.glob("*.png"):
-            if stale not in keep:
-                stale.unlink()
 
     index = out / "index.md"
     write_text_atomic(index, index_markdown(groups, excluded, plots, out, root))
+    written = [index, results_md, summary, per_seed, *tables, *plots.values()]
+    _remove_stale(out, previous, written)
     return ReportFiles(index, results_md, summary, per_seed, tuple(tables), tuple(plots.values()))
+
+
+OWNED_FILES = ".metasuite-report.json"
+"""In the report folder: the files the last report wrote, so the next one removes those
+that no longer apply (a vanished group's plot, a data set's table) and nothing else."""
+
+
+def owned_files(out: Path) -> set[str]:
+    """Paths (relative to ``out``) the previous report wrote; empty without a record."""
+    try:
+        data = read_json(out / OWNED_FILES)
+    except (ValueError, OSError):
+        return set()  # an unreadable record owns nothing: better a stale file than a lost one
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, list):
+        return set()
+    return {f for f in files if isinstance(f, str) and _inside(f)}
+
+
+def _inside(relative: str) -> bool:
+    parts = Path(relative).parts
+    return bool(parts) and not Path(relative).is_absolute() and ".." not in parts
+
+
+def _remove_stale(out: Path, previous: set[str], written: list[Path]) -> None:
+    """Delete what the previous report wrote and this one did not; record this one's."""
+    now = sorted(p.relative_to(out).as_posix() for p in written)
+    for relative in sorted(previous - set(now)):
+        (out / relative).unlink(missing_ok=True)
+    record = {"format": 1, "written_by": "metasuite report", "files": now}
+    write_text_atomic(out / OWNED_FILES, json.dumps(record, indent=2) + "\n")
 
 
 def index_markdown(
@@ -577,7 +638,7 @@ def index_markdown(
         "",
         f"Experiments root: `{root}`; written {now}.",
         "",
-        f"{members + len(ungrouped)} experiments in {len(groups)} groups"
+        f"{plural(members + len(ungrouped), 'experiment')} in {plural(len(groups), 'group')}"
         + (f" (and {len(ungrouped)} without a usable config)" if ungrouped else "")
         + f"; {finished} with test results, "
         f"{len(excluded)} not (fully) in the tables (listed below).",
@@ -598,10 +659,20 @@ def index_markdown(
             "Experiments: " + ", ".join(f"`{m.name}` ({m.status.state})" for m in g.members)
         )
         lines.append("")
+        if g.distinct_seeds < len(g.finished):
+            lines += [
+                f"{plural(len(g.finished), 'finished experiment')} of this group use only "
+                f"{plural(g.distinct_seeds, 'distinct seed')}: repeats of a seed are "
+                "averaged into one value, not counted as more seeds.",
+                "",
+            ]
+        damaged = [m for m in g.members if m.curves_problem]
+        for m in damaged:
+            lines += [f"Learning curves of `{m.name}` left out: {m.curves_problem}", ""]
         if g.key in plots:
             rel = plots[g.key].relative_to(out).as_posix()
             lines += [f"![learning curves: {title}]({rel})", ""]
-        else:
+        elif not damaged:
             lines += ["No finished epoch yet, so no learning curves.", ""]
     lines += excluded_markdown(excluded)
     return "\n".join(lines)

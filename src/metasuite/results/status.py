@@ -24,6 +24,7 @@ from typing import Any
 from metasuite.config import ExperimentConfig, load_config
 from metasuite.errors import ConfigError, UserError
 from metasuite.selection import matches
+from metasuite.text import plural, shown_epoch
 from metasuite.training.experiment_dir import CONFIG_FILE, STATE_FILE
 from metasuite.training.lock import pid_alive
 
@@ -109,24 +110,38 @@ def read_json(path: Path) -> Any:
 def read_summary_statistics(path: Path) -> list[dict[str, float]]:
     """Rows of ``summary_statistics.csv`` as numbers (empty list when absent).
 
-    A cell that is empty or not a number becomes NaN, so a half-written experiment
-    still plots what it has (bytes that are not UTF-8 too: they cannot be numbers).
+    A cell that is empty or not a number becomes NaN (a NaN std of one value is
+    legitimate; bytes that are not UTF-8 cannot be numbers either). A file whose shape
+    is broken (no ``epoch`` column, a row with more or fewer cells than the header, an
+    epoch that is not a whole number) raises ValueError naming the file and the line:
+    the builder writes it atomically, so that is damage, not a run in progress.
     """
     try:
         with path.open(newline="", encoding="utf-8", errors="replace") as handle:
-            rows = list(csv.DictReader(handle))
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            lines = list(reader)
     except FileNotFoundError:
         return []
+    except csv.Error as exc:
+        raise ValueError(f"{path}: corrupt ({exc})") from None
+    if not header or "epoch" not in header:
+        raise ValueError(f"{path}: corrupt (no 'epoch' column in its header line)")
     out = []
-    for row in rows:
+    for number, cells in enumerate(lines, start=2):
+        if len(cells) != len(header):
+            raise ValueError(
+                f"{path}: corrupt (line {number} has {len(cells)} cells, the header {len(header)})"
+            )
         parsed: dict[str, float] = {}
-        for key, value in row.items():
-            if key is None:
-                continue
+        for key, value in zip(header, cells, strict=True):
             try:
                 parsed[key] = float(value)
-            except (TypeError, ValueError):
+            except ValueError:
                 parsed[key] = float("nan")
+        if not float(parsed["epoch"]).is_integer():
+            epoch = cells[header.index("epoch")]
+            raise ValueError(f"{path}: corrupt (line {number}: epoch {epoch!r})")
         out.append(parsed)
     return out
 
@@ -296,7 +311,7 @@ def format_status_table(statuses: list[ExperimentStatus], now: datetime | None =
     for s in statuses:
         best = percent(s.best_val_accuracy)
         if s.best_val_accuracy is not None and s.best_val_epoch is not None:
-            best += f" @{s.best_val_epoch}"
+            best += f" @{shown_epoch(s.best_val_epoch)}"  # 1-based, as the log counts
         rows.append(
             (
                 s.name,
@@ -318,5 +333,5 @@ def format_status_table(statuses: list[ExperimentStatus], now: datetime | None =
     for s in statuses:
         counts[s.state] = counts.get(s.state, 0) + 1
     summary = ", ".join(f"{n} {state}" for state, n in counts.items())
-    lines.append(f"{len(statuses)} experiments: {summary or 'none'}")
+    lines.append(f"{plural(len(statuses), 'experiment')}: {summary or 'none'}")
     return "\n".join(line.rstrip() for line in lines) + "\n"

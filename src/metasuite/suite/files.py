@@ -89,6 +89,10 @@ def refuse_outdated(files: Iterable[OutputFile]) -> None:
         )
 
 
+JOB_VARIABLES: tuple[str, ...] = (EXPERIMENTS_ROOT_ENV, "PYTHON")
+"""The variables :func:`job_environment` sets for the jobs (a dry run shows them)."""
+
+
 def job_environment(experiments_root: Path) -> dict[str, str]:
     """The environment for the experiment scripts that run-suite and submit start.
 

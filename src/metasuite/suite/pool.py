@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from metasuite.errors import RESUMABLE_EXIT_CODES, ExitCode
+from metasuite.text import plural
 from metasuite.training.devices import CPU, DeviceSpecError, parse_devices
 from metasuite.training.experiment_dir import ExperimentDir
 from metasuite.training.lock import pid_alive
@@ -85,7 +86,8 @@ def make_slots(gpus: Sequence[str], per_experiment: int = 1, jobs: int = 1) -> l
         raise ValueError("--jobs applies to the CPU; on GPUs each slot runs one experiment")
     if len(gpus) % per_experiment:
         raise ValueError(
-            f"--per-experiment {per_experiment} does not divide the {len(gpus)} GPUs given"
+            f"--per-experiment {per_experiment} does not divide the "
+            f"{plural(len(gpus), 'GPU')} given"
         )
     return [Slot(tuple(gpus[i : i + per_experiment])) for i in range(0, len(gpus), per_experiment)]
 

@@ -46,6 +46,7 @@ from metasuite.errors import ConfigError
 from metasuite.selection import matches
 from metasuite.suite.render import PACKAGE_TEMPLATES, make_environment, render_file, render_string
 from metasuite.suite.slurm_settings import SlurmSettings, from_table
+from metasuite.text import plural
 
 DEFAULT_SUITE = REPO_ROOT / "experiment_template_config" / "suite.toml"
 DEFAULT_SCRIPT_TEMPLATE = "experiment.sh.j2"
@@ -409,7 +410,7 @@ def expand(suite: Suite, only: Sequence[str] = ()) -> list[Experiment]:
         experiments = [e for e in experiments if matches(e.name, only)]
         if not experiments:
             raise ConfigError(
-                f"--only {' '.join(only)} matches none of the {len(by_name)} experiments of "
-                f"{suite.path}"
+                f"--only {' '.join(only)} matches none of the "
+                f"{plural(len(by_name), 'experiment')} of {suite.path}"
             )
     return experiments

@@ -30,13 +30,14 @@ from enum import IntEnum
 from typing import Any, Protocol
 
 import torch
-from tqdm import tqdm
 
 from metasuite import __version__
 from metasuite.config import ExperimentConfig, config_hash, to_dict
 from metasuite.data.batch import TaskBatch
 from metasuite.errors import ExitCode, UserError
+from metasuite.progress import progress_bar
 from metasuite.stats import mean_ci95, mean_std, per_task_accuracy
+from metasuite.text import plural, shown_epoch
 from metasuite.training.checkpoint import CheckpointStore, CorruptCheckpointError, load_checkpoint
 from metasuite.training.experiment_dir import ExperimentDir, utc_now
 from metasuite.training.faults import fault_point
@@ -297,7 +298,7 @@ class Builder:
             self.epochs_this_run += 1
             if not self.training_complete and self.epochs_this_run >= cfg.total_epochs_before_pause:
                 message = (
-                    f"paused after {self.epochs_this_run} epochs in this run "
+                    f"paused after {plural(self.epochs_this_run, 'epoch')} in this run "
                     f"(total_epochs_before_pause); {self.progress.epoch}/{cfg.total_epochs} "
                     "done; run the same command to continue"
                 )
@@ -308,8 +309,9 @@ class Builder:
 
     def interrupted(self) -> Outcome:
         message = (
-            f"stopped by {self.stop.signal_name} after checkpointing at epoch "
-            f"{self.progress.epoch}, iteration {self.progress.iteration}; run the same "
+            f"stopped by {self.stop.signal_name} after checkpointing with "
+            f"{self.progress.epoch}/{self.cfg.total_epochs} epochs done, iteration "
+            f"{self.progress.iteration}; run the same "
             "command to continue"
         )
         log.warning(message)
@@ -322,11 +324,11 @@ class Builder:
         per_epoch = cfg.total_iter_per_epoch
         start = time.monotonic() - p.epoch_elapsed_s
         done_in_epoch = p.iteration - p.epoch * per_epoch
-        bar = tqdm(
+        bar = progress_bar(
             total=per_epoch,
             initial=done_in_epoch,
             desc=f"epoch {p.epoch + 1}/{cfg.total_epochs}",
-            disable=self.quiet,
+            quiet=self.quiet,
             leave=False,
             dynamic_ncols=True,
         )
@@ -395,7 +397,7 @@ class Builder:
             val_loss[0],
             val_acc[0],
             best_acc,
-            best_epoch,
+            best_epoch if best_epoch is None else shown_epoch(best_epoch),
             row["learning_rate"],
             elapsed,
         )
@@ -414,7 +416,7 @@ class Builder:
         accs: list[float] = []
         probs: list[torch.Tensor] = []
         labels: list[torch.Tensor] = []
-        bar = tqdm(total=n, desc=desc, disable=self.quiet, leave=False, dynamic_ncols=True)
+        bar = progress_bar(total=n, desc=desc, quiet=self.quiet, leave=False, dynamic_ncols=True)
         try:
             for first in range(0, n, size):
                 batch = sampler.batch(list(range(first, min(n, first + size))))
@@ -461,15 +463,19 @@ class Builder:
                 return self.interrupted()
             ckpt = files.get(epoch)
             if ckpt is None:
-                log.warning("no checkpoint for epoch %d; left out of the test ensemble", epoch)
+                log.warning(
+                    "no checkpoint for epoch %d; left out of the test ensemble", shown_epoch(epoch)
+                )
                 continue
             try:
                 payload = load_checkpoint(ckpt.path)
             except CorruptCheckpointError as exc:
-                log.warning("%s; epoch %d left out of the test ensemble", exc, epoch)
+                log.warning("%s; epoch %d left out of the test ensemble", exc, shown_epoch(epoch))
                 continue
             self.learner.load_state_dict(payload["learner"])
-            _, _, probs, labels = self.evaluate_split(self.tasks.test, f"test epoch {epoch}")
+            _, _, probs, labels = self.evaluate_split(
+                self.tasks.test, f"test epoch {shown_epoch(epoch)}"
+            )
             probs = probs.double()
             summed = probs if summed is None else summed + probs
             used.append(epoch)
@@ -483,7 +489,8 @@ class Builder:
                 }
         if summed is None or labels is None or best_single is None:
             raise UserError(
-                f"{self.exp.checkpoints}: none of the best epochs {ranked} has a loadable "
+                f"{self.exp.checkpoints}: none of the best epochs "
+                f"{[shown_epoch(e) for e in ranked]} has a loadable "
                 "checkpoint to test"
             )
         mean, ci = mean_ci95(per_task_accuracy(summed / len(used), labels))
@@ -500,8 +507,9 @@ class Builder:
         if self.is_writer:
             self.exp.write_test_summary(summary)
         message = (
-            f"test accuracy {mean:.4f} ± {ci:.4f} (ensemble of epochs {used}); best single "
-            f"(epoch {best_single['epoch']}) {best_single['accuracy_mean']:.4f} ± "
+            f"test accuracy {mean:.4f} ± {ci:.4f} (ensemble of epochs "
+            f"{[shown_epoch(e) for e in used]}); best single "
+            f"(epoch {shown_epoch(best_single['epoch'])}) {best_single['accuracy_mean']:.4f} ± "
             f"{best_single['accuracy_ci95']:.4f}"
         )
         log.info(message)

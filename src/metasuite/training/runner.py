@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
+from metasuite import progress
 from metasuite.config import ExperimentConfig, from_dict, training_differences
 from metasuite.errors import UserError
 from metasuite.training.builder import Builder, Outcome
@@ -65,7 +65,7 @@ class _TqdmHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            tqdm.write(self.format(record), file=sys.stderr)
+            progress.write(self.format(record), file=sys.stderr)
         except Exception:  # pragma: no cover - logging must never raise
             self.handleError(record)
 
