@@ -188,3 +188,24 @@ def test_summary_statistics_that_are_not_utf8_read_as_nan(tmp_path):
     rows = st.read_summary_statistics(path)
     assert rows[0] == {"epoch": 0.0, "val_accuracy_mean": 0.5}
     assert rows[1]["epoch"] == 1.0 and rows[1]["val_accuracy_mean"] != rows[1]["val_accuracy_mean"]
+
+
+def test_world_size_of_the_latest_run_is_shown(suite):
+    """state.json records the run's data-parallel processes over all nodes; an older
+    state.json without it reads as unknown."""
+    root, configs = suite
+    for name, world in (("exp_interrupted", 4), ("exp_running", 2), ("exp_paused", None)):
+        path = root / name / "state.json"
+        state = json.loads(path.read_text())
+        state.pop("world_size", None)
+        if world is not None:
+            state["world_size"] = world
+        path.write_text(json.dumps(state))
+    got = statuses(root, configs)
+    assert got["exp_interrupted"].world_size == 4 and got["exp_running"].world_size == 2
+    assert got["exp_paused"].world_size is None
+    lines = st.format_status_table(list(got.values())).splitlines()
+    start = lines[0].index("ranks")  # a fixed-width column
+    cells = {line.split()[0]: line[start:].split()[0] for line in lines[1:-1]}
+    assert cells["exp_interrupted"] == "4" and cells["exp_running"] == "2"
+    assert cells["exp_paused"] == "-"

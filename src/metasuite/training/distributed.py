@@ -31,6 +31,15 @@ straight to the workers, and rank 0 records its exit status (3 paused, 4 stopped
 in a file that the launcher returns. Workers started by a bare ``torchrun ... -m
 metasuite train`` work as well, only with torchrun's exit status.
 
+Several nodes (``--nnodes``, or Slurm's environment: :mod:`metasuite.training.nodes`):
+one launcher per node, each starting torchrun with a c10d rendezvous instead of
+``--standalone``. The first worker of every node records the status as rank 0 does
+(the ranks agree on how a run ends), so every node's launcher returns the job's
+status and ``srun`` its highest. Until the rendezvous forms the launcher holds
+torchrun's output back; if it does not form within ``$METASUITE_RDZV_TIMEOUT_S`` no
+worker ever started, nothing was written, and the launcher says so in one line
+(a :class:`UserError`, exit 2) instead of torchrun's tracebacks.
+
 A rank that dies takes the job down: torchrun sees the dead worker and terminates the
 others (SIGTERM, SIGKILL 30 s later), and a rank blocked in a collective with a dead
 peer gets an error from gloo at once, or after ``$METASUITE_DIST_TIMEOUT_S`` (default
