@@ -55,6 +55,9 @@ def test_slurm_environment_inside_an_allocation(monkeypatch: pytest.MonkeyPatch)
     assert (got.count, got.rank, got.host, got.source) == (3, 2, "gpu07", "Slurm")
     assert got.port == nodes.SLURM_PORT_BASE + 4242  # from the job id: jobs do not collide
     assert resolve_nodes(None, None, None, {**SLURM, "METASUITE_RDZV_PORT": "1234"}).port == 1234
+    assert resolve_nodes(None, None, None, {**SLURM, "METASUITE_RDZV_HOST": "10.0.0.7"}).host == (
+        "10.0.0.7"
+    )
     # A step's own node count and list come first (srun on part of an allocation).
     step = {**SLURM, "SLURM_STEP_NUM_NODES": "2", "SLURM_STEP_NODELIST": "gpu[08-09]"}
     assert resolve_nodes(None, None, None, {**step, "SLURM_NODEID": "1"}).host == "gpu08"

@@ -14,7 +14,8 @@ of nodes is ``$SLURM_STEP_NUM_NODES`` (else ``$SLURM_NNODES``), the node rank
 ``$SLURM_NODEID``, and HOST the first host of ``$SLURM_STEP_NODELIST`` (else
 ``$SLURM_JOB_NODELIST``), expanded by ``scontrol show hostnames`` where it exists, else
 parsed here (``a,b``, ``node[01-04,7]``). PORT there is ``$METASUITE_RDZV_PORT``, else
-derived from the job id, so that two jobs sharing a node do not meet on one port.
+derived from the job id, so that two jobs sharing a node do not meet on one port;
+``$METASUITE_RDZV_HOST`` replaces HOST where node names do not resolve.
 
 Only the standard library and base modules are imported (the launcher runs this before
 torch loads).
@@ -34,6 +35,9 @@ from metasuite.errors import UserError
 RDZV_TIMEOUT_ENV = "METASUITE_RDZV_TIMEOUT_S"
 DEFAULT_RDZV_TIMEOUT_S = 300
 RDZV_PORT_ENV = "METASUITE_RDZV_PORT"
+RDZV_HOST_ENV = "METASUITE_RDZV_HOST"
+"""Inside Slurm: the rendezvous host instead of the node list's first host (for node
+names that do not resolve, e.g. several slurmd on one machine)."""
 DEFAULT_PORT = 29400
 """torchrun's default rendezvous port, for an endpoint given without one."""
 SLURM_PORT_BASE = 29500
@@ -211,10 +215,13 @@ def resolve_nodes(
         if "SLURM_NODEID" not in env:
             raise UserError(f"{var}={count} but $SLURM_NODEID is not set; run under srun")
         rank = _int(env["SLURM_NODEID"], "$SLURM_NODEID", 0)
-        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
-        if not nodelist:
-            raise UserError(f"{var}={count} but $SLURM_JOB_NODELIST is not set")
-        return Nodes(count, rank, first_host(nodelist), _slurm_port(env), source="Slurm")
+        host = env.get(RDZV_HOST_ENV)
+        if not host:
+            nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
+            if not nodelist:
+                raise UserError(f"{var}={count} but $SLURM_JOB_NODELIST is not set")
+            host = first_host(nodelist)
+        return Nodes(count, rank, host, _slurm_port(env), source="Slurm")
     count = _int(nnodes if nnodes is not None else 1, "--nnodes", 1)
     rank = _int(node_rank if node_rank is not None else 0, "--node-rank", 0)
     if rank >= count:
@@ -263,6 +270,7 @@ def run_id(experiment_name: str, environ: Mapping[str, str] | None = None) -> st
 __all__ = [
     "DEFAULT_RDZV_TIMEOUT_S",
     "ONE_NODE",
+    "RDZV_HOST_ENV",
     "RDZV_PORT_ENV",
     "RDZV_TIMEOUT_ENV",
     "Nodes",
