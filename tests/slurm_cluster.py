@@ -18,7 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
-BINARIES = ("slurmctld", "slurmd", "sbatch", "scontrol", "sinfo", "scancel")
+BINARIES = ("slurmctld", "slurmd", "sbatch", "scontrol", "sinfo", "scancel", "srun")
 
 
 def missing_binaries() -> list[str]:
@@ -34,9 +34,11 @@ def _free_port() -> int:
 class LocalSlurm:
     """Start with :meth:`start`, stop with :meth:`stop`; jobs run as the current user."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, nodes: int = 1) -> None:
         self.folder = folder
+        self.nodes = nodes
         self.node = "metasuite-node"
+        self.node_names = [self.node] if nodes == 1 else [f"n{i}" for i in range(1, nodes + 1)]
         self.conf = folder / "slurm.conf"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
         for key in list(self.env):
@@ -61,11 +63,11 @@ CredType=cred/none
 SlurmUser={user}
 SlurmdUser={user}
 StateSaveLocation={f}/state
-SlurmdSpoolDir={f}/spool
+SlurmdSpoolDir={f}/spool{"-%n" if self.nodes > 1 else ""}
 SlurmctldPidFile={f}/slurmctld.pid
-SlurmdPidFile={f}/slurmd.pid
+SlurmdPidFile={f}/slurmd{"-%n" if self.nodes > 1 else ""}.pid
 SlurmctldLogFile={f}/log/slurmctld.log
-SlurmdLogFile={f}/log/slurmd.log
+SlurmdLogFile={f}/log/slurmd{"-%n" if self.nodes > 1 else ""}.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SchedulerType=sched/builtin
@@ -78,10 +80,25 @@ AccountingStorageType=accounting_storage/none
 InactiveLimit=0
 MinJobAge=600
 KillWait=5
-NodeName={self.node} NodeHostname={socket.gethostname()} NodeAddr=127.0.0.1 \
-    CPUs={cpus} State=UNKNOWN
+{self._node_lines(cpus)}
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
+        )
+
+    def _node_lines(self, cpus: int) -> str:
+        """One node, or several slurmd on this host (Debian's build runs them: each its
+        own name, ``slurmd -N``, and port), sharing the CPUs."""
+        host = socket.gethostname()
+        if self.nodes == 1:
+            return (
+                f"NodeName={self.node} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={cpus} "
+                "State=UNKNOWN"
+            )
+        each = max(1, cpus // self.nodes)
+        return "\n".join(
+            f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} "
+            f"CPUs={each} State=UNKNOWN"
+            for name in self.node_names
         )
 
     def start(self, timeout: float = 60) -> None:
@@ -91,18 +108,17 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         self.procs.append(
             subprocess.Popen(["slurmctld", "-D", "-i"], env=self.env, stdout=log, stderr=log)
         )
-        self.procs.append(
-            subprocess.Popen(
-                ["slurmd", "-D", "-N", self.node], env=self.env, stdout=log, stderr=log
+        for name in self.node_names:
+            self.procs.append(
+                subprocess.Popen(["slurmd", "-D", "-N", name], env=self.env, stdout=log, stderr=log)
             )
-        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for proc in self.procs:
                 if proc.poll() is not None:
                     raise RuntimeError(f"a Slurm daemon exited at start: {self.logs()}")
-            out = self.run("sinfo", "-h", "-o", "%t", check=False).stdout.strip()
-            if out == "idle":
+            out = self.run("sinfo", "-h", "-N", "-o", "%t", check=False).stdout.split()
+            if out == ["idle"] * self.nodes:
                 return
             time.sleep(0.5)
         raise RuntimeError(f"local Slurm did not become idle within {timeout} s: {self.logs()}")
@@ -120,7 +136,8 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
     def logs(self) -> str:
         parts = []
-        for name in ("daemons.out", "slurmctld.log", "slurmd.log"):
+        slurmd = ["slurmd.log"] if self.nodes == 1 else [f"slurmd-{n}.log" for n in self.node_names]
+        for name in ("daemons.out", "slurmctld.log", *slurmd):
             path = self.folder / "log" / name
             if path.exists():
                 parts.append(f"--- {name}\n" + path.read_text(errors="replace")[-3000:])

@@ -207,3 +207,24 @@ def test_status_count_line_says_one_experiment(suite, capsys):
     args = ["status", "--experiments-root", str(root), "--configs", str(configs)]
     assert main([*args, "--only", "exp_done"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "1 experiment: 1 done"
+
+
+def test_world_size_of_the_latest_run_is_shown(suite):
+    """state.json records the run's data-parallel processes over all nodes; an older
+    state.json without it reads as unknown."""
+    root, configs = suite
+    for name, world in (("exp_interrupted", 4), ("exp_running", 2), ("exp_paused", None)):
+        path = root / name / "state.json"
+        state = json.loads(path.read_text())
+        state.pop("world_size", None)
+        if world is not None:
+            state["world_size"] = world
+        path.write_text(json.dumps(state))
+    got = statuses(root, configs)
+    assert got["exp_interrupted"].world_size == 4 and got["exp_running"].world_size == 2
+    assert got["exp_paused"].world_size is None
+    lines = st.format_status_table(list(got.values())).splitlines()
+    start = lines[0].index("ranks")  # a fixed-width column
+    cells = {line.split()[0]: line[start:].split()[0] for line in lines[1:-1]}
+    assert cells["exp_interrupted"] == "4" and cells["exp_running"] == "2"
+    assert cells["exp_paused"] == "-"

@@ -5,6 +5,7 @@ script's checkpoint-and-requeue logic run by bash with stand-ins for the experim
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -252,3 +253,112 @@ def test_sigterm_from_scancel_is_forwarded_but_never_requeues(tmp_path: Path) ->
     assert "got TERM" in lines
     assert "scontrol requeue 77" not in lines
     assert code == 4
+
+
+# ------------------------------------------------------------------ several nodes
+
+MULTI_GOLDEN = Path(__file__).parent / "golden" / "slurm_multinode.sbatch"
+
+
+def multinode_settings() -> slurm.SlurmSettings:
+    return slurm.from_table(
+        {
+            "partition": "gpu",
+            "nodes": 2,
+            "gpus_per_node": 4,
+            "cpus_per_task": 32,
+            "mem": "128G",
+            "time": "2-00:00:00",
+            "signal_seconds": 600,
+        },
+        source="suite.toml",
+    )
+
+
+def test_rendered_multinode_sbatch_matches_golden_file() -> None:
+    # To accept an intended change: render it and review the diff of the golden file.
+    text = slurm.render_sbatch(multinode_settings(), NAME, SCRIPT)
+    assert text == MULTI_GOLDEN.read_text(encoding="utf-8")
+
+
+def test_multinode_options_one_task_per_node_and_gpus_per_node() -> None:
+    opts = sbatch_options(slurm.render_sbatch(multinode_settings(), NAME, SCRIPT))
+    assert "--nodes=2" in opts and "--ntasks-per-node=1" in opts
+    assert "--gpus-per-node=4" in opts and "--ntasks=1" not in opts
+    assert multinode_settings().uses_gpus
+    single = sbatch_options(slurm.render_sbatch(golden_settings(), NAME, SCRIPT))
+    assert "--nodes=1" in single and "--ntasks=1" in single
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"nodes": 0}, "[slurm] nodes must be an integer >= 1, got 0"),
+        ({"nodes": "2"}, "[slurm] nodes must be an integer >= 1, got '2'"),
+        ({"gpus_per_node": 0}, "[slurm] gpus_per_node must be an integer >= 1, got 0"),
+        ({"gpus_per_node": 2, "gres": "gpu:2"}, "gpus_per_node (2) and a gpu gres"),
+    ],
+)
+def test_bad_node_settings_are_named(table: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        slurm.from_table(table, source="suite.toml")
+
+
+# Stand-in for srun inside the allocation: runs the command once per task (node), with
+# $SLURM_NODEID, passes SIGTERM on to every task and returns the highest exit status,
+# as srun does.
+FAKE_SRUN = r"""#!/usr/bin/env bash
+echo "srun $*" >> "$FAKE_LOG"
+n=1; cmd=()
+for a in "$@"; do
+    case $a in --ntasks=*) n=${a#--ntasks=};; --*) ;; *) cmd+=("$a");; esac
+done
+pids=()
+for ((i = 0; i < n; i++)); do SLURM_NODEID=$i "${cmd[@]}" & pids+=($!); done
+trap 'kill -TERM "${pids[@]}" 2>/dev/null' TERM
+worst=0
+for p in "${pids[@]}"; do
+    while :; do wait "$p"; rc=$?; kill -0 "$p" 2>/dev/null || break; done
+    (( rc > worst )) && worst=$rc
+done
+exit $worst
+"""
+
+
+def make_multinode_job(tmp_path: Path, table: dict) -> tuple[Path, Path, dict[str, str]]:
+    sbatch, log, env = make_job(tmp_path, {"nodes": 2, **table})
+    srun = tmp_path / "bin" / "srun"
+    srun.write_text(FAKE_SRUN)
+    srun.chmod(0o755)
+    return sbatch, log, env
+
+
+@pytest.mark.parametrize(("code", "requeued"), [(0, False), (3, True), (1, False)])
+def test_multinode_job_runs_the_script_once_per_node_under_srun(
+    tmp_path: Path, code: int, requeued: bool
+) -> None:
+    sbatch, log, env = make_multinode_job(tmp_path, {})
+    env["FAKE_EXIT"] = str(code)
+    result = subprocess.run(["bash", str(sbatch)], env=env, capture_output=True, text=True)
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith("srun --nodes=2 --ntasks=2 --ntasks-per-node=1 bash ")
+    assert lines.count("args: cpu") == 2, lines
+    assert ("scontrol requeue 77" in lines) == requeued, result.stderr
+    assert result.returncode == (1 if code == 1 else 0), result.stderr
+
+
+def test_multinode_usr1_stops_every_node_then_requeues_the_job(tmp_path: Path) -> None:
+    sbatch, log, env = make_multinode_job(tmp_path, {})
+    env.update(FAKE_WAIT_FOR_TERM="1", FAKE_EXIT="0")
+    job = subprocess.Popen(["bash", str(sbatch)], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while log.read_text().count("args: cpu") < 2 if log.exists() else True:
+        assert time.monotonic() < deadline, "fake tasks did not start"
+        time.sleep(0.05)
+    time.sleep(0.3)  # both traps installed
+    job.send_signal(signal.SIGUSR1)
+    _, stderr = job.communicate(timeout=30)
+    lines = log.read_text().splitlines()
+    assert lines.count("got TERM") == 2, (lines, stderr)
+    assert "scontrol requeue 77" in lines
+    assert job.returncode == 0, stderr

@@ -137,3 +137,46 @@ def test_submitted_tiny_experiment_pauses_requeues_and_finishes(
     assert state["status"] == "done" and state["epoch"] == 2, state
     # Submitting again skips it: the suite is finished.
     assert "maml_5way_1shot_s0: done, skipped" in cluster.run(*submit).stdout
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """Two slurmd on this host (nodes n1, n2): Debian's slurmd runs several, each with
+    its own name and port."""
+    local = LocalSlurm(tmp_path_factory.mktemp("slurm2"), nodes=2)
+    try:
+        local.start()
+        yield local
+    finally:
+        local.stop()
+
+
+def test_two_node_job_trains_pauses_requeues_and_finishes(
+    two_node_cluster: LocalSlurm, tmp_path: Path
+) -> None:
+    """``[slurm] nodes = 2`` on real Omniglot: srun starts one launcher per node, they meet
+    in a c10d rendezvous (on 127.0.0.1: the node names do not resolve), train one epoch
+    on 2 ranks, pause (exit 3 on both nodes, so srun's 3) → requeue → resume → done."""
+    cluster = two_node_cluster
+    suite_text = TINY_SUITE.replace("epochs = 2\n", "epochs = 2\npause = 1\n", 1)
+    table = '\n[slurm]\nnodes = 2\ncpus_per_task = 1\ntime = "30"\nsignal_seconds = 60\n'
+    suite = write_suite(tmp_path, suite_text + table)
+    runs = tmp_path / "runs"
+    cluster.env.update(METASUITE_RDZV_HOST="127.0.0.1", METASUITE_NUM_THREADS="1")
+    metasuite = [sys.executable, "-m", "metasuite"]
+    cluster.run(*metasuite, "generate", "--suite", str(suite))
+    submit = [*metasuite, "submit", "--suite", str(suite), "--only", "maml_5way_1shot_s0"]
+    submit += ["--experiments-root", str(runs)]
+    out = cluster.run(*submit).stdout
+    job = re.search(r"maml_5way_1shot_s0: submitted job (\d+)", out).group(1)
+    info = finish_after_requeue(cluster, job, timeout=300)
+    output = (tmp_path / "slurm_logs" / f"maml_5way_1shot_s0-{job}.out").read_text()
+    assert info["JobState"] == "COMPLETED", output + cluster.logs()
+    assert "srun --nodes=2 --ntasks=2 --ntasks-per-node=1 bash" in output
+    assert "exit 3 (3 paused, 4 checkpointed on a signal): requeued" in output
+    assert output.count("on 2 processes (cpu, gloo)") == 2, output  # both runs, 2 ranks
+    state = json.loads((runs / "maml_5way_1shot_s0" / "state.json").read_text())
+    assert state["status"] == "done" and state["epoch"] == 2, state
+    assert state["world_size"] == 2
+    manifest = json.loads((runs / "maml_5way_1shot_s0" / "manifest.json").read_text())
+    assert len(manifest["runs"]) == 2  # rank 0 only: one entry per run of the job

@@ -167,9 +167,10 @@ def test_state_json_has_the_design_fields(tmp_path: Path) -> None:
     assert set(state) == {
         "status", "epoch", "iteration", "total_epochs", "total_iter_per_epoch",
         "best_val_accuracy", "best_val_epoch", "test_accuracy", "pid", "host", "updated",
-        "message",
+        "message", "world_size",
     }  # fmt: skip
     assert state["status"] == "paused" and state["total_iter_per_epoch"] == 7
+    assert state["world_size"] == 1  # a plain process; the builder passes its world
     assert state["best_val_accuracy"] is None  # NaN is not JSON
 
 

@@ -2,7 +2,9 @@
 
 Exit status: 0 done, 2 user error, 3 paused (total_epochs_before_pause), 4 stopped by
 SIGTERM/SIGINT after checkpointing, 1 failure (a bug; traceback shown). A scheduler
-can requeue on 3 and 4 and stop on anything else.
+can requeue on 3 and 4 and stop on anything else. In a multi-node job every node's
+launcher returns the job's status (the ranks agree on how it ends); a rendezvous that
+does not form is 2 on the node that saw it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"data-parallel processes (default: one per GPU given, 1 on the CPU; "
         f"${NPROC_ENV} sets it too); N > 1 on the CPU runs N gloo processes",
+    )
+    parser.add_argument(
+        "--nnodes",
+        type=int,
+        metavar="N",
+        default=None,
+        help="nodes of a multi-node job: run one launcher per node, each with its "
+        "--node-rank and the same --rdzv-endpoint (inside a Slurm step: read from "
+        "$SLURM_STEP_NUM_NODES/$SLURM_NNODES, $SLURM_NODEID and the node list)",
+    )
+    parser.add_argument(
+        "--node-rank",
+        type=int,
+        metavar="R",
+        default=None,
+        help="this node's rank, 0..N-1; node 0 hosts the rendezvous (default 0)",
+    )
+    parser.add_argument(
+        "--rdzv-endpoint",
+        metavar="HOST:PORT",
+        default=None,
+        help="where the nodes meet: node rank 0's host and a free port (c10d rendezvous; "
+        "$METASUITE_RDZV_TIMEOUT_S bounds the wait, default 300)",
     )
     _options.add_experiments_root(parser)
     _options.add_quiet(parser, "no progress bars, only log lines")
@@ -69,9 +94,14 @@ def run(args: argparse.Namespace) -> int:
     ctx = distributed.worker_context()
     if ctx is not None:
         return _run_worker(args, config, root, devices, ctx)
+    from metasuite.training.nodes import resolve_nodes, run_id
+
+    nodes = resolve_nodes(args.nnodes, args.node_rank, args.rdzv_endpoint)
     nproc = _process_count(args, devices)
-    if nproc > 1:
-        code = distributed.launch(_worker_argv(args, root), nproc)
+    if nproc > 1 or nodes.count > 1:
+        code = distributed.launch(
+            _worker_argv(args, root), nproc, nodes, run_id(config.experiment_name)
+        )
     else:
         code = int(run_experiment(config, root, devices, quiet=args.quiet, force=args.force))
     line = next_step_line(ExperimentDir.for_config(root, config).path, root, code)

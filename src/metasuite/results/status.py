@@ -161,6 +161,8 @@ class ExperimentStatus:
     best_val_epoch: int | None = None
     test_accuracy: float | None = None
     updated: datetime | None = None
+    world_size: int | None = None
+    """Data-parallel processes (over all nodes) of the latest run; None before one."""
     detail: str = ""
     """Why the state is what it is (pid gone, message of a failure, ...)."""
     raw_state: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -272,6 +274,7 @@ def read_status(
         best_val_epoch=_int_or_none(state.get("best_val_epoch")),
         test_accuracy=_float_or_none(state.get("test_accuracy")),
         updated=parse_time(state.get("updated")),
+        world_size=_int_or_none(state.get("world_size")),
         detail=detail,
         raw_state=state,
     )
@@ -306,7 +309,9 @@ def _age(updated: datetime | None, now: datetime) -> str:
 def format_status_table(statuses: list[ExperimentStatus], now: datetime | None = None) -> str:
     """A fixed-width table, one line per experiment, then a count per state."""
     now = now or datetime.now(UTC)
-    header = ("experiment", "state", "epoch", "iteration", "best val", "test", "updated", "")
+    header = (
+        "experiment", "state", "epoch", "iteration", "ranks", "best val", "test", "updated", "",
+    )  # fmt: skip
     rows = [header]
     for s in statuses:
         best = percent(s.best_val_accuracy)
@@ -318,6 +323,7 @@ def format_status_table(statuses: list[ExperimentStatus], now: datetime | None =
                 s.state,
                 _of(s.epoch, s.total_epochs),
                 _of(s.iteration, s.total_iterations),
+                "-" if s.world_size is None else str(s.world_size),
                 best,
                 percent(s.test_accuracy) if s.state == DONE else "-",
                 _age(s.updated, now),

@@ -31,6 +31,12 @@ class SlurmSettings:
     """E.g. ``"gpu:1"`` or ``"gpu:a100:2"``; a gpu gres makes the job run on the GPUs
     Slurm grants, otherwise it runs on the CPU."""
     cpus_per_task: int = 4
+    nodes: int = 1
+    """Nodes of each job; more than one runs one ``metasuite train`` launcher per node
+    (``srun``, one task per node), meeting in a c10d rendezvous on the first node."""
+    gpus_per_node: int | None = None
+    """GPUs on each node (``#SBATCH --gpus-per-node``): one data-parallel process each;
+    instead of a gpu ``gres``."""
     mem: str | None = None
     """Memory per node, sbatch syntax: ``"16G"``, ``"16000M"``."""
     time: str = "24:00:00"
@@ -53,6 +59,10 @@ class SlurmSettings:
 
     @property
     def uses_gpus(self) -> bool:
+        return self.gpus_per_node is not None or self._gres_has_gpu
+
+    @property
+    def _gres_has_gpu(self) -> bool:
         return self.gres is not None and any(
             part.split(":", 1)[0] == "gpu" for part in self.gres.split(",")
         )
@@ -60,7 +70,13 @@ class SlurmSettings:
 
 SLURM_KEYS: tuple[str, ...] = tuple(f.name for f in fields(SlurmSettings))
 _OPTIONAL_STR = ("partition", "gres", "mem", "account", "qos", "constraint")
-_INT_MIN = {"cpus_per_task": 1, "signal_seconds": 1, "max_requeues": 0}
+_INT_MIN = {
+    "cpus_per_task": 1,
+    "nodes": 1,
+    "gpus_per_node": 1,
+    "signal_seconds": 1,
+    "max_requeues": 0,
+}
 
 _TIME_FORMS = (
     (re.compile(r"^(\d+)$"), ("m",)),
@@ -152,6 +168,11 @@ def _check_consistency(s: SlurmSettings, source: str) -> None:
     if s.gres is not None and not all(_GRES_PART.match(p) for p in s.gres.split(",")):
         raise ConfigError(
             f"{source}: [slurm] gres must look like 'gpu:1' or 'gpu:a100:2', got {s.gres!r}"
+        )
+    if s.gpus_per_node is not None and s._gres_has_gpu:
+        raise ConfigError(
+            f"{source}: [slurm] gpus_per_node ({s.gpus_per_node}) and a gpu gres "
+            f"({s.gres!r}) both ask for GPUs; give one of them"
         )
     log_dir = Path(s.log_dir)
     if log_dir.is_absolute() or ".." in log_dir.parts:

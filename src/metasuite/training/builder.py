@@ -240,6 +240,7 @@ class Builder:
             best_val_epoch=best_epoch,
             test_accuracy=test_accuracy,
             message=message,
+            world_size=self.world_size,
         )
 
     @property

@@ -31,6 +31,15 @@ straight to the workers, and rank 0 records its exit status (3 paused, 4 stopped
 in a file that the launcher returns. Workers started by a bare ``torchrun ... -m
 metasuite train`` work as well, only with torchrun's exit status.
 
+Several nodes (``--nnodes``, or Slurm's environment: :mod:`metasuite.training.nodes`):
+one launcher per node, each starting torchrun with a c10d rendezvous instead of
+``--standalone``. The first worker of every node records the status as rank 0 does
+(the ranks agree on how a run ends), so every node's launcher returns the job's
+status and ``srun`` its highest. Until the rendezvous forms the launcher holds
+torchrun's output back; if it does not form within ``$METASUITE_RDZV_TIMEOUT_S`` no
+worker ever started, nothing was written, and the launcher says so in one line
+(a :class:`UserError`, exit 2) instead of torchrun's tracebacks.
+
 A rank that dies takes the job down: torchrun sees the dead worker and terminates the
 others (SIGTERM, SIGKILL 30 s later), and a rank blocked in a collective with a dead
 peer gets an error from gloo at once, or after ``$METASUITE_DIST_TIMEOUT_S`` (default
@@ -45,6 +54,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -55,6 +66,13 @@ import torch
 import torch.distributed as dist
 
 from metasuite.errors import UserError
+from metasuite.training.nodes import (
+    ONE_NODE,
+    RDZV_TIMEOUT_ENV,
+    Nodes,
+    rdzv_timeout_seconds,
+    torchrun_options,
+)
 from metasuite.training.signals import parent_death_signal
 
 LAUNCH_DIR_ENV = "METASUITE_LAUNCH_DIR"
@@ -136,11 +154,14 @@ def record_pid(ctx: DistContext) -> None:
 
 
 def record_outcome(ctx: DistContext, code: int) -> bool:
-    """Rank 0 leaves its exit status for the launcher; True if there is a launcher."""
+    """The first worker of each node (rank 0 among them) leaves its exit status for its
+    node's launcher; True if there is a launcher. The ranks agree on how a run ends
+    (done, paused at the same epoch, stopped after the same meta-iteration, rank 0's
+    user error passed to all), so every node's launcher returns the job's status."""
     folder = os.environ.get(LAUNCH_DIR_ENV)
     if not folder:
         return False
-    if ctx.is_writer:
+    if ctx.local_rank == 0:
         Path(folder, OUTCOME_FILE).write_text(str(int(code)))
     return True
 
@@ -389,20 +410,34 @@ def _worker_pids(folder: Path) -> list[int]:
     return pids
 
 
-def launch(worker_argv: Sequence[str], nproc: int) -> int:
-    """Run ``metasuite train <worker_argv>`` on ``nproc`` processes under torchrun.
+def launch(
+    worker_argv: Sequence[str],
+    nproc: int,
+    nodes: Nodes = ONE_NODE,
+    rdzv_id: str = "metasuite",
+) -> int:
+    """Run ``metasuite train <worker_argv>`` on ``nproc`` processes under torchrun, on this
+    node of ``nodes`` (one node: ``--standalone``; several: a c10d rendezvous at
+    ``nodes.endpoint``, see :mod:`metasuite.training.nodes`).
 
-    Returns rank 0's exit status when it recorded one (0 done, 2 user error, 3 paused,
-    4 stopped by a signal), else torchrun's. The first SIGTERM/SIGINT is passed to the
-    workers once (they checkpoint and stop); a second one kills the whole job.
+    Returns the exit status the workers of this node recorded (0 done, 2 user error,
+    3 paused, 4 stopped by a signal: every rank agrees on them, so every node's launcher
+    returns the job's status), else torchrun's. The first SIGTERM/SIGINT is passed to the
+    workers once (they checkpoint and stop); a second one kills the whole job. Several
+    nodes: a rendezvous that does not form within ``$METASUITE_RDZV_TIMEOUT_S`` is one
+    :class:`UserError` naming the endpoint (torchrun's own output of it is held back), and
+    no worker has started, so nothing was written.
     """
     # Checked here too, so a bad value is one error line, not one per worker + torchrun's.
     timeout_seconds()
+    multi = nodes.count > 1
+    rdzv_timeout = rdzv_timeout_seconds() if multi else 0
     with tempfile.TemporaryDirectory(prefix="metasuite-launch-") as tmp:
         folder = Path(tmp)
         env = dict(os.environ, **{LAUNCH_DIR_ENV: tmp})
         command = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            sys.executable, "-m", "torch.distributed.run",
+            *torchrun_options(nodes, rdzv_id, rdzv_timeout),
             f"--nproc-per-node={nproc}", "--max-restarts=0",
             "-m", "metasuite", "train", *worker_argv,
         ]  # fmt: skip
@@ -410,8 +445,13 @@ def launch(worker_argv: Sequence[str], nproc: int) -> int:
         # the workers get exactly one stop signal (from us), not one from the terminal
         # and a second one from torchrun.
         proc = subprocess.Popen(
-            command, env=env, start_new_session=True, preexec_fn=parent_death_signal()
+            command,
+            env=env,
+            start_new_session=True,
+            preexec_fn=parent_death_signal(),
+            stderr=subprocess.PIPE if multi else None,
         )
+        held = _HeldOutput(proc.stderr) if multi else None
         signals_seen = 0
 
         def forward(signum: int, frame: object) -> None:
@@ -428,15 +468,134 @@ def launch(worker_argv: Sequence[str], nproc: int) -> int:
 
         previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            code = proc.wait()
+            if held is None:
+                code = proc.wait()
+            else:
+                code = _wait_for_rendezvous(proc, folder, held, rdzv_timeout)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+        if held is not None:
+            held.close()
+            if not held.released and not signals_seen:
+                raise UserError(
+                    f"the rendezvous of {nodes.count} nodes at {nodes.endpoint} did not form "
+                    f"within {rdzv_timeout} s (${RDZV_TIMEOUT_ENV}; node rank {nodes.rank}, "
+                    f"from {nodes.source}): {held.reason(code)}"
+                )
         outcome = folder / OUTCOME_FILE
         if outcome.exists():
             with contextlib.suppress(ValueError):
                 return int(outcome.read_text())
         return code if code >= 0 else 128 - code
+
+
+RDZV_GRACE_S = 15
+"""How long past ``$METASUITE_RDZV_TIMEOUT_S`` the launcher waits for torchrun to give up
+on a rendezvous itself before it ends torchrun (a backstop for a store that hangs)."""
+
+
+def _wait_for_rendezvous(
+    proc: subprocess.Popen[bytes], folder: Path, held: _HeldOutput, timeout_s: int
+) -> int:
+    """Wait for torchrun; release its held output once workers run (the rendezvous
+    formed), and end it if they have not started ``timeout_s`` (+ grace) from now."""
+    deadline = time.monotonic() + timeout_s + RDZV_GRACE_S
+    while True:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return proc.wait(timeout=0.2)
+        if held.released:
+            continue
+        if _worker_pids(folder) or _has_children(proc.pid):
+            held.release()
+        elif time.monotonic() > deadline:
+            held.note(f"no rendezvous after {timeout_s + RDZV_GRACE_S} s; torchrun ended")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _has_children(pid: int) -> bool:
+    """True once torchrun has started its workers (it has none while it waits to meet)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return False
+    for task in tasks:
+        with contextlib.suppress(OSError):
+            if (task / "children").read_text().split():
+                return True
+    return False
+
+
+class _HeldOutput:
+    """torchrun's stderr, held back until the rendezvous forms, then passed through.
+
+    A rendezvous that fails makes torchrun print pages of traceback; the launcher says
+    it in one line instead (:meth:`reason` picks the cause out of the held text).
+    """
+
+    REASONS = (
+        ("address already in use", "the port is in use on this host"),
+        ("eaddrinuse", "the port is in use on this host"),
+        ("connection refused", "nothing listens there (wrong host or port?)"),
+        ("name or service not known", "the host name is unknown"),
+        ("no address associated", "the host name is unknown"),
+        ("rendezvoustimeouterror", "not every node arrived"),
+        ("timed out", "timed out"),
+        ("timeout", "timed out"),
+    )
+
+    def __init__(self, stream: Any) -> None:
+        self._fd = stream.fileno()
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._held: list[bytes] = []
+        self._notes: list[str] = []
+        self.released = False
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._fd, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            with self._lock:
+                if self.released:
+                    _write_stderr(chunk)
+                else:
+                    self._held.append(chunk)
+
+    def release(self) -> None:
+        with self._lock:
+            self.released = True
+            _write_stderr(b"".join(self._held))
+            self._held.clear()
+
+    def note(self, text: str) -> None:
+        self._notes.append(text)
+
+    def close(self) -> None:
+        self._thread.join(timeout=10)
+        self._stream.close()
+
+    def reason(self, code: int) -> str:
+        if self._notes:
+            return self._notes[-1]
+        text = b"".join(self._held).decode(errors="replace").lower()
+        for needle, why in self.REASONS:
+            if needle in text:
+                return why
+        return f"torchrun exited with status {code} before starting any worker"
+
+
+def _write_stderr(data: bytes) -> None:
+    if data:
+        sys.stderr.buffer.write(data)
+        sys.stderr.buffer.flush()
 
 
 __all__ = [

@@ -149,6 +149,7 @@ class ExperimentDir:
         best_val_epoch: int | None,
         test_accuracy: float | None = None,
         message: str = "",
+        world_size: int = 1,
     ) -> None:
         state = {
             "status": status,
@@ -161,6 +162,8 @@ class ExperimentDir:
             "test_accuracy": _json_number(test_accuracy),
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            # Data-parallel processes of the run (all nodes); rank 0 writes this file.
+            "world_size": world_size,
             "updated": utc_now(),
             "message": message,
         }
