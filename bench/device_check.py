@@ -21,7 +21,7 @@ Prints progress on stderr and one JSON object as the last line of stdout:
   results are equal (exact on the CPU; on CUDA reported, not promised).
 
 Without CUDA (or with ``--cpu``) the check says so and runs the CPU half: backends on
-the CPU (``threads`` included) and the resume check on the CPU.
+the CPU (``grouped`` included) and the resume check on the CPU.
 """
 
 from __future__ import annotations
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{why}: running the CPU half (backends on the CPU, kill-and-resume on the CPU)")
         report["note"] = f"{why}; CUDA half not run"
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-    names = ["vmap", "auto"] if cuda else ["vmap", "threads", "auto"]
+    names = ["vmap", "auto"] if cuda else ["vmap", "grouped", "auto"]
     say(f"backends {', '.join(names)} against loop on {device}")
     report["backends"] = backend_agreement(device, names)
     if cuda:

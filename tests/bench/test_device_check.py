@@ -18,8 +18,8 @@ def test_device_check_cpu_half_reports_backends_and_an_exact_resume():
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["mode"] == "cpu" and "CUDA half not run" in report["note"]
     assert "running the CPU half" in done.stderr
-    assert set(report["backends"]) == {"vmap", "threads", "auto"}
-    assert report["backends"]["auto"]["runs"] == "threads"
+    assert set(report["backends"]) == {"vmap", "grouped", "auto"}
+    assert report["backends"]["auto"]["runs"] == "grouped"
     for backend in report["backends"].values():
         assert backend["same_math"], backend
         assert backend["grad_rel_diff_fp64"] < 1e-6
