@@ -37,6 +37,19 @@ class UserError(Exception):
     exit_code: int = USER_ERROR_EXIT
 
 
+class EnvironmentFault(UserError):
+    """Not the user's input but the machine's (a full disk): reported the same way, on
+    one line without a traceback, but with exit status 1 (:attr:`ExitCode.FAILED`), since
+    nothing in the command line or the config is wrong. Rerunning once the fault is
+    fixed resumes."""
+
+    exit_code: int = ExitCode.FAILED
+
+
+class DiskFullError(EnvironmentFault):
+    """No space (or quota) left on the file system being written."""
+
+
 class ConfigError(UserError):
     """An experiment configuration that cannot be used as written."""
 

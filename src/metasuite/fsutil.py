@@ -1,5 +1,10 @@
 """Atomic file writes: a crash mid-write leaves the previous file intact.
 
+A full disk (ENOSPC, EDQUOT) during any atomic write is one mechanism for every file
+(checkpoints, state, summaries, configs): the temporary file is removed, the previous
+file stays, and :class:`~metasuite.errors.DiskFullError` says "no space left on DEVICE
+writing FILE" (exit status 1, no traceback).
+
 Write to a temporary file in the same folder, fsync it, ``os.replace`` it over the
 target, then fsync the folder so the rename itself survives a power cut.
 """
@@ -7,11 +12,45 @@ target, then fsync the folder so the rename itself survives a power cut.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from metasuite.errors import DiskFullError
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""``OSError`` numbers that mean the file system (or the user's quota) is full."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
+def _mount_of(path: Path) -> tuple[Path, str | None]:
+    """The mount point holding ``path`` and its device (from /proc/mounts, if any)."""
+    folder = Path(os.path.abspath(path))
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    while not os.path.ismount(folder) and folder != folder.parent:
+        folder = folder.parent
+    device = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and fields[1] == str(folder):
+                device = fields[0]  # the last match is the mount on top
+    return folder, device
+
+
+def disk_full(path: Path) -> DiskFullError:
+    """The one-line error for a write to ``path`` that ran out of space: "no space left
+    on DEVICE writing FILE", the device named by its mount point (and source)."""
+    mount, device = _mount_of(Path(path))
+    where = f"{mount} ({device})" if device and device != str(mount) else str(mount)
+    return DiskFullError(f"no space left on {where} writing {path}; free some space and rerun")
 
 
 def fsync_dir(folder: Path) -> None:
@@ -39,8 +78,13 @@ def _current_umask() -> int:
 def atomic_open(path: Path) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces ``path`` only when the block ends cleanly."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(path) from None
+        raise
     tmp = Path(tmp_name)
     try:
         # mkstemp creates 0600 files; give the result the mode a plain open() would, so
@@ -51,8 +95,11 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            # The previous file is untouched; say so in one line instead of Errno 28.
+            raise disk_full(path) from None
         raise
     fsync_dir(path.parent)
 

@@ -274,3 +274,33 @@ def test_evaluate_on_test_set_only(reference: dict[str, Any], tmp_path: Path) ->
     assert result.returncode == 0, result.stderr
     assert read_json(root / "tiny" / "test_summary.json") == reference["test"]
     assert summary_rows(root / "tiny", with_time=True) == rows_before  # nothing trained
+
+
+def test_disk_full_at_a_checkpoint_is_one_line_and_resumable(
+    reference: dict[str, Any], tmp_path: Path
+) -> None:
+    """A real full file system (a small tmpfs) under the experiment: the next checkpoint
+    write fails with one line and exit 1, the previous checkpoint is kept, and once
+    there is room again the run resumes to the reference results."""
+    from disk_helpers import fill, small_tmpfs
+
+    with small_tmpfs(tmp_path / "small", "4m") as root:
+        folder = root / "tiny"
+        config = write_config(tmp_path, total_epochs_before_pause=1)
+        assert train(config, root).returncode == 3
+        kept = [f.path.name for f in CheckpointStore(folder / "checkpoints").files()]
+        # Room for the state, manifest and log, not for a ~94 kB checkpoint.
+        filler = fill(root, leave_bytes=40_000)
+        full = train(write_config(tmp_path, "rest"), root)
+        assert full.returncode == 1, full.stderr
+        assert "Traceback" not in full.stderr and "Logging error" not in full.stderr
+        (error,) = error_lines(full.stderr)
+        assert f"no space left on {root}" in error and "/checkpoints/iter_" in error
+        assert [f.path.name for f in CheckpointStore(folder / "checkpoints").files()] == kept
+        assert not list((folder / "checkpoints").glob(".*.tmp"))
+        assert read_json(folder / "state.json")["status"] == "failed"
+
+        filler.unlink()
+        resumed = train(write_config(tmp_path, "rest"), root)
+        assert resumed.returncode == 0, resumed.stderr
+        assert_same_as_reference(folder, reference)

@@ -21,6 +21,7 @@ is simpler to trust than rewriting them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -36,7 +37,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from metasuite.errors import DatasetError
-from metasuite.fsutil import fsync_dir
+from metasuite.fsutil import disk_full, fsync_dir, is_disk_full
 
 KNOWN_FILE_COUNTS: dict[str, int] = {
     "omniglot.tar.bz2": 32_460,  # 1,623 characters x 20 drawings
@@ -216,6 +217,8 @@ def _extract_tar_command(
         detail = " ".join(stderr.strip().splitlines()[-3:]) or f"exit status {code}"
         if "contains '..'" in stderr or "Member name contains" in stderr:
             raise _unsafe(archive, detail, "'..' in its path")
+        if os.strerror(errno.ENOSPC) in stderr or os.strerror(errno.EDQUOT) in stderr:
+            raise disk_full(into)
         raise _corrupt(archive, f"tar -I {tool}: {detail}", suffix)
 
 
@@ -258,6 +261,8 @@ def _extract_tarfile(
             "holds only plain files and folders inside its own folder"
         ) from None
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        if is_disk_full(exc):
+            raise disk_full(into) from None
         raise _corrupt(archive, f"{type(exc).__name__}: {exc}", suffix) from None
 
 
@@ -331,6 +336,8 @@ def _extract_zip(
                     if not info.is_dir():
                         bar.update(1)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
+        if is_disk_full(exc):
+            raise disk_full(into) from None
         raise _corrupt(archive, f"{type(exc).__name__}: {exc}", suffix) from None
 
 

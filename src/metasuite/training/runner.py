@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from metasuite.config import ExperimentConfig, from_dict, training_differences
 from metasuite.errors import UserError
+from metasuite.fsutil import is_disk_full
 from metasuite.training.builder import Builder, Outcome
 from metasuite.training.checkpoint import CheckpointStore
 from metasuite.training.distributed import (
@@ -70,6 +71,16 @@ class _TqdmHandler(logging.Handler):
             self.handleError(record)
 
 
+class _LogFile(logging.FileHandler):
+    """The experiment's log file; a line lost to a full disk is dropped quietly (the
+    write that matters fails too and says "no space left" on one line), not printed
+    as logging's "--- Logging error ---" traceback."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not is_disk_full(sys.exc_info()[1] or Exception()):
+            super().handleError(record)
+
+
 @contextlib.contextmanager
 def logging_to(log_file: Path | None, *, console: bool = True) -> Iterator[None]:
     """Send ``metasuite.*`` log records to the experiment's log file and stderr."""
@@ -82,7 +93,7 @@ def logging_to(log_file: Path | None, *, console: bool = True) -> Iterator[None]
         handlers.append(stream)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        to_file = logging.FileHandler(log_file, encoding="utf-8")
+        to_file = _LogFile(log_file, encoding="utf-8")
         to_file.setFormatter(logging.Formatter(LOG_FORMAT))
         to_file.setLevel(logging.DEBUG)
         handlers.append(to_file)
