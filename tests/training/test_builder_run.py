@@ -304,3 +304,25 @@ def test_disk_full_at_a_checkpoint_is_one_line_and_resumable(
         resumed = train(write_config(tmp_path, "rest"), root)
         assert resumed.returncode == 0, resumed.stderr
         assert_same_as_reference(folder, reference)
+
+
+def test_changed_thread_count_on_resume_is_refused_and_forcing_it_is_recorded(
+    tmp_path: Path, omniglot_folder: Path
+) -> None:
+    """The CPU thread count changes the numbers (the loop backend sums in another
+    order), so like the backend and the precision it must not change silently."""
+    root = tmp_path / "experiments"
+    folder = root / "tiny"
+    config = write_config(tmp_path, total_epochs_before_pause=1, total_epochs=2)
+    assert train(config, root).returncode == 3
+    refused = train(config, root, METASUITE_NUM_THREADS="2")
+    assert refused.returncode == 2
+    (error,) = error_lines(refused.stderr)
+    assert "num_threads: 1 -> 2" in error and "--force" in error
+    forced = train(config, root, "--force", METASUITE_NUM_THREADS="2")
+    assert forced.returncode == 0, forced.stderr
+    runs = read_json(folder / "manifest.json")["runs"]
+    assert runs[0]["numerics"] == {"backend": "loop", "precision": "fp32", "num_threads": 1}
+    assert runs[-1]["numerics"]["num_threads"] == 2
+    assert any("num_threads: 1 -> 2" in d for d in runs[-1]["forced_differences"])
+    assert "CPU thread count: 1 -> 2" in runs[-1]["changes_since_previous_run"]

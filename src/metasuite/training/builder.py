@@ -176,6 +176,7 @@ class Builder:
         sync_gradients: SyncGradients | None = None,
         is_writer: bool = True,
         barrier: Callable[[], None] | None = None,
+        numerics: dict[str, Any] | None = None,
     ) -> None:
         self.cfg = config
         self.learner = learner
@@ -190,6 +191,8 @@ class Builder:
         self.sync_gradients = sync_gradients
         self.is_writer = is_writer
         self.barrier = barrier
+        self.numerics = numerics
+        """Resolved backend, precision, thread count (runtime.numerics), kept in checkpoints."""
         self.progress = Progress()
         self.epochs_this_run = 0
 
@@ -210,6 +213,7 @@ class Builder:
             "progress": self.progress.to_payload(),
             "learner": self.learner.state_dict(),
             "rng": capture_rng_state(),
+            **({} if self.numerics is None else {"numerics": self.numerics}),
         }
 
     def save_checkpoint(self, *, epoch_end: int | None) -> None:

@@ -26,6 +26,7 @@ locks, decides and writes; the decision reaches the other ranks by broadcast.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
 import tempfile
@@ -53,7 +54,12 @@ from metasuite.training.distributed import (
 from metasuite.training.experiment_dir import ExperimentDir
 from metasuite.training.lock import ExperimentLock
 from metasuite.training.manifest import recorded_run
-from metasuite.training.runtime import configure, seed_everything
+from metasuite.training.runtime import (
+    configure,
+    numerics_differences,
+    seed_everything,
+)
+from metasuite.training.runtime import numerics as numerics_of
 from metasuite.training.signals import StopRequest
 
 log = logging.getLogger("metasuite")
@@ -143,10 +149,35 @@ def _wipe(exp: ExperimentDir, store: CheckpointStore) -> None:
         log.info("starting from scratch: deleted %d old checkpoints", removed)
 
 
+def resume_differences(
+    payload: dict[str, Any], config: ExperimentConfig, numerics: dict[str, Any] | None, source: str
+) -> list[str]:
+    """Why ``config`` on this process would not continue the run saved in ``payload``:
+    changed training settings, and a changed resolved backend, precision or thread
+    count (:func:`~metasuite.training.runtime.numerics`). A checkpoint from before the
+    numerics were recorded is compared on the config's ``backend`` alone."""
+    old = from_dict(payload["config"], source=source)
+    differences = training_differences(old, config)
+    if numerics is not None and payload.get("numerics"):
+        differences += numerics_differences(payload["numerics"], numerics)
+    elif old.backend != config.backend:
+        differences.append(f"backend: {json.dumps(old.backend)} -> {json.dumps(config.backend)}")
+    return differences
+
+
 def choose_start(
-    config: ExperimentConfig, exp: ExperimentDir, store: CheckpointStore, *, force: bool
+    config: ExperimentConfig,
+    exp: ExperimentDir,
+    store: CheckpointStore,
+    *,
+    force: bool,
+    numerics: dict[str, Any] | None = None,
+    forced: list[str] | None = None,
 ) -> dict[str, Any] | None:
-    """The checkpoint payload to resume from, or None for a fresh start (see module doc)."""
+    """The checkpoint payload to resume from, or None for a fresh start (see module doc).
+
+    ``numerics``: this process's (:func:`~metasuite.training.runtime.numerics`); the
+    differences ``force`` overrides are appended to ``forced`` for the manifest."""
     mode = config.continue_from_epoch
     payload: dict[str, Any] | None = None
     source = ""
@@ -168,10 +199,11 @@ def choose_start(
     else:
         ckpt, payload = store.load_epoch(int(mode))
         source = ckpt.path.name
-    old = from_dict(payload["config"], source=f"{ckpt.path}")
-    differences = training_differences(old, config)
+    differences = resume_differences(payload, config, numerics, f"{ckpt.path}")
     if differences:
         listing = "; ".join(differences)
+        if forced is not None:
+            forced.extend(differences)
         if not force:
             raise UserError(
                 f"{exp.path}: the config differs from the run being resumed in training "
@@ -242,6 +274,7 @@ def run_experiment(
             log.info("experiment already done; test results in %s", exp.test_summary_path)
             return Outcome.DONE
 
+        numerics = numerics_of(learner.backend, config.precision, device)
         learner, stop = shared(learner, local_stop, comm)
         builder = Builder(
             config,
@@ -256,6 +289,7 @@ def run_experiment(
             sync_gradients=comm.all_reduce_sum_,
             is_writer=world.is_writer,
             barrier=comm.barrier,
+            numerics=numerics,
         )
         payload = start["payload"]
         if payload is not None:
@@ -264,7 +298,7 @@ def run_experiment(
             return builder.test() if config.evaluate_on_test_set_only else builder.run()
         # What the manifest records: each CPU process, or this rank's GPU.
         used = [device] * world.world_size if device.type == "cpu" else [device]
-        return _recorded(builder, payload, devices=used, tasks=tasks)
+        return _recorded(builder, payload, devices=used, tasks=tasks, forced=start["forced"])
 
 
 def _tasks(config: ExperimentConfig, *, quiet: bool) -> Any:
@@ -311,17 +345,24 @@ def _open_as_writer(
     if comm.ctx.world_size > 1:
         where = f"{comm.ctx.world_size} processes ({device}, {comm.backend})"
     log.info("experiment %s in %s on %s", config.experiment_name, exp.path, where)
+    numerics = numerics_of(learner.backend, config.precision, device)
     if config.evaluate_on_test_set_only:
-        payload = checkpoint_to_test(config, exp, store, force=force)
+        payload = checkpoint_to_test(config, exp, store, force=force, numerics=numerics)
         log.info("evaluate_on_test_set_only: testing checkpoints of %s", exp.path)
-        return {"payload": payload, "done": False}, tasks, learner
-    payload = choose_start(config, exp, store, force=force)
+        return {"payload": payload, "done": False, "forced": []}, tasks, learner
+    forced: list[str] = []
+    payload = choose_start(config, exp, store, force=force, numerics=numerics, forced=forced)
     done = payload is not None and _already_done(exp, payload, config)
-    return {"payload": payload, "done": done}, tasks, learner
+    return {"payload": payload, "done": done, "forced": forced}, tasks, learner
 
 
 def _recorded(
-    builder: Builder, payload: dict[str, Any] | None, *, devices: list[torch.device], tasks: Any
+    builder: Builder,
+    payload: dict[str, Any] | None,
+    *,
+    devices: list[torch.device],
+    tasks: Any,
+    forced: list[str],
 ) -> Outcome:
     """The writer's part of the loop (restored from ``payload`` already, if any) as one
     run of the manifest: the test alone (evaluate_on_test_set_only), or training.
@@ -330,14 +371,24 @@ def _recorded(
     """
     exp, config = builder.exp, builder.cfg
     if config.evaluate_on_test_set_only:
-        with recorded_run(exp.path, config, devices=devices, tasks=tasks) as run:
+        with recorded_run(
+            exp.path, config, devices=devices, tasks=tasks, numerics=builder.numerics
+        ) as run:
             return run.ended_with(builder.test())
     if payload is not None:
         exp.test_summary_path.unlink(missing_ok=True)
     exp.write_config(config)
     exp.write_summary(builder.progress.rows)
     resumed = None if payload is None else payload["progress"]
-    with recorded_run(exp.path, config, devices=devices, tasks=tasks, resumed_from=resumed) as run:
+    with recorded_run(
+        exp.path,
+        config,
+        devices=devices,
+        tasks=tasks,
+        resumed_from=resumed,
+        numerics=builder.numerics,
+        forced_differences=forced,
+    ) as run:
         return run.ended_with(builder.run())
 
 
@@ -369,7 +420,12 @@ def _already_done(exp: ExperimentDir, payload: dict[str, Any], config: Experimen
 
 
 def checkpoint_to_test(
-    config: ExperimentConfig, exp: ExperimentDir, store: CheckpointStore, *, force: bool
+    config: ExperimentConfig,
+    exp: ExperimentDir,
+    store: CheckpointStore,
+    *,
+    force: bool,
+    numerics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """evaluate_on_test_set_only: the newest checkpoint, whose training settings must
     match ``config`` (unless ``force``); a user error when nothing was trained yet."""
@@ -377,7 +433,7 @@ def checkpoint_to_test(
     if found is None:
         raise UserError(f"evaluate_on_test_set_only: no checkpoints in {store.folder}; train first")
     ckpt, payload = found
-    differences = training_differences(from_dict(payload["config"], str(ckpt.path)), config)
+    differences = resume_differences(payload, config, numerics, str(ckpt.path))
     if differences and not force:
         raise UserError(
             f"{exp.path}: the config differs from the trained run in: "

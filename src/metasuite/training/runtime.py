@@ -95,6 +95,30 @@ def configure(devices: list[torch.device], num_threads: int | None = None) -> No
         torch.backends.cudnn.benchmark = False
 
 
+def numerics(backend: str, precision: str, device: torch.device) -> dict[str, Any]:
+    """What fixes a run's floating-point results besides the config's training settings:
+    the inner-loop backend as resolved for the device (``auto`` is not a backend),
+    the precision, and on the CPU the intra-op thread count (it changes the order of
+    summation). Recorded in every checkpoint and the manifest; a resume that differs
+    is refused like a changed training setting (see :func:`numerics_differences`)."""
+    out: dict[str, Any] = {"backend": backend, "precision": precision}
+    if device.type == "cpu":
+        out["num_threads"] = torch.get_num_threads()
+    return out
+
+
+def numerics_differences(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """``"backend: loop -> grouped (resolved)"`` lines; a checkpoint from before these
+    were recorded (``old`` None) has nothing to compare."""
+    if not old:
+        return []
+    return [
+        f"{key}: {old[key]} -> {new[key]} (resolved; changes results)"
+        for key in new
+        if key in old and old[key] != new[key]
+    ]
+
+
 def capture_rng_state() -> dict[str, Any]:
     """Every RNG the training may draw from, as tensors and numbers only, so that it
     survives ``torch.load(weights_only=True)``."""
