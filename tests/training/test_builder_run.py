@@ -326,3 +326,42 @@ def test_changed_thread_count_on_resume_is_refused_and_forcing_it_is_recorded(
     assert runs[-1]["numerics"]["num_threads"] == 2
     assert any("num_threads: 1 -> 2" in d for d in runs[-1]["forced_differences"])
     assert "CPU thread count: 1 -> 2" in runs[-1]["changes_since_previous_run"]
+
+
+def test_damaged_older_epoch_checkpoint_is_recorded_as_an_incomplete_ensemble(
+    reference: dict[str, Any], tmp_path: Path
+) -> None:
+    """The second model of the 2-model ensemble is damaged: the test still runs on the
+    rest, but test_summary.json, state, the final line, status and report all say the
+    ensemble is incomplete, instead of a quietly different accuracy."""
+    root = tmp_path / "experiments"
+    folder = root / "tiny"
+    shutil.copytree(reference["folder"], folder)
+    (folder / "test_summary.json").unlink()
+    best, second = reference["test"]["ensemble"]["epochs"]
+    damaged = CheckpointStore(folder / "checkpoints").epoch_files()[second].path
+    damaged.write_bytes(damaged.read_bytes()[:-500])
+    result = train(write_config(tmp_path, evaluate_on_test_set_only=True), root)
+    assert result.returncode == 0, result.stderr
+    ensemble = read_json(folder / "test_summary.json")["ensemble"]
+    assert ensemble["epochs"] == [best] and ensemble["left_out_epochs"] == [second]
+    assert damaged.name in ensemble["left_out_reasons"][0]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "ENSEMBLE INCOMPLETE" in last and f"[{second}]" in last
+    assert read_json(folder / "state.json")["ensemble_left_out"] == [second]
+
+    env = train_env()
+    status = subprocess.run(
+        [*train_command(config=Path("-"), root=root)[:3], "status", "--experiments-root",
+         str(root)], env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    assert f"ensemble incomplete: epochs [{second}] left out" in status.stdout
+    out = tmp_path / "report"
+    report = subprocess.run(
+        [*train_command(config=Path("-"), root=root)[:3], "report", "--experiments-root",
+         str(root), "--out", str(out)], env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    tables = "".join(p.read_text() for p in out.rglob("*.md"))
+    assert f"(incomplete: epochs [{second}] left out)" in tables

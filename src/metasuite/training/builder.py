@@ -229,7 +229,11 @@ class Builder:
         log.debug("checkpoint %s", path.name)
 
     def write_state(
-        self, status: str, message: str = "", test_accuracy: float | None = None
+        self,
+        status: str,
+        message: str = "",
+        test_accuracy: float | None = None,
+        ensemble_left_out: list[int] | None = None,
     ) -> None:
         if not self.is_writer:
             return
@@ -243,6 +247,7 @@ class Builder:
             best_val_epoch=best_epoch,
             test_accuracy=test_accuracy,
             message=message,
+            ensemble_left_out=ensemble_left_out,
         )
 
     @property
@@ -456,6 +461,7 @@ class Builder:
             self.barrier()  # every rank reads the checkpoints the writer has just saved
         files = self.store.epoch_files()
         used: list[int] = []
+        left_out: dict[int, str] = {}  # epoch -> why, for test_summary.json and the log
         summed: torch.Tensor | None = None
         labels: torch.Tensor | None = None
         best_single: dict[str, Any] | None = None
@@ -466,11 +472,13 @@ class Builder:
             ckpt = files.get(epoch)
             if ckpt is None:
                 log.warning("no checkpoint for epoch %d; left out of the test ensemble", epoch)
+                left_out[epoch] = "no checkpoint file"
                 continue
             try:
                 payload = load_checkpoint(ckpt.path)
             except CorruptCheckpointError as exc:
                 log.warning("%s; epoch %d left out of the test ensemble", exc, epoch)
+                left_out[epoch] = str(exc)
                 continue
             self.learner.load_state_dict(payload["learner"])
             _, _, probs, labels = self.evaluate_split(self.tasks.test, f"test epoch {epoch}")
@@ -497,6 +505,9 @@ class Builder:
                 "accuracy_ci95": ci,
                 "num_tasks": int(summed.shape[0]),
                 "epochs": used,
+                # The ensemble was meant to hold every epoch of `ranked`; these are missing.
+                "left_out_epochs": sorted(left_out),
+                "left_out_reasons": [left_out[e] for e in sorted(left_out)],
             },
             "best_single": best_single,
             "ci95": "1.96 * sample standard deviation (ddof=1) over tasks / sqrt(num_tasks)",
@@ -508,8 +519,15 @@ class Builder:
             f"(epoch {best_single['epoch']}) {best_single['accuracy_mean']:.4f} ± "
             f"{best_single['accuracy_ci95']:.4f}"
         )
-        log.info(message)
-        self.write_state("done", message, test_accuracy=mean)
+        if left_out:
+            message += (
+                f"; ENSEMBLE INCOMPLETE: epochs {sorted(left_out)} left out (damaged or "
+                f"missing checkpoints), {len(used)} of {len(ranked)} models used"
+            )
+            log.warning(message)
+        else:
+            log.info(message)
+        self.write_state("done", message, test_accuracy=mean, ensemble_left_out=sorted(left_out))
         return Outcome.DONE
 
 
