@@ -67,8 +67,10 @@ def run(args: argparse.Namespace) -> int:
     root = _options.experiments_root_of(args)
     ctx = distributed.worker_context()
     if ctx is not None:
+        distributed.check_world_fits(config.batch_size, ctx.world_size, args.config)
         return _run_worker(args, config, root, devices, ctx)
     nproc = _process_count(args, devices)
+    distributed.check_world_fits(config.batch_size, nproc, args.config)
     if nproc > 1:
         return distributed.launch(_worker_argv(args, root), nproc)
     outcome = run_experiment(config, root, devices, quiet=args.quiet, force=args.force)

@@ -105,6 +105,21 @@ def worker_context(environ: dict[str, str] | None = None) -> DistContext | None:
     return ctx if ctx.world_size > 1 else None
 
 
+def check_world_fits(batch_size: int, world_size: int, source: str) -> None:
+    """Refuse a world larger than the meta-batch, before anything starts.
+
+    Each rank trains its share of a meta-batch's ``batch_size`` tasks; a rank with no
+    task would have nothing to contribute yet still wait in every collective, so the
+    only honest answers are fewer processes or a bigger batch (which changes results).
+    """
+    if world_size > batch_size:
+        raise UserError(
+            f"{world_size} processes but batch_size is {batch_size} in {source}: each "
+            f"process needs at least one task of the meta-batch; use at most {batch_size} "
+            "processes"
+        )
+
+
 def rank_device(devices: Sequence[torch.device], ctx: DistContext) -> torch.device:
     """This rank's device: the CPU, or the GPU of its local rank (one GPU per process)."""
     if all(d.type == "cpu" for d in devices):
@@ -446,6 +461,7 @@ __all__ = [
     "Collectives",
     "DistContext",
     "DistributedLearner",
+    "check_world_fits",
     "joined",
     "launch",
     "rank_device",
