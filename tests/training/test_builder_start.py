@@ -325,3 +325,26 @@ def test_changed_backend_of_an_older_checkpoint_is_refused(folder) -> None:
     exp, store = folder
     with pytest.raises(UserError, match='backend: "loop" -> "grouped"'):
         choose_start(_config(backend="grouped"), exp, store, force=False, numerics=_numerics())
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"evaluate_on_test_set_only": True}, "no checkpoints"),
+        ({"continue_from_epoch": "latest"}, "no checkpoint"),
+        ({"continue_from_epoch": 2}, "no checkpoint for the end of epoch 2"),
+    ],
+)
+def test_a_start_that_needs_a_checkpoint_fails_before_the_folder_exists(
+    tmp_path: Path, capsys, omniglot_folder: Path, changes: dict[str, Any], words: str
+) -> None:
+    """No "not started 0/?" folder is left behind by a start refused for want of a
+    checkpoint."""
+    config = write_config(tmp_path, **changes)
+    root = tmp_path / "experiments"
+    code, err = _cli(
+        capsys, "--config", str(config), "--gpus", "cpu", "--experiments-root", str(root)
+    )
+    assert code == 2
+    assert words in _one_error_line(err)
+    assert not (root / "tiny").exists()

@@ -335,8 +335,14 @@ def _open_as_writer(
         tasks = _tasks(config, quiet=quiet)
     # Built before the folder is touched: a setting the learner refuses is a user error.
     learner = _learner(config, device)
-    exp.create()
+    numerics = numerics_of(learner.backend, config.precision, device)
     store = CheckpointStore(exp.checkpoints)
+    if not exp.path.exists():
+        # Nothing to resume or test yet: a start that needs a checkpoint (a test-only
+        # run, "latest", an epoch number) fails here, before the folder exists, instead
+        # of leaving an empty folder that status lists as "not started".
+        _decide_start(config, exp, store, force=force, numerics=numerics)
+    exp.create()
     lock = ExperimentLock(exp.path)
     stack.enter_context(logging_to(exp.log_file))
     stack.enter_context(lock.hold())
@@ -345,15 +351,28 @@ def _open_as_writer(
     if comm.ctx.world_size > 1:
         where = f"{comm.ctx.world_size} processes ({device}, {comm.backend})"
     log.info("experiment %s in %s on %s", config.experiment_name, exp.path, where)
-    numerics = numerics_of(learner.backend, config.precision, device)
+    payload, forced = _decide_start(config, exp, store, force=force, numerics=numerics)
     if config.evaluate_on_test_set_only:
-        payload = checkpoint_to_test(config, exp, store, force=force, numerics=numerics)
         log.info("evaluate_on_test_set_only: testing checkpoints of %s", exp.path)
-        return {"payload": payload, "done": False, "forced": []}, tasks, learner
-    forced: list[str] = []
-    payload = choose_start(config, exp, store, force=force, numerics=numerics, forced=forced)
+        return {"payload": payload, "done": False, "forced": forced}, tasks, learner
     done = payload is not None and _already_done(exp, payload, config)
     return {"payload": payload, "done": done, "forced": forced}, tasks, learner
+
+
+def _decide_start(
+    config: ExperimentConfig,
+    exp: ExperimentDir,
+    store: CheckpointStore,
+    *,
+    force: bool,
+    numerics: dict[str, Any],
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """The payload to start from and the differences ``force`` let through."""
+    forced: list[str] = []
+    if config.evaluate_on_test_set_only:
+        return checkpoint_to_test(config, exp, store, force=force, numerics=numerics), forced
+    payload = choose_start(config, exp, store, force=force, numerics=numerics, forced=forced)
+    return payload, forced
 
 
 def _recorded(
