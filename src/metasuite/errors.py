@@ -22,7 +22,8 @@ class ExitCode(IntEnum):
     PAUSED = 3
     """Stopped by ``total_epochs_before_pause``: run again to continue."""
     STOPPED = 4
-    """Stopped by a signal after checkpointing: run again to continue."""
+    """Stopped by a signal after checkpointing, or by a SIGTERM during start-up before
+    training (nothing new to save): run again to continue."""
 
 
 RESUMABLE_EXIT_CODES: tuple[ExitCode, ...] = (ExitCode.PAUSED, ExitCode.STOPPED)

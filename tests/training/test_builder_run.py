@@ -365,3 +365,26 @@ def test_damaged_older_epoch_checkpoint_is_recorded_as_an_incomplete_ensemble(
     assert report.returncode == 0, report.stderr
     tables = "".join(p.read_text() for p in out.rglob("*.md"))
     assert f"(incomplete: epochs [{second}] left out)" in tables
+
+
+@pytest.mark.parametrize("after_s", [0.3, 1.5])
+def test_sigterm_during_start_up_stops_cleanly_with_exit_4(
+    tmp_path: Path, omniglot_folder: Path, after_s: float
+) -> None:
+    """While torch and the data load (the first seconds), SIGTERM used to kill the
+    process with 143; now it is a clean stop, exit 4, recorded as interrupted (a rerun
+    then starts as after any stop: test_sigterm_checkpoints_and_exits_4)."""
+    config, root = write_config(tmp_path), tmp_path / "experiments"
+    proc = subprocess.Popen(
+        train_command(config, root), env=train_env(), stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert "Traceback" not in stderr
+    if proc.returncode == 0:  # the whole run beat the signal (a very fast machine)
+        pytest.skip(f"the run finished within {after_s} s")
+    assert proc.returncode == 4, stderr
+    assert "stopped by SIGTERM" in stderr
+    state = read_json(root / "tiny" / "state.json")
+    assert state["status"] == "interrupted" and "during start-up" in state["message"]

@@ -295,6 +295,8 @@ class Builder:
 
     def train(self) -> Outcome:
         cfg = self.cfg
+        if self.stop.requested:  # a signal during start-up: nothing new to checkpoint
+            return self.interrupted(before_training=True)
         self.write_state("running")
         while not self.training_complete:
             stopped = self.train_epoch()
@@ -315,12 +317,18 @@ class Builder:
                 return Outcome.PAUSED
         return Outcome.DONE
 
-    def interrupted(self) -> Outcome:
-        message = (
-            f"stopped by {self.stop.signal_name} after checkpointing at epoch "
-            f"{self.progress.epoch}, iteration {self.progress.iteration}; run the same "
-            "command to continue"
-        )
+    def interrupted(self, *, before_training: bool = False) -> Outcome:
+        where = f"epoch {self.progress.epoch}, iteration {self.progress.iteration}"
+        if before_training:
+            what = "during start-up, before training in this run (nothing to checkpoint)"
+            if self.progress.iteration:
+                what += f"; the checkpoint at {where} is kept"
+            message = f"stopped by {self.stop.signal_name} {what}; run the same command to continue"
+        else:
+            message = (
+                f"stopped by {self.stop.signal_name} after checkpointing at {where}; run the "
+                "same command to continue"
+            )
         log.warning(message)
         self.write_state("interrupted", message)
         return Outcome.INTERRUPTED
