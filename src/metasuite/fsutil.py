@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -117,3 +118,29 @@ def write_with_atomic(path: Path, writer: Callable[[BinaryIO], None]) -> None:
     """Atomically write whatever ``writer(handle)`` writes (e.g. ``torch.save``)."""
     with atomic_open(path) as handle:
         writer(handle)
+
+
+_NO_FLOCK_HERE = frozenset({errno.EBADF, errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP})
+
+
+@contextlib.contextmanager
+def flocked(target: Path, fallback: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` for the block on ``target``, a folder or file that
+    exists anyway, opened read-only: no lock file is left behind. Where the file system
+    refuses that (NFS emulates flock with POSIX locks, which need a writable file), on
+    ``fallback`` instead, created if needed and left in place: deleting a lock file that
+    another process may be waiting on would let a third one in beside it."""
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in _NO_FLOCK_HERE:
+            raise
+        fd = os.open(fallback, os.O_RDWR | os.O_CREAT, 0o666)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -407,3 +407,13 @@ def test_disk_full_while_unpacking_is_reported_as_disk_full(
         assert sorted(p.name for p in small.iterdir() if not p.name.endswith(".lock")) == [
             copy.name
         ]
+
+
+def test_unpacking_leaves_no_lock_file_beside_the_archive(
+    small_archive: Path, tmp_path: Path
+) -> None:
+    """The unpack lock is an flock on the archive itself (a lock file only where the file
+    system needs one, as NFS does)."""
+    archive = _copy(small_archive, tmp_path)
+    unpack(archive, expected_files=240, quiet=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([archive.name, "omniglot_dataset"])

@@ -69,6 +69,9 @@ def test_reference_run_outputs(reference: dict[str, Any]) -> None:
     assert [r["epoch"] for r in reference["rows"]] == ["0", "1", "2"]
     assert state["status"] == "done" and state["epoch"] == 3 and state["iteration"] == 18
     assert not (folder / "lock").exists()
+    # No left-overs once done: no lock guard, no mid-epoch resume point.
+    assert not (folder / ".lock.guard").exists()
+    assert not list((folder / "checkpoints").glob("iter_*.pt"))
     # The best 2 epochs by validation accuracy form the ensemble, best first.
     val = {int(r["epoch"]): float(r["val_accuracy_mean"]) for r in reference["rows"]}
     ranked = sorted(val, key=lambda e: (-val[e], e))

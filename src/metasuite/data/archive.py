@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import os
 import shutil
@@ -37,7 +36,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from metasuite.errors import DatasetError
-from metasuite.fsutil import disk_full, fsync_dir, is_disk_full
+from metasuite.fsutil import disk_full, flocked, fsync_dir, is_disk_full
 
 KNOWN_FILE_COUNTS: dict[str, int] = {
     "omniglot.tar.bz2": 32_460,  # 1,623 characters x 20 drawings
@@ -117,20 +116,20 @@ def _temp_folder(archive: Path) -> Path:
 
 @contextlib.contextmanager
 def _locked(archive: Path) -> Iterator[None]:
+    """Serialise unpacks of ``archive``: an flock on the archive itself, so no lock file
+    is left beside it (a hidden ``.<archive>.lock`` only where flock needs a writable
+    file, as on NFS)."""
     lock_path = archive.parent / f".{archive.name}.lock"
+    held = contextlib.ExitStack()
     try:
-        handle = open(lock_path, "a+b")  # noqa: SIM115 (held for the whole block)
+        held.enter_context(flocked(archive, lock_path))
     except OSError as exc:
         raise DatasetError(
-            f"{archive}: cannot create lock file {lock_path} ({exc.strerror}); "
+            f"{archive}: cannot lock it for unpacking ({exc.strerror}); "
             "is the data set folder writable?"
         ) from None
-    with handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with held:
+        yield
 
 
 def _scan_tree(folder: Path) -> tuple[int, str | None]:

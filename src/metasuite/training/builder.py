@@ -522,6 +522,8 @@ class Builder:
         }
         if self.is_writer:
             self.exp.write_test_summary(summary)
+            if self.training_complete:  # no more resuming inside an epoch
+                self.store.remove_mid_epoch()
         message = (
             f"test accuracy {mean:.4f} ± {ci:.4f} (ensemble of epochs {used}); best single "
             f"(epoch {best_single['epoch']}) {best_single['accuracy_mean']:.4f} ± "
