@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from metasuite.errors import UserError
-from metasuite.training.devices import DeviceSpecError, gpu_indices, parse_devices
+from metasuite.training.devices import GIVEN_ENV, DeviceSpecError, gpu_indices, parse_devices
 
 THREADS_ENV = "METASUITE_NUM_THREADS"
 
@@ -43,18 +43,36 @@ def resolve_devices(spec: str | None) -> list[torch.device]:
         ) from None
     if not ids:
         return [torch.device("cpu")]
+    given = os.environ.get(GIVEN_ENV)
+    if given:
+        # Started by an experiment script, which made the GPUs given to it the only
+        # visible ones (renumbered from 0): name what the user typed.
+        if not torch.cuda.is_available() or torch.cuda.device_count() < len(ids):
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+            raise UserError(
+                f"{given}: no such GPU on this machine, or no CUDA (torch "
+                f"{torch.__version__} finds no device for CUDA_VISIBLE_DEVICES={visible}); "
+                "give GPU ids that `nvidia-smi -L` lists, or cpu"
+            )
+        return [torch.device("cuda", i) for i in ids]
+    check_gpu_ids(ids, f"--gpus {spec}")
+    return [torch.device("cuda", i) for i in ids]
+
+
+def check_gpu_ids(ids: list[int], named: str) -> None:
+    """Every GPU id must exist here; ``named`` is how the user gave them (the option)."""
+    if not ids:
+        return
     if not torch.cuda.is_available():
         raise UserError(
-            f"--gpus {spec}: CUDA is not available on this machine (torch {torch.__version__}); "
-            "use --gpus cpu"
+            f"{named}: CUDA is not available on this machine (torch {torch.__version__}); use cpu"
         )
     count = torch.cuda.device_count()
     for i in ids:
         if i >= count:
             raise UserError(
-                f"--gpus {spec}: there is no GPU {i} (this machine has {count}: ids 0..{count - 1})"
+                f"{named}: there is no GPU {i} (this machine has {count}: ids 0..{count - 1})"
             )
-    return [torch.device("cuda", i) for i in ids]
 
 
 def seed_everything(seed: int) -> None:
