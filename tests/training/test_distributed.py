@@ -290,3 +290,26 @@ def test_more_processes_than_tasks_in_a_meta_batch_are_refused_before_launching(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "3 processes but batch_size is 2" in err[0]
     assert not root.exists()
+
+
+def test_launch_after_a_sigterm_during_start_up_starts_no_worker(monkeypatch, capsys) -> None:
+    """`train --nproc 2` signalled while torch loads: the recorded SIGTERM stops it with
+    exit 4 before torchrun starts (instead of being lost and the job running on)."""
+    import signal
+    import subprocess
+
+    from metasuite.cli import EarlyStop
+    from metasuite.errors import ExitCode
+
+    def no_workers(*args, **kwargs):
+        raise AssertionError("workers started")
+
+    monkeypatch.setattr(subprocess, "Popen", no_workers)
+    early = EarlyStop()
+    early(signal.SIGTERM, None)
+    previous = signal.signal(signal.SIGTERM, early)
+    try:
+        assert distributed.launch(["--config", "x.json"], 2) == ExitCode.STOPPED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert "stopped by SIGTERM during start-up" in capsys.readouterr().err

@@ -54,7 +54,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from metasuite.errors import UserError
+from metasuite.errors import ExitCode, UserError
 from metasuite.training.signals import parent_death_signal
 
 LAUNCH_DIR_ENV = "METASUITE_LAUNCH_DIR"
@@ -404,6 +404,19 @@ def _worker_pids(folder: Path) -> list[int]:
     return pids
 
 
+def _stopped_during_start_up() -> bool:
+    """A SIGTERM that ``metasuite.cli.EarlyStop`` recorded before the workers exist: stop
+    without starting them (exit 4, as any stop), instead of losing the signal."""
+    name = getattr(signal.getsignal(signal.SIGTERM), "signal_name", None)
+    if name:
+        print(
+            f"stopped by {name} during start-up, before the workers started; run the same "
+            "command to continue",
+            file=sys.stderr,
+        )
+    return bool(name)
+
+
 def launch(worker_argv: Sequence[str], nproc: int) -> int:
     """Run ``metasuite train <worker_argv>`` on ``nproc`` processes under torchrun.
 
@@ -413,6 +426,8 @@ def launch(worker_argv: Sequence[str], nproc: int) -> int:
     """
     # Checked here too, so a bad value is one error line, not one per worker + torchrun's.
     timeout_seconds()
+    if _stopped_during_start_up():
+        return ExitCode.STOPPED
     with tempfile.TemporaryDirectory(prefix="metasuite-launch-") as tmp:
         folder = Path(tmp)
         env = dict(os.environ, **{LAUNCH_DIR_ENV: tmp})
@@ -442,6 +457,8 @@ def launch(worker_argv: Sequence[str], nproc: int) -> int:
                     os.kill(pid, signal.SIGTERM)
 
         previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+        if getattr(previous[signal.SIGTERM], "signal_name", None):
+            forward(signal.SIGTERM, None)  # arrived while the workers were being started
         try:
             code = proc.wait()
         finally:
