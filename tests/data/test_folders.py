@@ -433,3 +433,19 @@ def test_colour_omniglot_is_refused_before_decoding(omniglot_config: ExperimentC
     76 MB cache of three equal channels): refused, naming the setting."""
     with pytest.raises(ConfigError, match=r"image_channels is 3 .* grayscale"):
         load_splits(replace(omniglot_config, image_channels=3))
+
+
+def test_a_cache_that_does_not_fit_on_the_disk_is_a_warning(
+    omniglot_folder: Path, omniglot_config: ExperimentConfig, tmp_path: Path
+) -> None:
+    """The pixels are decoded already: a full disk costs the cache (a warning saying so),
+    not the run."""
+    from disk_helpers import fill, small_tmpfs
+
+    with small_tmpfs(tmp_path / "small", "2m") as root:
+        count = omniglot_subset(omniglot_folder, root / "omniglot_dataset")
+        fill(root)
+        config = replace(omniglot_config, num_dataprovider_workers=0)
+        with pytest.warns(UserWarning, match="cannot write the image cache .*no space left"):
+            images, _, _ = load_images(config, root / "omniglot_dataset", quiet=True)
+        assert images.shape[0] == count and not _caches(root)

@@ -469,7 +469,7 @@ def load_dataset(
     except (OSError, DiskFullError) as exc:  # a read-only or full data folder still works,
         # just slower next time: the pixels are in memory already
         warnings.warn(f"{path}: cannot write the image cache ({exc})", UserWarning, stacklevel=2)
-        state = f"not written ({exc.strerror or exc})"
+        state = f"not written ({getattr(exc, 'strerror', None) or exc})"
     return LoadedData(images, offsets, names, listing, path, state)
 
 
