@@ -152,6 +152,9 @@ def test_wrong_type_names_file_key_and_expectation(
         ({"continue_from_epoch": -3}, "continue_from_epoch"),
         ({"image_height": 8, "image_width": 8}, "num_stages"),
         ({"experiment_name": "a/b"}, "experiment_name"),
+        ({"experiment_name": "my run"}, "experiment_name"),
+        ({"experiment_name": "two\nlines"}, "experiment_name"),
+        ({"experiment_name": ".hidden"}, "experiment_name"),
         ({"train_seed": -1}, "train_seed"),
         ({"train_seed": 2**70}, "train_seed"),
         ({"val_seed": -1}, "val_seed"),
@@ -379,3 +382,20 @@ def test_absolute_and_home_paths_are_kept(tmp_path: Path) -> None:
     assert resolve_dataset_path(absolute, tmp_path / "root") == tmp_path / "x"
     home = replace(ExperimentConfig(), dataset_path="~/somewhere")
     assert resolve_dataset_path(home, tmp_path) == Path.home() / "somewhere"
+
+
+def test_experiment_names_follow_the_generators_rule() -> None:
+    """One rule for names: train accepts exactly the names `generate` may produce,
+    including those of configs written for the reference repo."""
+    from metasuite.config import is_experiment_name
+
+    for good in (
+        "omniglot_maml++_5way_1shot_s0",
+        "mini-imagenet_5_2_0.01_48_5_0",
+        "MAML++_Omniglot_20_way_1_shot_seed_0",
+        "lr=0.1",
+    ):
+        assert is_experiment_name(good)
+        from_dict({"experiment_name": good})
+    for bad in ("", "a b", "a\nb", "a/b", ".", "..", "-x", "é"):
+        assert not is_experiment_name(bad)

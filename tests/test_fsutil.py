@@ -55,3 +55,20 @@ def test_a_read_only_folder_is_one_user_error_naming_it(tmp_path):
             assert isinstance(info.value, UserError)
             assert str(info.value).startswith(f"{ro}: cannot write here")
         assert list(ro.iterdir()) == []
+
+
+def test_disk_full_is_one_line_and_keeps_previous_file(tmp_path: Path) -> None:
+    from disk_helpers import fill, small_tmpfs
+    from metasuite.errors import DiskFullError, ExitCode
+
+    with small_tmpfs(tmp_path / "small", "1m") as small:
+        target = small / "ckpt.bin"
+        write_text_atomic(target, "good")
+        fill(small)
+        with pytest.raises(DiskFullError) as caught:
+            write_text_atomic(target, "x" * 200_000)
+        assert str(caught.value).startswith(f"no space left on {small}")
+        assert f"writing {target}" in str(caught.value)
+        assert caught.value.exit_code == ExitCode.FAILED
+        assert target.read_text() == "good"
+        assert sorted(p.name for p in small.iterdir()) == ["ckpt.bin", "filler.bin"]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 import warnings
 
 from metasuite import __version__
@@ -55,7 +57,24 @@ def _one_line_warning(
     return f"warning: {message}\n"
 
 
+class EarlyStop:
+    """SIGTERM handler of ``train`` from its first moment until the trainer installs its
+    own (:class:`metasuite.training.signals.StopRequest`, which adopts a signal recorded
+    here through ``signal_name``): loading torch and the data takes seconds, and a
+    scheduler's SIGTERM then must not kill the process with status 143 but stop it
+    cleanly with status 4 (:attr:`~metasuite.errors.ExitCode.STOPPED`)."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.signal_name = self.signal_name or signal.Signals(signum).name
+
+
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] == ["train"] and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, EarlyStop())
     warnings.formatwarning = _one_line_warning
     warnings.simplefilter("default", DeprecationWarning)
     args = build_parser().parse_args(argv)

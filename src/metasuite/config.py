@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import types
 import warnings
 from collections.abc import Mapping
@@ -270,6 +271,18 @@ def from_dict(raw: Mapping[str, Any], source: str = "<config>") -> ExperimentCon
     return config
 
 
+EXPERIMENT_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
+EXPERIMENT_NAME_RULE = (
+    "letters, digits and . _ + = - starting with a letter or digit (names become file and "
+    "folder names and one line of the status table)"
+)
+"""The one rule for experiment names, used by configs (``train``) and the generator."""
+
+
+def is_experiment_name(name: str) -> bool:
+    return EXPERIMENT_NAME_PATTERN.fullmatch(name) is not None
+
+
 def _check_ranges(c: ExperimentConfig, source: str) -> None:
     def fail(key: str, expected: str) -> None:
         raise ConfigError(f"{source}: {key} must be {expected}, got {json.dumps(getattr(c, key))}")
@@ -323,12 +336,8 @@ def _check_ranges(c: ExperimentConfig, source: str) -> None:
             f"small enough that {c.num_stages} 2x2 poolings fit a "
             f"{c.image_height}x{c.image_width} image",
         )
-    if (
-        not c.experiment_name
-        or any(ch in c.experiment_name for ch in "/\\\0")
-        or (c.experiment_name in (".", ".."))
-    ):
-        fail("experiment_name", "a non-empty name usable as a folder name (no '/')")
+    if not is_experiment_name(c.experiment_name):
+        fail("experiment_name", EXPERIMENT_NAME_RULE)
     # Contradictions: settings that cannot all hold at once.
     if c.per_step_bn_statistics and c.norm_layer != "batch_norm":
         raise ConfigError(

@@ -22,7 +22,8 @@ class ExitCode(IntEnum):
     PAUSED = 3
     """Stopped by ``total_epochs_before_pause``: run again to continue."""
     STOPPED = 4
-    """Stopped by a signal after checkpointing: run again to continue."""
+    """Stopped by a signal after checkpointing, or by a SIGTERM during start-up before
+    training (nothing new to save): run again to continue."""
 
 
 RESUMABLE_EXIT_CODES: tuple[ExitCode, ...] = (ExitCode.PAUSED, ExitCode.STOPPED)
@@ -35,6 +36,19 @@ class UserError(Exception):
     """A mistake the user can fix: bad input, missing file, wrong device id."""
 
     exit_code: int = USER_ERROR_EXIT
+
+
+class EnvironmentFault(UserError):
+    """Not the user's input but the machine's (a full disk): reported the same way, on
+    one line without a traceback, but with exit status 1 (:attr:`ExitCode.FAILED`), since
+    nothing in the command line or the config is wrong. Rerunning once the fault is
+    fixed resumes."""
+
+    exit_code: int = ExitCode.FAILED
+
+
+class DiskFullError(EnvironmentFault):
+    """No space (or quota) left on the file system being written."""
 
 
 class ConfigError(UserError):

@@ -387,3 +387,33 @@ def test_unknown_archive_name_is_refused(tmp_path: Path) -> None:
     archive.write_bytes(b"Rar!")
     with pytest.raises(DatasetError, match=r"data\.rar: not a known archive name.*\.tar\.gz"):
         unpack(archive, quiet=True)
+
+
+@pytest.mark.parametrize("use_pbzip2", EXTRACTORS)
+def test_disk_full_while_unpacking_is_reported_as_disk_full(
+    tmp_path: Path, use_pbzip2: bool
+) -> None:
+    """The real archive on a file system with room for it but not for its 134 MB of
+    images: "no space left", not "corrupt archive", and nothing half-unpacked kept."""
+    from disk_helpers import small_tmpfs
+    from metasuite.errors import DiskFullError
+
+    with small_tmpfs(tmp_path / "small", "8m") as small:
+        copy = small / REAL_ARCHIVE.name
+        shutil.copyfile(REAL_ARCHIVE, copy)
+        with pytest.raises(DiskFullError, match=f"^no space left on {small}") as caught:
+            unpack(copy, use_pbzip2=use_pbzip2, quiet=True)
+        assert "corrupt" not in str(caught.value)
+        assert sorted(p.name for p in small.iterdir() if not p.name.endswith(".lock")) == [
+            copy.name
+        ]
+
+
+def test_unpacking_leaves_no_lock_file_beside_the_archive(
+    small_archive: Path, tmp_path: Path
+) -> None:
+    """The unpack lock is an flock on the archive itself (a lock file only where the file
+    system needs one, as NFS does)."""
+    archive = _copy(small_archive, tmp_path)
+    unpack(archive, expected_files=240, quiet=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([archive.name, "omniglot_dataset"])

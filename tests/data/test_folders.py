@@ -16,7 +16,7 @@ from metasuite.data.archive import KNOWN_FILE_COUNTS
 from metasuite.data.folders import find_archive, load_images, load_splits, locate_dataset
 from metasuite.data.images import decode_image, decode_images
 from metasuite.data.tasks import FewShotTasks
-from metasuite.errors import DatasetError
+from metasuite.errors import ConfigError, DatasetError
 
 
 # ------------------------------------------------------------------ the real Omniglot
@@ -398,3 +398,54 @@ def test_find_archive_names_the_archive_without_unpacking(
         config = replace(omniglot_config, dataset_path=path)
         assert find_archive(config, tmp_path) == tmp_path / "omniglot.tar.bz2"
     assert not (tmp_path / "omniglot_dataset").exists()
+
+
+@pytest.mark.slow
+def test_unpacked_omniglot_missing_a_class_folder_is_refused_naming_it(
+    omniglot_config: ExperimentConfig, omniglot_folder: Path, tmp_path: Path
+) -> None:
+    """Checked on every load, not only at unpack: the real data set (hard-linked) beside
+    its real archive, one class folder deleted, is a DatasetError naming that folder,
+    not a silently different class split."""
+    root = tmp_path / "datasets"
+    root.mkdir()
+    (root / "omniglot.tar.bz2").symlink_to(REPO_ROOT / "datasets" / "omniglot.tar.bz2")
+    copy = root / "omniglot_dataset"
+    subprocess.run(["cp", "-al", str(omniglot_folder), str(copy)], check=True)
+    for cache in omniglot_folder.parent.glob(f"{omniglot_folder.name}.*.cache.pt"):
+        (root / cache.name).hardlink_to(cache)  # the complete copy loads from the cache
+    assert len(load_splits(omniglot_config, root)[0]["train"].class_names) == 1150
+    gone = next(next((copy / "images_background").iterdir()).iterdir())
+    relative = gone.relative_to(copy).as_posix()
+    subprocess.run(["rm", "-r", str(gone)], check=True)
+    with pytest.raises(DatasetError) as caught:
+        load_splits(omniglot_config, root)
+    message = str(caught.value)
+    assert (
+        f"32,440 images but omniglot.tar.bz2 holds {KNOWN_FILE_COUNTS['omniglot.tar.bz2']:,}"
+        in (message)
+    )
+    assert f"missing: {relative}/ (20 files)" in message
+
+
+def test_colour_omniglot_is_refused_before_decoding(omniglot_config: ExperimentConfig) -> None:
+    """image_channels 3 on grayscale Omniglot used to be accepted silently (and write a
+    76 MB cache of three equal channels): refused, naming the setting."""
+    with pytest.raises(ConfigError, match=r"image_channels is 3 .* grayscale"):
+        load_splits(replace(omniglot_config, image_channels=3))
+
+
+def test_a_cache_that_does_not_fit_on_the_disk_is_a_warning(
+    omniglot_folder: Path, omniglot_config: ExperimentConfig, tmp_path: Path
+) -> None:
+    """The pixels are decoded already: a full disk costs the cache (a warning saying so),
+    not the run."""
+    from disk_helpers import fill, small_tmpfs
+
+    with small_tmpfs(tmp_path / "small", "2m") as root:
+        count = omniglot_subset(omniglot_folder, root / "omniglot_dataset")
+        fill(root)
+        config = replace(omniglot_config, num_dataprovider_workers=0)
+        with pytest.warns(UserWarning, match="cannot write the image cache .*no space left"):
+            images, _, _ = load_images(config, root / "omniglot_dataset", quiet=True)
+        assert images.shape[0] == count and not _caches(root)

@@ -95,6 +95,17 @@ def test_make_slots():
             make_slots(gpus, per, jobs)
 
 
+def _run_suite_with_fake_gpus(args: list[str]) -> list[str]:
+    """``python -m metasuite ARGS`` in a process whose torch pretends to have 4 GPUs (the
+    fake trainer needs none, but run-suite checks the ids up front)."""
+    code = (
+        "import sys, torch; torch.cuda.is_available = lambda: True; "
+        "torch.cuda.device_count = lambda: 4; from metasuite.cli import main; "
+        "raise SystemExit(main(sys.argv[1:]))"
+    )
+    return [sys.executable, "-c", code, *args]
+
+
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
     """A generated tiny suite, a fake python and an experiments root."""
@@ -108,6 +119,11 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHON", str(python))
     monkeypatch.setenv("FAKE_DIR", str(fake_dir))
     monkeypatch.delenv("METASUITE_EXPERIMENTS_ROOT", raising=False)
+    # The fake trainer needs no GPU, but run-suite checks the ids up front: pretend 4.
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
 
     class Fake:
         root = tmp_path
@@ -190,7 +206,7 @@ def test_sigterm_is_forwarded_and_a_restart_picks_up(fake):
     """Kill run-suite: running experiments get SIGTERM, nothing new starts; rerun finishes."""
     fake.plan(**{n: ["wait", 0] for n in TINY_NAMES})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "metasuite", *fake.args("--gpus", "0", "1", "--quiet")],
+        _run_suite_with_fake_gpus(fake.args("--gpus", "0", "1", "--quiet")),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -264,7 +280,7 @@ def test_experiments_get_sigterm_when_run_suite_is_killed_outright(fake):
     """SIGKILL leaves run-suite no chance to forward; the kernel sends SIGTERM instead."""
     fake.plan(**{n: ["wait"] for n in TINY_NAMES})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "metasuite", *fake.args("--gpus", "0", "--quiet")],
+        _run_suite_with_fake_gpus(fake.args("--gpus", "0", "--quiet")),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -281,3 +297,20 @@ def test_experiments_get_sigterm_when_run_suite_is_killed_outright(fake):
     assert got_term.exists()
     state = json.loads((fake.experiments / TINY_NAMES[0] / "state.json").read_text())
     assert state["status"] == "interrupted"
+
+
+@pytest.mark.parametrize(("cuda", "count", "words"), [(False, 0, "CUDA is not available"),
+                                                      (True, 1, "there is no GPU 3")])  # fmt: skip
+def test_gpus_that_do_not_exist_are_refused_once_up_front(
+    fake, capsys, monkeypatch, cuda, count, words
+):
+    """`run-suite --gpus 0 3` without those GPUs: one line, exit 2, no experiment started
+    (each used to start, fail with the same error and leave a half-made folder)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    assert main(fake.args("--gpus", "0", "3")) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("metasuite run-suite: error: --gpus 0 3: ") and words in line
+    assert fake.calls() == [] and not fake.experiments.exists()

@@ -184,3 +184,10 @@ def test_unwritable_root_is_a_user_error(tmp_path: Path) -> None:
         locked.mkdir(mode=0o500)
         with pytest.raises(UserError, match="not writable"):
             check_root_writable(locked)
+
+
+def test_lock_leaves_nothing_behind(tmp_path: Path) -> None:
+    """The guard is an flock on the folder itself: no .lock.guard in every experiment."""
+    with ExperimentLock(tmp_path / "exp").hold():
+        assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["lock"]
+    assert list((tmp_path / "exp").iterdir()) == []

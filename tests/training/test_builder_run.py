@@ -69,6 +69,9 @@ def test_reference_run_outputs(reference: dict[str, Any]) -> None:
     assert [r["epoch"] for r in reference["rows"]] == ["0", "1", "2"]
     assert state["status"] == "done" and state["epoch"] == 3 and state["iteration"] == 18
     assert not (folder / "lock").exists()
+    # No left-overs once done: no lock guard, no mid-epoch resume point.
+    assert not (folder / ".lock.guard").exists()
+    assert not list((folder / "checkpoints").glob("iter_*.pt"))
     # The best 2 epochs by validation accuracy form the ensemble, best first.
     val = {int(r["epoch"]): float(r["val_accuracy_mean"]) for r in reference["rows"]}
     ranked = sorted(val, key=lambda e: (-val[e], e))
@@ -274,3 +277,117 @@ def test_evaluate_on_test_set_only(reference: dict[str, Any], tmp_path: Path) ->
     assert result.returncode == 0, result.stderr
     assert read_json(root / "tiny" / "test_summary.json") == reference["test"]
     assert summary_rows(root / "tiny", with_time=True) == rows_before  # nothing trained
+
+
+def test_disk_full_at_a_checkpoint_is_one_line_and_resumable(
+    reference: dict[str, Any], tmp_path: Path
+) -> None:
+    """A real full file system (a small tmpfs) under the experiment: the next checkpoint
+    write fails with one line and exit 1, the previous checkpoint is kept, and once
+    there is room again the run resumes to the reference results."""
+    from disk_helpers import fill, small_tmpfs
+
+    with small_tmpfs(tmp_path / "small", "4m") as root:
+        folder = root / "tiny"
+        config = write_config(tmp_path, total_epochs_before_pause=1)
+        assert train(config, root).returncode == 3
+        kept = [f.path.name for f in CheckpointStore(folder / "checkpoints").files()]
+        # Room for the state, manifest and log, not for a ~94 kB checkpoint.
+        filler = fill(root, leave_bytes=40_000)
+        full = train(write_config(tmp_path, "rest"), root)
+        assert full.returncode == 1, full.stderr
+        assert "Traceback" not in full.stderr and "Logging error" not in full.stderr
+        (error,) = error_lines(full.stderr)
+        assert f"no space left on {root}" in error and "/checkpoints/iter_" in error
+        assert [f.path.name for f in CheckpointStore(folder / "checkpoints").files()] == kept
+        assert not list((folder / "checkpoints").glob(".*.tmp"))
+        assert read_json(folder / "state.json")["status"] == "failed"
+
+        filler.unlink()
+        resumed = train(write_config(tmp_path, "rest"), root)
+        assert resumed.returncode == 0, resumed.stderr
+        assert_same_as_reference(folder, reference)
+
+
+def test_changed_thread_count_on_resume_is_refused_and_forcing_it_is_recorded(
+    tmp_path: Path, omniglot_folder: Path
+) -> None:
+    """The CPU thread count changes the numbers (the loop backend sums in another
+    order), so like the backend and the precision it must not change silently."""
+    root = tmp_path / "experiments"
+    folder = root / "tiny"
+    config = write_config(tmp_path, total_epochs_before_pause=1, total_epochs=2)
+    assert train(config, root).returncode == 3
+    refused = train(config, root, METASUITE_NUM_THREADS="2")
+    assert refused.returncode == 2
+    (error,) = error_lines(refused.stderr)
+    assert "num_threads: 1 -> 2" in error and "--force" in error
+    forced = train(config, root, "--force", METASUITE_NUM_THREADS="2")
+    assert forced.returncode == 0, forced.stderr
+    runs = read_json(folder / "manifest.json")["runs"]
+    assert runs[0]["numerics"] == {"backend": "loop", "precision": "fp32", "num_threads": 1}
+    assert runs[-1]["numerics"]["num_threads"] == 2
+    assert any("num_threads: 1 -> 2" in d for d in runs[-1]["forced_differences"])
+    assert "CPU thread count: 1 -> 2" in runs[-1]["changes_since_previous_run"]
+
+
+def test_damaged_older_epoch_checkpoint_is_recorded_as_an_incomplete_ensemble(
+    reference: dict[str, Any], tmp_path: Path
+) -> None:
+    """The second model of the 2-model ensemble is damaged: the test still runs on the
+    rest, but test_summary.json, state, the final line, status and report all say the
+    ensemble is incomplete, instead of a quietly different accuracy."""
+    root = tmp_path / "experiments"
+    folder = root / "tiny"
+    shutil.copytree(reference["folder"], folder)
+    (folder / "test_summary.json").unlink()
+    best, second = reference["test"]["ensemble"]["epochs"]
+    damaged = CheckpointStore(folder / "checkpoints").epoch_files()[second].path
+    damaged.write_bytes(damaged.read_bytes()[:-500])
+    result = train(write_config(tmp_path, evaluate_on_test_set_only=True), root)
+    assert result.returncode == 0, result.stderr
+    ensemble = read_json(folder / "test_summary.json")["ensemble"]
+    assert ensemble["epochs"] == [best] and ensemble["left_out_epochs"] == [second]
+    assert damaged.name in ensemble["left_out_reasons"][0]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "ENSEMBLE INCOMPLETE" in last and f"[{second}]" in last
+    assert read_json(folder / "state.json")["ensemble_left_out"] == [second]
+
+    env = train_env()
+    status = subprocess.run(
+        [*train_command(config=Path("-"), root=root)[:3], "status", "--experiments-root",
+         str(root)], env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    assert f"ensemble incomplete: epochs [{second}] left out" in status.stdout
+    out = tmp_path / "report"
+    report = subprocess.run(
+        [*train_command(config=Path("-"), root=root)[:3], "report", "--experiments-root",
+         str(root), "--out", str(out)], env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    tables = "".join(p.read_text() for p in out.rglob("*.md"))
+    assert f"(incomplete: epochs [{second}] left out)" in tables
+
+
+@pytest.mark.parametrize("after_s", [0.3, 1.5])
+def test_sigterm_during_start_up_stops_cleanly_with_exit_4(
+    tmp_path: Path, omniglot_folder: Path, after_s: float
+) -> None:
+    """While torch and the data load (the first seconds), SIGTERM used to kill the
+    process with 143; now it is a clean stop, exit 4, recorded as interrupted (a rerun
+    then starts as after any stop: test_sigterm_checkpoints_and_exits_4)."""
+    config, root = write_config(tmp_path), tmp_path / "experiments"
+    proc = subprocess.Popen(
+        train_command(config, root), env=train_env(), stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert "Traceback" not in stderr
+    if proc.returncode == 0:  # the whole run beat the signal (a very fast machine)
+        pytest.skip(f"the run finished within {after_s} s")
+    assert proc.returncode == 4, stderr
+    assert "stopped by SIGTERM" in stderr
+    state = read_json(root / "tiny" / "state.json")
+    assert state["status"] == "interrupted" and "during start-up" in state["message"]

@@ -286,3 +286,65 @@ def test_a_typo_in_a_count_variable_is_one_line(tmp_path: Path, capsys, monkeypa
     assert code == 2
     assert f"${variable}='two'" in _one_error_line(err)
     assert not (root / "tiny").exists()
+
+
+def _numerics(**changes: Any) -> dict[str, Any]:
+    return {"backend": "loop", "precision": "fp32", "num_threads": 1} | changes
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"backend": "grouped"}, "backend: loop -> grouped"),
+        ({"precision": "bf16"}, "precision: fp32 -> bf16"),
+        ({"num_threads": 2}, "num_threads: 1 -> 2"),
+    ],
+)
+def test_changed_backend_precision_or_threads_is_refused_unless_forced(
+    tmp_path: Path, change: dict[str, Any], expected: str
+) -> None:
+    """What decides the numbers beyond the config (the resolved backend, precision, CPU
+    threads) is kept in each checkpoint; a resume that differs is refused like a changed
+    training setting, and --force lets it through, reporting what it let differ."""
+    exp = ExperimentDir(tmp_path / "tiny")
+    exp.create()
+    store = CheckpointStore(exp.checkpoints)
+    cfg = _config()
+    store.save(_payload(cfg, 1, 6) | {"numerics": _numerics()}, 6, 0)
+    assert choose_start(cfg, exp, store, force=False, numerics=_numerics()) is not None
+    with pytest.raises(UserError, match="--force") as info:
+        choose_start(cfg, exp, store, force=False, numerics=_numerics(**change))
+    assert expected in str(info.value)
+    forced: list[str] = []
+    payload = choose_start(cfg, exp, store, force=True, numerics=_numerics(**change), forced=forced)
+    assert payload is not None and len(forced) == 1 and expected in forced[0]
+
+
+def test_changed_backend_of_an_older_checkpoint_is_refused(folder) -> None:
+    """Checkpoints without recorded numerics are still compared on the config's backend."""
+    exp, store = folder
+    with pytest.raises(UserError, match='backend: "loop" -> "grouped"'):
+        choose_start(_config(backend="grouped"), exp, store, force=False, numerics=_numerics())
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"evaluate_on_test_set_only": True}, "no checkpoints"),
+        ({"continue_from_epoch": "latest"}, "no checkpoint"),
+        ({"continue_from_epoch": 2}, "no checkpoint for the end of epoch 2"),
+    ],
+)
+def test_a_start_that_needs_a_checkpoint_fails_before_the_folder_exists(
+    tmp_path: Path, capsys, omniglot_folder: Path, changes: dict[str, Any], words: str
+) -> None:
+    """No "not started 0/?" folder is left behind by a start refused for want of a
+    checkpoint."""
+    config = write_config(tmp_path, **changes)
+    root = tmp_path / "experiments"
+    code, err = _cli(
+        capsys, "--config", str(config), "--gpus", "cpu", "--experiments-root", str(root)
+    )
+    assert code == 2
+    assert words in _one_error_line(err)
+    assert not (root / "tiny").exists()

@@ -52,3 +52,31 @@ def test_launcher_refuses_arguments_it_does_not_know(capsys: pytest.CaptureFixtu
     assert main(["--slurm-job", "--script", "x.sh"]) == 2  # neither max_requeues nor off
     assert main(["--bogus", "--", "0"]) == 2
     assert capsys.readouterr().err.count("usage: python -m metasuite.training.launch") == 3
+
+
+def test_a_gpu_the_machine_lacks_is_named_as_the_script_user_gave_it(tmp_path) -> None:
+    """`bash X.sh 7` where there is no GPU 7 (on this machine, no usable GPU at all): the
+    error names `X.sh 7`, not the `--gpus 0` the launcher passed on, nor any option the
+    user never typed."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a GPU 7")
+    config = tmp_path / "x.json"
+    config.write_text(json.dumps({"experiment_name": "x"}))
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "metasuite.training.launch", "--config", str(config),
+         "--name", "X.sh", "--", "7", "--", "--experiments-root", str(tmp_path / "exp")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "X.sh 7: no such GPU" in line
+    assert "--gpus" not in line and "CUDA_VISIBLE_DEVICES=7" in line
+    assert not (tmp_path / "exp").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -263,3 +264,52 @@ def test_launch_checks_the_timeout_before_starting_workers(monkeypatch) -> None:
     monkeypatch.setattr(distributed.subprocess, "Popen", no_popen)
     with pytest.raises(UserError, match="METASUITE_DIST_TIMEOUT_S='abc'"):
         distributed.launch(["--config", "x.json"], 2)
+
+
+@pytest.mark.parametrize("world", ["launcher", "torchrun worker"])
+def test_more_processes_than_tasks_in_a_meta_batch_are_refused_before_launching(
+    tmp_path: Path, capsys, monkeypatch, world: str
+) -> None:
+    """--nproc 3 with batch_size 2: one line, exit 2, nothing launched or written (the
+    third rank would have no task; before, every rank died in batch())."""
+    from builder_helpers import write_config
+    from metasuite import cli
+    from metasuite.training import distributed
+
+    def no_launch(*args, **kwargs):
+        raise AssertionError("launched")
+
+    monkeypatch.setattr(distributed, "launch", no_launch)
+    if world == "torchrun worker":
+        monkeypatch.setenv("WORLD_SIZE", "3")
+        monkeypatch.setenv("RANK", "0")
+    config, root = write_config(tmp_path, batch_size=2), tmp_path / "experiments"
+    argv = ["train", "--config", str(config), "--gpus", "cpu", "--experiments-root", str(root)]
+    code = cli.main([*argv, "--nproc", "3"] if world == "launcher" else argv)
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "3 processes but batch_size is 2" in err[0]
+    assert not root.exists()
+
+
+def test_launch_after_a_sigterm_during_start_up_starts_no_worker(monkeypatch, capsys) -> None:
+    """`train --nproc 2` signalled while torch loads: the recorded SIGTERM stops it with
+    exit 4 before torchrun starts (instead of being lost and the job running on)."""
+    import signal
+    import subprocess
+
+    from metasuite.cli import EarlyStop
+    from metasuite.errors import ExitCode
+
+    def no_workers(*args, **kwargs):
+        raise AssertionError("workers started")
+
+    monkeypatch.setattr(subprocess, "Popen", no_workers)
+    early = EarlyStop()
+    early(signal.SIGTERM, None)
+    previous = signal.signal(signal.SIGTERM, early)
+    try:
+        assert distributed.launch(["--config", "x.json"], 2) == ExitCode.STOPPED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert "stopped by SIGTERM during start-up" in capsys.readouterr().err

@@ -60,6 +60,11 @@ def run(args: argparse.Namespace) -> int:
         slots = make_slots(args.gpus, args.per_experiment, args.jobs)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    gpu_ids = sorted({int(d) for slot in slots for d in slot.devices if d != "cpu"})
+    if gpu_ids:  # once, up front: not one failed start per experiment
+        from metasuite.training.runtime import check_gpu_ids
+
+        check_gpu_ids(gpu_ids, f"--gpus {' '.join(args.gpus)}")
     suite, experiments = _options.selected_experiments(args)
     jinja = suite.environment()
     refuse_outdated(f for e in experiments for f in (config_file(e), script_file(suite, e, jinja)))

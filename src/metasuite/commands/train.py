@@ -93,11 +93,13 @@ def run(args: argparse.Namespace) -> int:
     root = _options.experiments_root_of(args)
     ctx = distributed.worker_context()
     if ctx is not None:
+        distributed.check_world_fits(config.batch_size, ctx.world_size, args.config)
         return _run_worker(args, config, root, devices, ctx)
     from metasuite.training.nodes import resolve_nodes, run_id
 
     nodes = resolve_nodes(args.nnodes, args.node_rank, args.rdzv_endpoint)
     nproc = _process_count(args, devices)
+    distributed.check_world_fits(config.batch_size, nproc * nodes.count, args.config)
     if nproc > 1 or nodes.count > 1:
         code = distributed.launch(
             _worker_argv(args, root), nproc, nodes, run_id(config.experiment_name)

@@ -21,7 +21,7 @@ is simpler to trust than rewriting them.
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
 import hashlib
 import os
 import shutil
@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
 from metasuite.errors import DatasetError
-from metasuite.fsutil import fsync_dir
+from metasuite.fsutil import disk_full, flocked, fsync_dir, is_disk_full
 from metasuite.progress import progress_bar
 
 KNOWN_FILE_COUNTS: dict[str, int] = {
@@ -115,20 +115,20 @@ def _temp_folder(archive: Path) -> Path:
 
 @contextlib.contextmanager
 def _locked(archive: Path) -> Iterator[None]:
+    """Serialise unpacks of ``archive``: an flock on the archive itself, so no lock file
+    is left beside it (a hidden ``.<archive>.lock`` only where flock needs a writable
+    file, as on NFS)."""
     lock_path = archive.parent / f".{archive.name}.lock"
+    held = contextlib.ExitStack()
     try:
-        handle = open(lock_path, "a+b")  # noqa: SIM115 (held for the whole block)
+        held.enter_context(flocked(archive, lock_path))
     except OSError as exc:
         raise DatasetError(
-            f"{archive}: cannot create lock file {lock_path} ({exc.strerror}); "
+            f"{archive}: cannot lock it for unpacking ({exc.strerror}); "
             "is the data set folder writable?"
         ) from None
-    with handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with held:
+        yield
 
 
 def _scan_tree(folder: Path) -> tuple[int, str | None]:
@@ -215,6 +215,8 @@ def _extract_tar_command(
         detail = " ".join(stderr.strip().splitlines()[-3:]) or f"exit status {code}"
         if "contains '..'" in stderr or "Member name contains" in stderr:
             raise _unsafe(archive, detail, "'..' in its path")
+        if os.strerror(errno.ENOSPC) in stderr or os.strerror(errno.EDQUOT) in stderr:
+            raise disk_full(into)
         raise _corrupt(archive, f"tar -I {tool}: {detail}", suffix)
 
 
@@ -257,6 +259,8 @@ def _extract_tarfile(
             "holds only plain files and folders inside its own folder"
         ) from None
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        if is_disk_full(exc):
+            raise disk_full(into) from None
         raise _corrupt(archive, f"{type(exc).__name__}: {exc}", suffix) from None
 
 
@@ -330,6 +334,8 @@ def _extract_zip(
                     if not info.is_dir():
                         bar.update(1)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
+        if is_disk_full(exc):
+            raise disk_full(into) from None
         raise _corrupt(archive, f"{type(exc).__name__}: {exc}", suffix) from None
 
 

@@ -33,13 +33,13 @@ import numpy as np
 import torch
 
 from metasuite.config import ExperimentConfig, dataset_root, resolve_dataset_path
-from metasuite.data.archive import ARCHIVE_SUFFIX, ARCHIVE_SUFFIXES, unpack
+from metasuite.data.archive import ARCHIVE_SUFFIX, ARCHIVE_SUFFIXES, KNOWN_FILE_COUNTS, unpack
 from metasuite.data.arrays import scan_arrays
 from metasuite.data.csv_split import scan_csv
 from metasuite.data.images import IMAGE_SUFFIXES, RESAMPLE_NAME, decode_images
 from metasuite.data.layouts import Listing, detect_layout
 from metasuite.data.pickles import scan_pickles
-from metasuite.errors import ConfigError, DatasetError
+from metasuite.errors import ConfigError, DatasetError, DiskFullError
 from metasuite.fsutil import write_with_atomic
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -362,14 +362,65 @@ class LoadedData:
     cache_state: str  # "loaded", "written", "rebuilt" or "not written (<why>)"
 
 
-def load_dataset(config: ExperimentConfig, folder: Path, *, quiet: bool = False) -> LoadedData:
+def check_complete(listing: Listing, archive: Path | None) -> None:
+    """An unpacked known data set must still hold every file its archive has.
+
+    Checked on every load, not only at unpack time: a class folder deleted later would
+    otherwise change the class split (and every task) without a word. Costs nothing
+    when complete (the listing is made anyway); on a mismatch the archive is read once
+    more to name what is missing.
+    """
+    if archive is None or listing.layout != "folders":
+        return
+    expected = KNOWN_FILE_COUNTS.get(archive.name)
+    if expected is None:
+        return
+    found = sum(len(files) for files in listing.key["files"])
+    if found == expected:
+        return
+    detail = _missing_from(archive, listing) if found < expected else "extra files"
+    raise DatasetError(
+        f"{listing.root}: {found:,} images but {archive.name} holds {expected:,}, so the "
+        f"unpacked data set was changed ({detail}); delete {listing.root} to unpack it again"
+    )
+
+
+def _missing_from(archive: Path, listing: Listing) -> str:
+    """Which folders of the archive lost files in the unpacked copy (the first three)."""
+    have = {rel for class_files in listing.key["files"] for rel in class_files}
+    missing: dict[str, int] = {}
+    try:
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                parts = PurePosixPath(member.name).parts
+                # The archive's lone top folder is the unpacked folder itself.
+                rel = "/".join(parts[1:])
+                if rel and rel not in have:
+                    folder = "/".join(parts[1:-1])
+                    missing[folder] = missing.get(folder, 0) + 1
+    except (tarfile.TarError, OSError, EOFError):
+        return "cannot read the archive to say which files are missing"
+    if not missing:
+        return "files are missing"
+    shown = [f"{folder}/ ({n} files)" for folder, n in sorted(missing.items())[:3]]
+    more = f" and {len(missing) - 3} more folders" if len(missing) > 3 else ""
+    return "missing: " + ", ".join(shown) + more
+
+
+def load_dataset(
+    config: ExperimentConfig, folder: Path, *, quiet: bool = False, archive: Path | None = None
+) -> LoadedData:
     """Every image of the data set at ``folder``, through the cache beside it.
 
     Loads the cache when it matches; otherwise builds the pixels (decoding, or reading
     arrays and pickles) and writes the cache atomically. ``reset_stored_paths`` forces a
-    rebuild.
+    rebuild. ``archive``: where the folder was unpacked from; a known one's file count
+    is checked first (:func:`check_complete`).
     """
     listing = list_dataset(config, folder)
+    check_complete(listing, archive)
     fingerprint = _fingerprint(config, listing)
     path = cache_path(folder, config, fingerprint)
     shape = (config.image_channels, config.image_height, config.image_width)
@@ -415,9 +466,10 @@ def load_dataset(config: ExperimentConfig, folder: Path, *, quiet: bool = False)
 
     try:
         write_with_atomic(path, write)
-    except OSError as exc:  # a read-only data folder still works, just slower next time
+    except (OSError, DiskFullError) as exc:  # a read-only or full data folder still works,
+        # just slower next time: the pixels are in memory already
         warnings.warn(f"{path}: cannot write the image cache ({exc})", UserWarning, stacklevel=2)
-        state = f"not written ({exc.strerror or exc})"
+        state = f"not written ({getattr(exc, 'strerror', None) or exc})"
     return LoadedData(images, offsets, names, listing, path, state)
 
 
@@ -484,6 +536,19 @@ def _take_classes(
     return SplitData(split_images, new_offsets, tuple(names[i] for i in ids))
 
 
+def _refuse_colour_omniglot(config: ExperimentConfig, source: DataSource) -> None:
+    """Omniglot is grayscale: ``image_channels: 3`` would only copy each stroke into three
+    equal channels, triple memory and write a 76 MB cache, so it is refused rather than
+    converted (the reference configs all say 1)."""
+    archive_name = source.archive.name if source.archive is not None else ""
+    omniglot = "omniglot" in source.folder.name.lower() or "omniglot" in archive_name.lower()
+    if omniglot and config.image_channels != 1:
+        raise ConfigError(
+            f"image_channels is {config.image_channels} but {source.folder} is Omniglot, "
+            "whose images are grayscale: set image_channels to 1"
+        )
+
+
 def load_splits(
     config: ExperimentConfig, root: Path | None = None, *, quiet: bool = False
 ) -> tuple[dict[str, SplitData], DataSource]:
@@ -497,7 +562,8 @@ def load_splits_with_record(
 ) -> tuple[dict[str, SplitData], DataSource, LoadedData]:
     """:func:`load_splits`, plus the layout and cache record (``metasuite data check``)."""
     source = locate_dataset(config, root, quiet=quiet)
-    data = load_dataset(config, source.folder, quiet=quiet)
+    _refuse_colour_omniglot(config, source)
+    data = load_dataset(config, source.folder, quiet=quiet, archive=source.archive)
     images, offsets, names = data.images, data.class_offsets, data.class_names
     ids = _split_class_ids(config, names, source.folder, data.listing.pre_split)
     splits = {split: _take_classes(images, offsets, names, ids[split]) for split in SPLITS}
@@ -510,6 +576,7 @@ __all__ = [
     "LoadedData",
     "SplitData",
     "cache_path",
+    "check_complete",
     "find_archive",
     "list_dataset",
     "load_dataset",

@@ -59,6 +59,8 @@ class TestScore:
     accuracy_ci95: float
     num_tasks: int | None
     epochs: tuple[int, ...]
+    left_out: tuple[int, ...] = ()
+    """Epochs an incomplete ensemble should have held (damaged or missing checkpoints)."""
 
 
 @dataclass(frozen=True)
@@ -246,6 +248,7 @@ def _score(raw: Any, name: str, path: Path) -> TestScore:
         ci95,
         tasks if isinstance(tasks, int) else None,
         tuple(e for e in epochs if isinstance(e, int)),
+        tuple(e for e in raw.get("left_out_epochs") or () if isinstance(e, int)),
     )
 
 
@@ -428,6 +431,13 @@ def paper_tables(groups: list[Group]) -> dict[str, tuple[list[str], list[list[st
     return tables
 
 
+def _ensemble_text(score: TestScore | None) -> str:
+    text = score_text(score)
+    if score is not None and score.left_out:
+        text += f" (incomplete: epochs {list(score.left_out)} left out)"
+    return text
+
+
 def per_seed_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
     header = [
         "Data set", "Method", "Way", "Shot", "Seed", "Experiment", "State",
@@ -439,7 +449,7 @@ def per_seed_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
             best_epoch = m.best_single.epochs[0] if m.best_single and m.best_single.epochs else None
             rows.append([
                 dataset_title(g.dataset), g.method, str(g.way), str(g.shot), g.seed_label(m),
-                m.name, m.status.state, score_text(m.ensemble), score_text(m.best_single),
+                m.name, m.status.state, _ensemble_text(m.ensemble), score_text(m.best_single),
                 "-" if best_epoch is None else str(shown_epoch(best_epoch)),
             ])  # fmt: skip
     return header, rows

@@ -240,6 +240,9 @@ def read_status(
     status = state.get("status")
     # A finished run's message repeats the test accuracy the table already shows.
     message = "" if status == "done" else state.get("message") or ""
+    left_out = state.get("ensemble_left_out")
+    if status == "done" and isinstance(left_out, list) and left_out:
+        message = f"ensemble incomplete: epochs {left_out} left out (damaged checkpoints)"
     pid = _int_or_none(state.get("pid"))
     state_host = state.get("host")
     detail = str(message)

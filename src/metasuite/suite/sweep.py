@@ -41,7 +41,13 @@ from typing import Any
 
 import jinja2
 
-from metasuite.config import REPO_ROOT, ExperimentConfig, from_dict
+from metasuite.config import (
+    EXPERIMENT_NAME_RULE,
+    REPO_ROOT,
+    ExperimentConfig,
+    from_dict,
+    is_experiment_name,
+)
 from metasuite.errors import ConfigError
 from metasuite.selection import matches
 from metasuite.suite.render import PACKAGE_TEMPLATES, make_environment, render_file, render_string
@@ -63,7 +69,6 @@ _SUITE_KEYS = {
     "script_template": "file name of the script template",
 }
 _TOP_KEYS = ("suite", "constants", "grid", "exclude", "slurm")
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
 _VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 Scalar = str | int | float | bool
@@ -337,10 +342,10 @@ def _expand_one(suite: Suite, env: jinja2.Environment, values: dict[str, Scalar]
     context: dict[str, Any] = {**suite.constants, **values}
     combo = describe(values)
     name = render_string(env, suite.naming, context, f"{suite.path}: suite.naming with {combo}")
-    if not _NAME_RE.fullmatch(name):
+    if not is_experiment_name(name):
         raise ConfigError(
             f"{suite.path}: suite.naming gives {name!r} for {combo}; experiment names must be "
-            "letters, digits and . _ + = - (they become file and folder names)"
+            f"{EXPERIMENT_NAME_RULE}"
         )
     template = render_string(
         env, suite.config_template, context, f"{suite.path}: suite.config_template with {combo}"

@@ -177,6 +177,7 @@ class Builder:
         sync_gradients: SyncGradients | None = None,
         is_writer: bool = True,
         barrier: Callable[[], None] | None = None,
+        numerics: dict[str, Any] | None = None,
     ) -> None:
         self.cfg = config
         self.learner = learner
@@ -191,6 +192,8 @@ class Builder:
         self.sync_gradients = sync_gradients
         self.is_writer = is_writer
         self.barrier = barrier
+        self.numerics = numerics
+        """Resolved backend, precision, thread count (runtime.numerics), kept in checkpoints."""
         self.progress = Progress()
         self.epochs_this_run = 0
 
@@ -211,6 +214,7 @@ class Builder:
             "progress": self.progress.to_payload(),
             "learner": self.learner.state_dict(),
             "rng": capture_rng_state(),
+            **({} if self.numerics is None else {"numerics": self.numerics}),
         }
 
     def save_checkpoint(self, *, epoch_end: int | None) -> None:
@@ -226,7 +230,11 @@ class Builder:
         log.debug("checkpoint %s", path.name)
 
     def write_state(
-        self, status: str, message: str = "", test_accuracy: float | None = None
+        self,
+        status: str,
+        message: str = "",
+        test_accuracy: float | None = None,
+        ensemble_left_out: list[int] | None = None,
     ) -> None:
         if not self.is_writer:
             return
@@ -241,6 +249,7 @@ class Builder:
             test_accuracy=test_accuracy,
             message=message,
             world_size=self.world_size,
+            ensemble_left_out=ensemble_left_out,
         )
 
     @property
@@ -288,6 +297,8 @@ class Builder:
 
     def train(self) -> Outcome:
         cfg = self.cfg
+        if self.stop.requested:  # a signal during start-up: nothing new to checkpoint
+            return self.interrupted(before_training=True)
         self.write_state("running")
         while not self.training_complete:
             stopped = self.train_epoch()
@@ -308,13 +319,20 @@ class Builder:
                 return Outcome.PAUSED
         return Outcome.DONE
 
-    def interrupted(self) -> Outcome:
-        message = (
-            f"stopped by {self.stop.signal_name} after checkpointing with "
-            f"{self.progress.epoch}/{self.cfg.total_epochs} epochs done, iteration "
-            f"{self.progress.iteration}; run the same "
-            "command to continue"
-        )
+    def interrupted(self, *, before_training: bool = False) -> Outcome:
+        if before_training:
+            where = f"epoch {shown_epoch(self.progress.epoch)}, iteration {self.progress.iteration}"
+            what = "during start-up, before training in this run (nothing to checkpoint)"
+            if self.progress.iteration:
+                what += f"; the checkpoint at {where} is kept"
+            message = f"stopped by {self.stop.signal_name} {what}; run the same command to continue"
+        else:
+            message = (
+                f"stopped by {self.stop.signal_name} after checkpointing with "
+                f"{self.progress.epoch}/{self.cfg.total_epochs} epochs done, iteration "
+                f"{self.progress.iteration}; run the same "
+                "command to continue"
+            )
         log.warning(message)
         self.write_state("interrupted", message)
         return Outcome.INTERRUPTED
@@ -455,6 +473,7 @@ class Builder:
             self.barrier()  # every rank reads the checkpoints the writer has just saved
         files = self.store.epoch_files()
         used: list[int] = []
+        left_out: dict[int, str] = {}  # epoch -> why, for test_summary.json and the log
         summed: torch.Tensor | None = None
         labels: torch.Tensor | None = None
         best_single: dict[str, Any] | None = None
@@ -467,11 +486,13 @@ class Builder:
                 log.warning(
                     "no checkpoint for epoch %d; left out of the test ensemble", shown_epoch(epoch)
                 )
+                left_out[epoch] = "no checkpoint file"
                 continue
             try:
                 payload = load_checkpoint(ckpt.path)
             except CorruptCheckpointError as exc:
                 log.warning("%s; epoch %d left out of the test ensemble", exc, shown_epoch(epoch))
+                left_out[epoch] = str(exc)
                 continue
             self.learner.load_state_dict(payload["learner"])
             _, _, probs, labels = self.evaluate_split(
@@ -501,20 +522,32 @@ class Builder:
                 "accuracy_ci95": ci,
                 "num_tasks": int(summed.shape[0]),
                 "epochs": used,
+                # The ensemble was meant to hold every epoch of `ranked`; these are missing.
+                "left_out_epochs": sorted(left_out),
+                "left_out_reasons": [left_out[e] for e in sorted(left_out)],
             },
             "best_single": best_single,
             "ci95": "1.96 * sample standard deviation (ddof=1) over tasks / sqrt(num_tasks)",
         }
         if self.is_writer:
             self.exp.write_test_summary(summary)
+            if self.training_complete:  # no more resuming inside an epoch
+                self.store.remove_mid_epoch()
         message = (
             f"test accuracy {mean:.4f} ± {ci:.4f} (ensemble of epochs "
             f"{[shown_epoch(e) for e in used]}); best single "
             f"(epoch {shown_epoch(best_single['epoch'])}) {best_single['accuracy_mean']:.4f} ± "
             f"{best_single['accuracy_ci95']:.4f}"
         )
-        log.info(message)
-        self.write_state("done", message, test_accuracy=mean)
+        if left_out:
+            message += (
+                f"; ENSEMBLE INCOMPLETE: epochs {sorted(left_out)} left out (damaged or "
+                f"missing checkpoints), {len(used)} of {len(ranked)} models used"
+            )
+            log.warning(message)
+        else:
+            log.info(message)
+        self.write_state("done", message, test_accuracy=mean, ensemble_left_out=sorted(left_out))
         return Outcome.DONE
 
 

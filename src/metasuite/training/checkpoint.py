@@ -229,6 +229,16 @@ class CheckpointStore:
                 removed.append(f.path)
         return removed
 
+    def remove_mid_epoch(self) -> list[Path]:
+        """Delete the ``iter_*.pt`` resume points: once training is over and tested only
+        the end-of-epoch files mean anything (the newest of them resumes a done run)."""
+        removed = [f.path for f in self.files() if not f.is_epoch_end]
+        for path in removed:
+            path.unlink(missing_ok=True)
+        if removed:
+            fsync_dir(self.folder)
+        return removed
+
     def remove_all(self) -> int:
         count = 0
         for f in self.files():

@@ -16,6 +16,10 @@ from typing import Literal
 from metasuite.errors import UserError
 
 CPU = "cpu"
+GIVEN_ENV = "METASUITE_DEVICES_GIVEN"
+"""Set by the experiment-script launcher to what the user typed (``X.sh 7``): the
+trainer sees its GPUs renumbered from 0, so its device errors name this instead of a
+``--gpus 0`` the user never wrote."""
 _GPU_ID = re.compile(r"0|[1-9][0-9]{0,2}", re.ASCII)
 
 Problem = Literal["not a device", "twice", "cpu with gpus"]
@@ -63,4 +67,4 @@ def gpu_indices(devices: Sequence[str]) -> list[int]:
     return [] if tuple(devices) == (CPU,) else [int(d) for d in devices]
 
 
-__all__ = ["CPU", "DeviceSpecError", "gpu_indices", "is_gpu_id", "parse_devices"]
+__all__ = ["CPU", "GIVEN_ENV", "DeviceSpecError", "gpu_indices", "is_gpu_id", "parse_devices"]

@@ -65,7 +65,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from metasuite.errors import UserError
+from metasuite.errors import ExitCode, UserError
 from metasuite.training.nodes import (
     ONE_NODE,
     RDZV_TIMEOUT_ENV,
@@ -121,6 +121,21 @@ def worker_context(environ: dict[str, str] | None = None) -> DistContext | None:
             f"{env.get('WORLD_SIZE')!r})"
         ) from None
     return ctx if ctx.world_size > 1 else None
+
+
+def check_world_fits(batch_size: int, world_size: int, source: str) -> None:
+    """Refuse a world larger than the meta-batch, before anything starts.
+
+    Each rank trains its share of a meta-batch's ``batch_size`` tasks; a rank with no
+    task would have nothing to contribute yet still wait in every collective, so the
+    only honest answers are fewer processes or a bigger batch (which changes results).
+    """
+    if world_size > batch_size:
+        raise UserError(
+            f"{world_size} processes but batch_size is {batch_size} in {source}: each "
+            f"process needs at least one task of the meta-batch; use at most {batch_size} "
+            "processes"
+        )
 
 
 def rank_device(devices: Sequence[torch.device], ctx: DistContext) -> torch.device:
@@ -410,6 +425,19 @@ def _worker_pids(folder: Path) -> list[int]:
     return pids
 
 
+def _stopped_during_start_up() -> bool:
+    """A SIGTERM that ``metasuite.cli.EarlyStop`` recorded before the workers exist: stop
+    without starting them (exit 4, as any stop), instead of losing the signal."""
+    name = getattr(signal.getsignal(signal.SIGTERM), "signal_name", None)
+    if name:
+        print(
+            f"stopped by {name} during start-up, before the workers started; run the same "
+            "command to continue",
+            file=sys.stderr,
+        )
+    return bool(name)
+
+
 def launch(
     worker_argv: Sequence[str],
     nproc: int,
@@ -430,6 +458,8 @@ def launch(
     """
     # Checked here too, so a bad value is one error line, not one per worker + torchrun's.
     timeout_seconds()
+    if _stopped_during_start_up():
+        return ExitCode.STOPPED
     multi = nodes.count > 1
     rdzv_timeout = rdzv_timeout_seconds() if multi else 0
     with tempfile.TemporaryDirectory(prefix="metasuite-launch-") as tmp:
@@ -467,6 +497,8 @@ def launch(
                     os.kill(pid, signal.SIGTERM)
 
         previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+        if getattr(previous[signal.SIGTERM], "signal_name", None):
+            forward(signal.SIGTERM, None)  # arrived while the workers were being started
         try:
             if held is None:
                 code = proc.wait()
@@ -605,6 +637,7 @@ __all__ = [
     "Collectives",
     "DistContext",
     "DistributedLearner",
+    "check_world_fits",
     "joined",
     "launch",
     "rank_device",

@@ -150,6 +150,7 @@ class ExperimentDir:
         test_accuracy: float | None = None,
         message: str = "",
         world_size: int = 1,
+        ensemble_left_out: list[int] | None = None,
     ) -> None:
         state = {
             "status": status,
@@ -167,6 +168,8 @@ class ExperimentDir:
             "updated": utc_now(),
             "message": message,
         }
+        if ensemble_left_out:  # epochs the test ensemble should have held but could not
+            state["ensemble_left_out"] = list(ensemble_left_out)
         write_text_atomic(self.state_path, json.dumps(state, indent=2) + "\n")
 
     # ---------------------------------------------------------------- summary CSV

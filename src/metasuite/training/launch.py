@@ -43,7 +43,7 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 
 from metasuite.errors import RESUMABLE_EXIT_CODES, ExitCode
-from metasuite.training.devices import CPU, DeviceSpecError, parse_devices
+from metasuite.training.devices import CPU, GIVEN_ENV, DeviceSpecError, parse_devices
 
 SEPARATOR = "--"
 NO_GPU = ("", "NoDevFiles")
@@ -88,6 +88,7 @@ def experiment_script(config: str, name: str, words: Sequence[str]) -> int:
         return ExitCode.USER_ERROR
     visible, gpus = cuda_visible_and_gpus(devices)
     os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    os.environ[GIVEN_ENV] = f"{name} {' '.join(devices)}"
     python = os.environ.get("PYTHON") or sys.executable
     command = train_command(python, config, gpus, train_args)
     sys.stdout.flush()

@@ -5,8 +5,10 @@ and statistics. The lock file holds the owner's pid, host and process start time
 a lock whose owner is gone (killed with SIGKILL, machine rebooted) is taken over with a
 message, because a cluster job killed at its time limit cannot clean up after itself.
 
-Creating and taking over the lock happens under an ``flock`` on a guard file, so two
-processes that find the same stale lock cannot both take it over. The lock file itself
+Creating and taking over the lock happens under an ``flock`` on the experiment folder
+itself (a guard file only where the file system cannot flock a folder, see
+:func:`metasuite.fsutil.flocked`), so two processes that find the same stale lock
+cannot both take it over. The lock file itself
 is created complete (written to a temporary name, then hard-linked into place), so a
 reader never sees it half written.
 """
@@ -14,7 +16,6 @@ reader never sees it half written.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import socket
@@ -24,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from metasuite.errors import UserError
+from metasuite.fsutil import flocked
 
 LOCK_NAME = "lock"
 GUARD_NAME = ".lock.guard"
+"""Only on file systems that cannot flock the folder itself (NFS)."""
 
 
 def process_start_time(pid: int) -> str | None:
@@ -97,20 +100,16 @@ class ExperimentLock:
             "start_time": process_start_time(os.getpid()),
             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        with open(self.folder / GUARD_NAME, "a") as guard:
-            fcntl.flock(guard, fcntl.LOCK_EX)
+        with flocked(self.folder, self.folder / GUARD_NAME):
+            owner = self._owner()
+            if owner is not None:
+                self._refuse_or_take_over(owner)
+            tmp = self.folder / f".lock.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps(me) + "\n")
             try:
-                owner = self._owner()
-                if owner is not None:
-                    self._refuse_or_take_over(owner)
-                tmp = self.folder / f".lock.{os.getpid()}.tmp"
-                tmp.write_text(json.dumps(me) + "\n")
-                try:
-                    os.link(tmp, self.path)  # fails if the file exists: exclusive create
-                finally:
-                    tmp.unlink(missing_ok=True)
+                os.link(tmp, self.path)  # fails if the file exists: exclusive create
             finally:
-                fcntl.flock(guard, fcntl.LOCK_UN)
+                tmp.unlink(missing_ok=True)
         self.held = True
 
     def _refuse_or_take_over(self, owner: dict[str, Any]) -> None:

@@ -276,6 +276,9 @@ _COMPARED: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("cuDNN version", ("software", "cudnn"), True),
     ("dataset archive sha256", ("dataset", "archive_sha256"), True),
     ("class-split hash", ("dataset", "split_hash"), True),
+    ("backend (resolved)", ("numerics", "backend"), True),
+    ("precision", ("numerics", "precision"), True),
+    ("CPU thread count", ("numerics", "num_threads"), True),
     ("config hash", ("config_hash",), False),
     ("Python version", ("software", "python"), False),
     ("numpy version", ("software", "numpy"), False),
@@ -312,13 +315,17 @@ def start_run(
     gpu_ids: Sequence[int] | None = None,
     dataset: DatasetInfo | None = None,
     resumed_from: Mapping[str, int] | None = None,
+    numerics: Mapping[str, Any] | None = None,
+    forced_differences: Sequence[str] = (),
 ) -> RunRecord:
     """Append a run to ``exp_dir/manifest.json`` (creating it) and return it.
 
     Call once per process, after the config snapshot is settled and the data is loaded
     (``dataset`` from :func:`dataset_info`), before training. ``resumed_from`` is e.g.
     ``{"epoch": 3, "iteration": 1500}`` (or a checkpoint's whole ``progress``) when
-    continuing from a checkpoint. A previous run
+    continuing from a checkpoint. ``numerics``: the resolved backend, precision and
+    thread count (:func:`metasuite.training.runtime.numerics`); ``forced_differences``:
+    what ``--force`` let differ from the run resumed. A previous run
     that never finished (the process was killed) is marked ``"killed"``.
     """
     exp_dir = Path(exp_dir)
@@ -371,6 +378,8 @@ def start_run(
         "resumed_from": None
         if resumed_from is None
         else {k: int(resumed_from[k]) for k in ("epoch", "iteration") if k in resumed_from},
+        "numerics": None if numerics is None else dict(numerics),
+        "forced_differences": list(forced_differences),
         "changes_since_previous_run": [],
         "warnings": [],
         "notes": notes,
@@ -428,6 +437,8 @@ def recorded_run(
     tasks: Any = None,
     resumed_from: Mapping[str, int] | None = None,
     argv: Sequence[str] | None = None,
+    numerics: Mapping[str, Any] | None = None,
+    forced_differences: Sequence[str] = (),
 ) -> Iterator[RunRecord]:
     """Start a run, and make sure it gets an end: the block calls ``run.finish(status)``
     with its outcome; an exception records "failed" (or "interrupted" for Ctrl-C) with
@@ -439,6 +450,8 @@ def recorded_run(
         devices=devices,
         dataset=dataset_info(config, tasks),
         resumed_from=resumed_from,
+        numerics=numerics,
+        forced_differences=forced_differences,
     )
     try:
         yield record

@@ -26,6 +26,7 @@ locks, decides and writes; the decision reaches the other ranks by broadcast.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
 import tempfile
@@ -38,6 +39,7 @@ import torch
 from metasuite import progress
 from metasuite.config import ExperimentConfig, from_dict, training_differences
 from metasuite.errors import UserError
+from metasuite.fsutil import is_disk_full
 from metasuite.training.builder import Builder, Outcome
 from metasuite.training.checkpoint import CheckpointStore
 from metasuite.training.distributed import (
@@ -52,7 +54,12 @@ from metasuite.training.distributed import (
 from metasuite.training.experiment_dir import ExperimentDir
 from metasuite.training.lock import ExperimentLock
 from metasuite.training.manifest import recorded_run
-from metasuite.training.runtime import configure, seed_everything
+from metasuite.training.runtime import (
+    configure,
+    numerics_differences,
+    seed_everything,
+)
+from metasuite.training.runtime import numerics as numerics_of
 from metasuite.training.signals import StopRequest
 
 log = logging.getLogger("metasuite")
@@ -70,6 +77,16 @@ class _TqdmHandler(logging.Handler):
             self.handleError(record)
 
 
+class _LogFile(logging.FileHandler):
+    """The experiment's log file; a line lost to a full disk is dropped quietly (the
+    write that matters fails too and says "no space left" on one line), not printed
+    as logging's "--- Logging error ---" traceback."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not is_disk_full(sys.exc_info()[1] or Exception()):
+            super().handleError(record)
+
+
 @contextlib.contextmanager
 def logging_to(log_file: Path | None, *, console: bool = True) -> Iterator[None]:
     """Send ``metasuite.*`` log records to the experiment's log file and stderr."""
@@ -82,7 +99,7 @@ def logging_to(log_file: Path | None, *, console: bool = True) -> Iterator[None]
         handlers.append(stream)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        to_file = logging.FileHandler(log_file, encoding="utf-8")
+        to_file = _LogFile(log_file, encoding="utf-8")
         to_file.setFormatter(logging.Formatter(LOG_FORMAT))
         to_file.setLevel(logging.DEBUG)
         handlers.append(to_file)
@@ -132,10 +149,35 @@ def _wipe(exp: ExperimentDir, store: CheckpointStore) -> None:
         log.info("starting from scratch: deleted %d old checkpoints", removed)
 
 
+def resume_differences(
+    payload: dict[str, Any], config: ExperimentConfig, numerics: dict[str, Any] | None, source: str
+) -> list[str]:
+    """Why ``config`` on this process would not continue the run saved in ``payload``:
+    changed training settings, and a changed resolved backend, precision or thread
+    count (:func:`~metasuite.training.runtime.numerics`). A checkpoint from before the
+    numerics were recorded is compared on the config's ``backend`` alone."""
+    old = from_dict(payload["config"], source=source)
+    differences = training_differences(old, config)
+    if numerics is not None and payload.get("numerics"):
+        differences += numerics_differences(payload["numerics"], numerics)
+    elif old.backend != config.backend:
+        differences.append(f"backend: {json.dumps(old.backend)} -> {json.dumps(config.backend)}")
+    return differences
+
+
 def choose_start(
-    config: ExperimentConfig, exp: ExperimentDir, store: CheckpointStore, *, force: bool
+    config: ExperimentConfig,
+    exp: ExperimentDir,
+    store: CheckpointStore,
+    *,
+    force: bool,
+    numerics: dict[str, Any] | None = None,
+    forced: list[str] | None = None,
 ) -> dict[str, Any] | None:
-    """The checkpoint payload to resume from, or None for a fresh start (see module doc)."""
+    """The checkpoint payload to resume from, or None for a fresh start (see module doc).
+
+    ``numerics``: this process's (:func:`~metasuite.training.runtime.numerics`); the
+    differences ``force`` overrides are appended to ``forced`` for the manifest."""
     mode = config.continue_from_epoch
     payload: dict[str, Any] | None = None
     source = ""
@@ -157,10 +199,11 @@ def choose_start(
     else:
         ckpt, payload = store.load_epoch(int(mode))
         source = ckpt.path.name
-    old = from_dict(payload["config"], source=f"{ckpt.path}")
-    differences = training_differences(old, config)
+    differences = resume_differences(payload, config, numerics, f"{ckpt.path}")
     if differences:
         listing = "; ".join(differences)
+        if forced is not None:
+            forced.extend(differences)
         if not force:
             raise UserError(
                 f"{exp.path}: the config differs from the run being resumed in training "
@@ -234,6 +277,7 @@ def run_experiment(
             log.info("experiment already done; test results in %s", exp.test_summary_path)
             return Outcome.DONE
 
+        numerics = numerics_of(learner.backend, config.precision, device)
         learner, stop = shared(learner, local_stop, comm)
         builder = builder_class(
             config,
@@ -248,6 +292,7 @@ def run_experiment(
             sync_gradients=comm.all_reduce_sum_,
             is_writer=world.is_writer,
             barrier=comm.barrier,
+            numerics=numerics,
         )
         payload = start["payload"]
         if payload is not None:
@@ -256,7 +301,7 @@ def run_experiment(
             return builder.test() if config.evaluate_on_test_set_only else builder.run()
         # What the manifest records: each CPU process, or this rank's GPU.
         used = [device] * world.world_size if device.type == "cpu" else [device]
-        return _recorded(builder, payload, devices=used, tasks=tasks)
+        return _recorded(builder, payload, devices=used, tasks=tasks, forced=start["forced"])
 
 
 def _tasks(config: ExperimentConfig, *, quiet: bool) -> Any:
@@ -293,8 +338,14 @@ def _open_as_writer(
         tasks = _tasks(config, quiet=quiet)
     # Built before the folder is touched: a setting the learner refuses is a user error.
     learner = _learner(config, device)
-    exp.create()
+    numerics = numerics_of(learner.backend, config.precision, device)
     store = CheckpointStore(exp.checkpoints)
+    if not exp.path.exists():
+        # Nothing to resume or test yet: a start that needs a checkpoint (a test-only
+        # run, "latest", an epoch number) fails here, before the folder exists, instead
+        # of leaving an empty folder that status lists as "not started".
+        _decide_start(config, exp, store, force=force, numerics=numerics)
+    exp.create()
     lock = ExperimentLock(exp.path)
     stack.enter_context(logging_to(exp.log_file))
     stack.enter_context(lock.hold())
@@ -303,17 +354,37 @@ def _open_as_writer(
     if comm.ctx.world_size > 1:
         where = f"{comm.ctx.world_size} processes ({device}, {comm.backend})"
     log.info("experiment %s in %s on %s", config.experiment_name, exp.path, where)
+    payload, forced = _decide_start(config, exp, store, force=force, numerics=numerics)
     if config.evaluate_on_test_set_only:
-        payload = checkpoint_to_test(config, exp, store, force=force)
         log.info("evaluate_on_test_set_only: testing checkpoints of %s", exp.path)
-        return {"payload": payload, "done": False}, tasks, learner
-    payload = choose_start(config, exp, store, force=force)
+        return {"payload": payload, "done": False, "forced": forced}, tasks, learner
     done = payload is not None and _already_done(exp, payload, config)
-    return {"payload": payload, "done": done}, tasks, learner
+    return {"payload": payload, "done": done, "forced": forced}, tasks, learner
+
+
+def _decide_start(
+    config: ExperimentConfig,
+    exp: ExperimentDir,
+    store: CheckpointStore,
+    *,
+    force: bool,
+    numerics: dict[str, Any],
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """The payload to start from and the differences ``force`` let through."""
+    forced: list[str] = []
+    if config.evaluate_on_test_set_only:
+        return checkpoint_to_test(config, exp, store, force=force, numerics=numerics), forced
+    payload = choose_start(config, exp, store, force=force, numerics=numerics, forced=forced)
+    return payload, forced
 
 
 def _recorded(
-    builder: Builder, payload: dict[str, Any] | None, *, devices: list[torch.device], tasks: Any
+    builder: Builder,
+    payload: dict[str, Any] | None,
+    *,
+    devices: list[torch.device],
+    tasks: Any,
+    forced: list[str],
 ) -> Outcome:
     """The writer's part of the loop (restored from ``payload`` already, if any) as one
     run of the manifest: the test alone (evaluate_on_test_set_only), or training.
@@ -322,14 +393,24 @@ def _recorded(
     """
     exp, config = builder.exp, builder.cfg
     if config.evaluate_on_test_set_only:
-        with recorded_run(exp.path, config, devices=devices, tasks=tasks) as run:
+        with recorded_run(
+            exp.path, config, devices=devices, tasks=tasks, numerics=builder.numerics
+        ) as run:
             return run.ended_with(builder.test())
     if payload is not None:
         exp.test_summary_path.unlink(missing_ok=True)
     exp.write_config(config)
     exp.write_summary(builder.progress.rows)
     resumed = None if payload is None else payload["progress"]
-    with recorded_run(exp.path, config, devices=devices, tasks=tasks, resumed_from=resumed) as run:
+    with recorded_run(
+        exp.path,
+        config,
+        devices=devices,
+        tasks=tasks,
+        resumed_from=resumed,
+        numerics=builder.numerics,
+        forced_differences=forced,
+    ) as run:
         return run.ended_with(builder.run())
 
 
@@ -361,7 +442,12 @@ def _already_done(exp: ExperimentDir, payload: dict[str, Any], config: Experimen
 
 
 def checkpoint_to_test(
-    config: ExperimentConfig, exp: ExperimentDir, store: CheckpointStore, *, force: bool
+    config: ExperimentConfig,
+    exp: ExperimentDir,
+    store: CheckpointStore,
+    *,
+    force: bool,
+    numerics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """evaluate_on_test_set_only: the newest checkpoint, whose training settings must
     match ``config`` (unless ``force``); a user error when nothing was trained yet."""
@@ -369,7 +455,7 @@ def checkpoint_to_test(
     if found is None:
         raise UserError(f"evaluate_on_test_set_only: no checkpoints in {store.folder}; train first")
     ckpt, payload = found
-    differences = training_differences(from_dict(payload["config"], str(ckpt.path)), config)
+    differences = resume_differences(payload, config, numerics, str(ckpt.path))
     if differences and not force:
         raise UserError(
             f"{exp.path}: the config differs from the trained run in: "

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from metasuite.errors import UserError
-from metasuite.training.devices import DeviceSpecError, gpu_indices, parse_devices
+from metasuite.training.devices import GIVEN_ENV, DeviceSpecError, gpu_indices, parse_devices
 
 THREADS_ENV = "METASUITE_NUM_THREADS"
 
@@ -43,18 +43,36 @@ def resolve_devices(spec: str | None) -> list[torch.device]:
         ) from None
     if not ids:
         return [torch.device("cpu")]
+    given = os.environ.get(GIVEN_ENV)
+    if given:
+        # Started by an experiment script, which made the GPUs given to it the only
+        # visible ones (renumbered from 0): name what the user typed.
+        if not torch.cuda.is_available() or torch.cuda.device_count() < len(ids):
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+            raise UserError(
+                f"{given}: no such GPU on this machine, or no CUDA (torch "
+                f"{torch.__version__} finds no device for CUDA_VISIBLE_DEVICES={visible}); "
+                "give GPU ids that `nvidia-smi -L` lists, or cpu"
+            )
+        return [torch.device("cuda", i) for i in ids]
+    check_gpu_ids(ids, f"--gpus {spec}")
+    return [torch.device("cuda", i) for i in ids]
+
+
+def check_gpu_ids(ids: list[int], named: str) -> None:
+    """Every GPU id must exist here; ``named`` is how the user gave them (the option)."""
+    if not ids:
+        return
     if not torch.cuda.is_available():
         raise UserError(
-            f"--gpus {spec}: CUDA is not available on this machine (torch {torch.__version__}); "
-            "use --gpus cpu"
+            f"{named}: CUDA is not available on this machine (torch {torch.__version__}); use cpu"
         )
     count = torch.cuda.device_count()
     for i in ids:
         if i >= count:
             raise UserError(
-                f"--gpus {spec}: there is no GPU {i} (this machine has {count}: ids 0..{count - 1})"
+                f"{named}: there is no GPU {i} (this machine has {count}: ids 0..{count - 1})"
             )
-    return [torch.device("cuda", i) for i in ids]
 
 
 def seed_everything(seed: int) -> None:
@@ -93,6 +111,30 @@ def configure(devices: list[torch.device], num_threads: int | None = None) -> No
         torch.use_deterministic_algorithms(True, warn_only=True)
     else:
         torch.backends.cudnn.benchmark = False
+
+
+def numerics(backend: str, precision: str, device: torch.device) -> dict[str, Any]:
+    """What fixes a run's floating-point results besides the config's training settings:
+    the inner-loop backend as resolved for the device (``auto`` is not a backend),
+    the precision, and on the CPU the intra-op thread count (it changes the order of
+    summation). Recorded in every checkpoint and the manifest; a resume that differs
+    is refused like a changed training setting (see :func:`numerics_differences`)."""
+    out: dict[str, Any] = {"backend": backend, "precision": precision}
+    if device.type == "cpu":
+        out["num_threads"] = torch.get_num_threads()
+    return out
+
+
+def numerics_differences(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """``"backend: loop -> grouped (resolved)"`` lines; a checkpoint from before these
+    were recorded (``old`` None) has nothing to compare."""
+    if not old:
+        return []
+    return [
+        f"{key}: {old[key]} -> {new[key]} (resolved; changes results)"
+        for key in new
+        if key in old and old[key] != new[key]
+    ]
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -29,6 +29,8 @@ class StopRequest:
     def __init__(self) -> None:
         self.signal_name: str | None = None
         self.repeated_sigterms = 0
+        self.early = False
+        """True when the signal came during start-up, before this handler was installed."""
         self._previous: dict[int, Any] = {}
 
     @property
@@ -49,6 +51,12 @@ class StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in HANDLED:
                 self._previous[sig] = signal.signal(sig, self._handle)
+                # A signal recorded by the start-up handler (metasuite.cli.EarlyStop)
+                # before this one was installed is a stop request too.
+                earlier = getattr(self._previous[sig], "signal_name", None)
+                if earlier and not self.requested:
+                    self.signal_name = earlier
+                    self.early = True
         return self
 
     def __exit__(
