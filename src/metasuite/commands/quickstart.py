@@ -78,11 +78,12 @@ def _iterations(state: dict[str, Any] | None) -> int:
 def _watch(base: Path, names: list[str], total: int, quiet: bool) -> tuple[Any, Any]:
     """A progress bar over the meta-iterations of all experiments, from their state.json
     (written at every checkpoint), polled by a thread while the pool runs."""
-    from tqdm import tqdm
-
+    from metasuite import progress
     from metasuite.training.experiment_dir import ExperimentDir
 
-    bar = tqdm(total=total, unit="it", desc="quickstart", disable=quiet, file=sys.stderr)
+    bar = progress.progress_bar(
+        total=total, unit="it", desc="quickstart", quiet=quiet, file=sys.stderr
+    )
     stop = threading.Event()
 
     def poll() -> None:
@@ -107,8 +108,7 @@ def run(args: argparse.Namespace) -> int:
     import os
     import signal
 
-    from tqdm import tqdm
-
+    from metasuite import progress
     from metasuite.results.report import write_report
     from metasuite.suite.files import job_environment, suite_files
     from metasuite.suite.pool import Job, Pool, StopFlag, make_slots
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
 
     def report(line: str) -> None:
         if not args.quiet:
-            tqdm.write(line, file=sys.stderr)
+            progress.write(line, file=sys.stderr)
 
     stop = StopFlag()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
