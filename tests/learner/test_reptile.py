@@ -125,3 +125,29 @@ def test_meaningless_switches_are_refused(key, why):
         replace(plain_config(**REPTILE), **{key: True})
     assert "\n" not in str(info.value)
     assert f'{key} is true but meta_learner is "reptile"' in str(info.value)
+
+
+def test_deltas_do_not_depend_on_the_number_of_worker_threads():
+    """Tasks run in the CPU pool, summed in task order: 1 or 2 workers, same bits."""
+    from metasuite.learner.reptile import reptile_deltas, reptile_plan
+
+    cfg = plain_config(**REPTILE)
+    system = build_learner(cfg)
+    batch = random_batch(cfg, tasks=3)
+    plan = reptile_plan(cfg.number_of_training_steps_per_iter)
+    runs = [
+        reptile_deltas(
+            system.net,
+            system.params,
+            system.rates,
+            system.inner_names,
+            batch,
+            plan,
+            [],
+            workers=w,
+        )
+        for w in (1, 2)
+    ]
+    for name in system.inner_names:
+        assert torch.equal(runs[0][0][name], runs[1][0][name]), name
+    assert torch.equal(runs[0][2], runs[1][2])
