@@ -1,7 +1,8 @@
 """Meta-iterations/s, evaluation tasks/s and peak memory of each learner backend.
 
     python bench/meta_step.py [--ways 5 20] [--backends loop,vmap,grouped] [--reps 5]
-                              [--bf16] [--no-memory] [--accuracy-iters N]
+                              [--meta-learner maml meta_sgd anil reptile]
+                              [--bf16] [--no-memory] [--no-agreement] [--accuracy-iters N]
                               [--group-sizes 1,2,4,8] [--quiet]
 
 Setting: real Omniglot (the first training meta-batch and the first validation tasks),
@@ -14,6 +15,12 @@ Also per backend: CPU seconds per meta-iteration, the agreement with the referen
 loop on the same batch (relative loss and meta-gradient difference, in float32 as run
 and in float64), and the peak resident memory of one training step (measured in a
 fresh subprocess).
+
+``--meta-learner`` times each named learner (default: maml) with each backend, all
+interleaved. Meta-SGD and ANIL run the MAML++ setting above; Reptile has no second
+order, MSL or learned rates (refused for it), so it runs first order with fixed rates:
+its meta-iteration is the inner loop alone. Agreement with the loop is reported for the
+learners whose step is a backend call (not Reptile's, whose update is its own).
 
 ``--group-sizes`` additionally times the grouped backend's meta-gradient alone with
 each number of tasks per grouped network (``backends.TASKS_PER_GROUP`` is the
@@ -47,6 +54,7 @@ from metasuite.config import REPO_ROOT, ExperimentConfig, replace
 from metasuite.data.batch import TaskBatch
 from metasuite.data.tasks import FewShotTasks, train_indices
 from metasuite.learner.backends import AUTO_BACKEND, BACKENDS, TASKS_PER_GROUP, grouped_backend
+from metasuite.learner.learners import LEARNERS, build_learner
 from metasuite.learner.reference import train_plan
 from metasuite.learner.system import MamlSystem
 
@@ -57,15 +65,28 @@ RESULTS = REPO_ROOT / "bench" / "results"
 class Variant:
     backend: str
     precision: str
+    learner: str = "maml"
 
     @property
     def name(self) -> str:
-        return self.backend if self.precision == "fp32" else f"{self.backend}+{self.precision}"
+        name = self.backend if self.precision == "fp32" else f"{self.backend}+{self.precision}"
+        return name if self.learner == "maml" else f"{self.learner}:{name}"
 
 
-def bench_config(ways: int, precision: str = "fp32") -> ExperimentConfig:
-    """The reference Omniglot MAML++ 1-shot setting with ``ways`` classes."""
-    return replace(ExperimentConfig(), num_classes_per_set=ways, precision=precision)
+# What Reptile cannot take from the MAML++ setting (config.py refuses these for it).
+REPTILE_KEYS = {
+    "second_order": False,
+    "use_multi_step_loss_optimization": False,
+    "learnable_per_layer_per_step_inner_loop_learning_rate": False,
+    "meta_learning_rate": 1.0,
+}
+
+
+def bench_config(ways: int, precision: str = "fp32", learner: str = "maml") -> ExperimentConfig:
+    """The reference Omniglot MAML++ 1-shot setting with ``ways`` classes, for ``learner``."""
+    cfg = replace(ExperimentConfig(), num_classes_per_set=ways, precision=precision)
+    extra = REPTILE_KEYS if learner == "reptile" else {}
+    return replace(cfg, meta_learner=learner, **extra)
 
 
 def _batches(cfg: ExperimentConfig, eval_tasks: int) -> tuple[TaskBatch, TaskBatch]:
@@ -87,7 +108,7 @@ def agreement(
     output, which differs between conv algorithms; in float64 the same computation
     shows whether the math is the same.
     """
-    system = MamlSystem(cfg)
+    system = build_learner(cfg)
     params = {k: v.detach().to(dtype).requires_grad_() for k, v in system.params.items()}
     rates = {k: v.detach().to(dtype).requires_grad_() for k, v in system.rates.items()}
     meta = list(params.values()) + list(rates.values())
@@ -130,8 +151,10 @@ def timings(
     quiet: bool,
 ) -> dict[str, dict[str, float]]:
     """Median wall/CPU seconds per meta-iteration and per evaluation batch, interleaved."""
+    ways = cfg.num_classes_per_set
     systems = {
-        v.name: MamlSystem(replace(cfg, precision=v.precision), backend=v.backend) for v in variants
+        v.name: build_learner(bench_config(ways, v.precision, v.learner), backend=v.backend)
+        for v in variants
     }
     for system in systems.values():  # warm-up: thread pools, allocator, kernels
         system.train_step(train, epoch=0)
@@ -197,11 +220,11 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def child_memory(ways: int, backend: str, precision: str) -> None:
+def child_memory(ways: int, backend: str, precision: str, learner: str) -> None:
     """Subprocess: peak resident memory added by one training step (after a warm-up)."""
-    cfg = bench_config(ways, precision)
+    cfg = bench_config(ways, precision, learner)
     train, _ = _batches(cfg, 1)
-    system = MamlSystem(cfg, backend=backend)
+    system = build_learner(cfg, backend=backend)
     system.train_step(train, epoch=0)
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to now
     before = _rss_kib("VmRSS")
@@ -211,7 +234,7 @@ def child_memory(ways: int, backend: str, precision: str) -> None:
 
 def memory(ways: int, variant: Variant) -> float | None:
     cmd = [sys.executable, __file__, "--child-memory", str(ways), variant.backend]
-    cmd.append(variant.precision)
+    cmd += [variant.precision, variant.learner]
     # A fixed mmap threshold stops glibc from keeping freed tensors in the heap, so the
     # resident-set peak follows the live tensors.
     env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536"}
@@ -254,19 +277,29 @@ def main() -> None:
     parser.add_argument("--eval-tasks", type=int, default=16)
     parser.add_argument("--bf16", action="store_true", help="also time loop and grouped in bf16")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--no-agreement", action="store_true", help="skip the loop comparison")
+    parser.add_argument(
+        "--meta-learner", nargs="+", default=["maml"], choices=list(LEARNERS), dest="learners"
+    )
     parser.add_argument("--accuracy-iters", type=int, default=0)
     parser.add_argument("--group-sizes", default="", help="e.g. 1,2,4,8 (grouped backend)")
     parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--child-memory", nargs=3, metavar=("WAYS", "BACKEND", "PRECISION"))
+    parser.add_argument(
+        "--child-memory", nargs=4, metavar=("WAYS", "BACKEND", "PRECISION", "LEARNER")
+    )
     args = parser.parse_args()
     if args.child_memory:
-        ways, backend, precision = args.child_memory
-        child_memory(int(ways), backend, precision)
+        ways, backend, precision, learner = args.child_memory
+        child_memory(int(ways), backend, precision, learner)
         return
 
-    variants = [Variant(b, "fp32") for b in args.backends.split(",")]
-    if args.bf16:
-        variants += [Variant(b, "bf16") for b in ("loop", "grouped") if b in args.backends]
+    variants = []
+    for learner in args.learners:
+        variants += [Variant(b, "fp32", learner) for b in args.backends.split(",")]
+        if args.bf16:
+            variants += [
+                Variant(b, "bf16", learner) for b in ("loop", "grouped") if b in args.backends
+            ]
     report = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -283,6 +316,8 @@ def main() -> None:
             "auto_backend": AUTO_BACKEND,
             "tasks_per_group": TASKS_PER_GROUP,
             "setting": "Omniglot 1-shot, batch 8, 64 filters, 5 inner steps, MAML++ 2nd order",
+            "meta_learners": args.learners,
+            "reptile_keys": REPTILE_KEYS,
         },
         "rows": [],
     }
@@ -292,13 +327,16 @@ def main() -> None:
         times = timings(cfg, variants, train, val, args.reps, args.quiet)
         base = times.get(Variant("loop", "fp32").name)
         for v in variants:
-            row = {"ways": ways, "backend": v.backend, "precision": v.precision, **times[v.name]}
+            row = {"ways": ways, "meta_learner": v.learner, "backend": v.backend}
+            row |= {"precision": v.precision, **times[v.name]}
             row["speedup_vs_loop"] = base and base["wall_s_per_iter"] / row["wall_s_per_iter"]
             row["speedup_vs_loop_best"] = base and base["wall_s_min"] / row["wall_s_min"]
             for tag, dtype in (("fp32", torch.float32), ("fp64", torch.float64)):
-                if tag == "fp64" and v.precision != "fp32":
+                if (tag == "fp64" and v.precision != "fp32") or args.no_agreement:
                     continue
-                diffs = agreement(cfg, v, train, dtype)
+                if v.learner == "reptile":
+                    continue
+                diffs = agreement(bench_config(ways, learner=v.learner), v, train, dtype)
                 row.update({f"{k}_{tag}": x for k, x in diffs.items()})
             row["peak_step_mib"] = None if args.no_memory else memory(ways, v)
             report["rows"].append(row)
@@ -323,21 +361,22 @@ def main() -> None:
 
 def _print_table(report: dict) -> None:
     head = (
-        f"{'ways':>4} {'backend':<14} {'it/s':>6} {'speed-up':>8} {'(best)':>6} {'cpu s/it':>8} "
+        f"{'ways':>4} {'backend':<22} {'it/s':>6} {'speed-up':>8} {'(best)':>6} {'cpu s/it':>8} "
         f"{'eval tasks/s':>12} {'peak MiB':>8} {'grad rel fp32':>13} {'grad rel fp64':>13}"
     )
     print(head)
     print("-" * len(head))
     for r in report["rows"]:
-        name = r["backend"] if r["precision"] == "fp32" else f"{r['backend']}+{r['precision']}"
+        name = Variant(r["backend"], r["precision"], r.get("meta_learner", "maml")).name
         speed = f"{r['speedup_vs_loop']:.2f}x" if r["speedup_vs_loop"] else "-"
         best = f"{r['speedup_vs_loop_best']:.2f}x" if r["speedup_vs_loop_best"] else "-"
         peak = f"{r['peak_step_mib']:.0f}" if r["peak_step_mib"] is not None else "-"
         fp64 = f"{r['grad_rel_diff_fp64']:.1e}" if "grad_rel_diff_fp64" in r else "-"
+        fp32 = f"{r['grad_rel_diff_fp32']:.1e}" if "grad_rel_diff_fp32" in r else "-"
         print(
-            f"{r['ways']:>4} {name:<14} {r['meta_iters_per_s']:>6.3f} {speed:>8} {best:>6} "
+            f"{r['ways']:>4} {name:<22} {r['meta_iters_per_s']:>6.3f} {speed:>8} {best:>6} "
             f"{r['cpu_s_per_iter']:>8.2f} {r['eval_tasks_per_s']:>12.1f} {peak:>8} "
-            f"{r['grad_rel_diff_fp32']:>13.1e} {fp64:>13}"
+            f"{fp32:>13} {fp64:>13}"
         )
     if "bf16_accuracy" in report:
         acc = report["bf16_accuracy"]

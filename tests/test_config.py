@@ -295,7 +295,8 @@ def test_save_then_load_is_lossless(tmp_path: Path, config: ExperimentConfig) ->
     written = [
         name
         for name in CONFIG_FIELDS
-        if name not in OMITTED_AT_DEFAULT or getattr(config, name) is not None
+        if name not in OMITTED_AT_DEFAULT
+        or getattr(config, name) != ExperimentConfig.__dataclass_fields__[name].default
     ]
     assert list(json.loads(path.read_text())) == written  # field order
     assert config_hash(loaded) == config_hash(config)
@@ -399,3 +400,15 @@ def test_experiment_names_follow_the_generators_rule() -> None:
         from_dict({"experiment_name": good})
     for bad in ("", "a b", "a\nb", "a/b", ".", "..", "-x", "é"):
         assert not is_experiment_name(bad)
+
+
+def test_meta_learner_defaults_to_maml_and_is_written_only_when_set() -> None:
+    """Configs and hashes from before meta_learner existed are unchanged."""
+    plain = ExperimentConfig()
+    assert plain.meta_learner == "maml"
+    assert "meta_learner" not in json.loads(to_json(plain))
+    anil = from_dict({"meta_learner": "anil"})
+    assert json.loads(to_json(anil))["meta_learner"] == "anil"
+    assert config_hash(anil) != config_hash(plain)
+    with pytest.raises(ConfigError, match=r"meta_learner must be one of \"maml\""):
+        from_dict({"meta_learner": "protonet"})

@@ -127,6 +127,11 @@ class ExperimentConfig:
     max_images_per_class: int | None = None
     """Class-array data sets (one .npy/.npz per class): read only the first this many
     images of each class (None: all), so a 100k-image class does not fill memory."""
+    meta_learner: Literal["maml", "meta_sgd", "anil", "reptile"] = "maml"
+    """The meta-learning algorithm. "maml": MAML, FOMAML or MAML++ as the reference keys
+    say; "meta_sgd": a learned inner rate per parameter element (Li et al. 2017);
+    "anil": the inner loop adapts only the classifier (Raghu et al. 2020); "reptile":
+    theta moves toward the adapted weights (Nichol et al. 2018)."""
 
     # ------------------------------------------------------------------ derived
     @property
@@ -356,6 +361,31 @@ def _check_ranges(c: ExperimentConfig, source: str) -> None:
             f"{source}: enable_inner_loop_optimizable_bn_params is true but learnable_bn_gamma "
             "and learnable_bn_beta are both false: there are no BN parameters to adapt"
         )
+    _check_meta_learner(c, source)
+
+
+def _check_meta_learner(c: ExperimentConfig, source: str) -> None:
+    """Switches that mean nothing to the chosen meta-learner: refused, never ignored."""
+    if c.meta_learner == "reptile":
+        meaningless = {
+            "second_order": "Reptile has no meta-gradient through the inner loop, so no "
+            "second-order term",
+            "learnable_per_layer_per_step_inner_loop_learning_rate": "Reptile's update "
+            "has no gradient for the inner learning rates, so they cannot be learned",
+            "use_multi_step_loss_optimization": "Reptile never backpropagates a query "
+            "loss, so there are no per-step query losses to weight",
+        }
+        for key, why in meaningless.items():
+            if getattr(c, key):
+                raise ConfigError(
+                    f'{source}: {key} is true but meta_learner is "reptile": {why}; set '
+                    f"{key} to false"
+                )
+    if c.meta_learner == "anil" and c.enable_inner_loop_optimizable_bn_params:
+        raise ConfigError(
+            f"{source}: enable_inner_loop_optimizable_bn_params is true but meta_learner is "
+            '"anil", whose inner loop adapts only the classifier; set it to false'
+        )
 
 
 def load_config(path: str | os.PathLike[str]) -> ExperimentConfig:
@@ -380,7 +410,7 @@ def load_config(path: str | os.PathLike[str]) -> ExperimentConfig:
 
 # Keys added after configs were first generated and hashed: written (and hashed) only
 # when set, so existing generated configs and config hashes do not change.
-OMITTED_AT_DEFAULT: frozenset[str] = frozenset({"max_images_per_class"})
+OMITTED_AT_DEFAULT: frozenset[str] = frozenset({"max_images_per_class", "meta_learner"})
 
 
 def to_dict(config: ExperimentConfig) -> dict[str, Any]:

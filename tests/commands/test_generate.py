@@ -174,6 +174,38 @@ def test_committed_paper_suite_is_up_to_date(capsys):
     assert load_suite(DEFAULT_SUITE).config_dir == REPO_ROOT / "experiment_config"
 
 
+def test_committed_methods_suite_is_up_to_date_and_apart_from_the_paper_suite(capsys):
+    """experiment_template_config/methods.toml: every learner x {5, 20}-way x 3 seeds, in
+    its own folders and with its own experiment names, so both suites check clean."""
+    methods = REPO_ROOT / "experiment_template_config" / "methods.toml"
+    code = main(["generate", "--suite", str(methods), "--check"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
+    assert "36 experiments, 108 files up to date" in captured.out
+    suite, paper = load_suite(methods), load_suite(DEFAULT_SUITE)
+    assert suite.config_dir == REPO_ROOT / "methods" / "experiment_config"
+    mine = expand(suite)
+    assert not {e.name for e in mine} & {e.name for e in expand(paper)}
+    learners = {}
+    for e in mine:
+        cfg = load_config(e.config_path)
+        assert cfg == e.config
+        learners.setdefault(e.values["method"], set()).add(
+            (cfg.meta_learner, cfg.second_order, cfg.use_multi_step_loss_optimization)
+        )
+    assert learners == {
+        "maml": {("maml", True, False)},
+        "fomaml": {("maml", False, False)},
+        "maml++": {("maml", True, True)},
+        "meta_sgd": {("meta_sgd", True, False)},
+        "anil": {("anil", True, False)},
+        "reptile": {("reptile", False, False)},
+    }
+    # No script names the checkout it was generated in.
+    for script in (REPO_ROOT / "methods" / "experiment_scripts").glob("*.sh"):
+        assert str(REPO_ROOT) not in script.read_text(), script
+
+
 @pytest.mark.parametrize("tool", ["generate_configs.py", "generate_scripts.py"])
 def test_reference_style_entry_points(tool, tmp_path):
     """script_generation_tools/*.py run from their own folder, as reference users do."""

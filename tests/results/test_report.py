@@ -373,3 +373,39 @@ def test_repeats_of_one_seed_are_not_counted_as_seeds(tmp_path):
         (row,) = list(csv.DictReader(handle))
     assert (row["seeds_finished"], row["runs_finished"], row["ensemble_std_pct"]) == ("1", "3", "")
     assert "use only 1 distinct seed" in files.index.read_text()
+
+
+def test_meta_learners_are_their_own_groups_in_a_method_by_setting_table(tmp_path):
+    """A methods suite: one row per learner, one column per way/shot, grouped by
+    meta_learner (same keys otherwise), MAML family first."""
+    root, configs = tmp_path / "experiments", tmp_path / "configs"
+    reptile = {**MAML, "meta_learner": "reptile", "second_order": False}
+    methods = {
+        "maml": MAML,
+        "fomaml": {**MAML, "second_order": False},
+        "plus": {},
+        "msgd": {**MAML, "meta_learner": "meta_sgd"},
+        "anil": {**MAML, "meta_learner": "anil"},
+        "reptile": reptile,
+    }
+    accuracies = {}
+    for i, (method, keys) in enumerate(methods.items()):
+        for way in (5, 20):
+            acc = 0.5 + 0.05 * i + way / 1000
+            accuracies[(method, way)] = acc
+            cfg = make_config(f"omni_{method}_{way}w1s_s0", 0, way=way, **keys)
+            write_experiment(
+                root, cfg, status="done", curves=CURVES[0], test=(acc, 0.01, acc, 0.01),
+                generated=configs,
+            )  # fmt: skip
+    groups, excluded = report.collect(root, configs)
+    assert not excluded
+    header, rows = report.paper_tables(groups)["omniglot_dataset"]
+    assert header == ["Method", "Test model", "5-way 1-shot", "20-way 1-shot"]
+    ensemble = [r for r in rows if r[1] == "ensemble"]
+    assert [r[0] for r in ensemble] == [
+        "MAML", "MAML (first order)", "MAML++", "Meta-SGD", "ANIL", "Reptile",
+    ]  # fmt: skip
+    for row, method in zip(ensemble, methods, strict=True):
+        for col, way in ((2, 5), (3, 20)):
+            assert row[col].startswith(f"{100 * accuracies[(method, way)]:.2f}%"), (method, way)

@@ -326,6 +326,7 @@ __all__ = [
     "AUTO_BACKEND",
     "BACKENDS",
     "TASKS_PER_GROUP",
+    "WORKER_PREFIX",
     "Backend",
     "MetaBatchResult",
     "default_workers",
@@ -334,5 +335,11 @@ __all__ = [
     "loop_backend",
     "resolve_backend",
     "task_chunks",
+    "task_pool",
     "vmap_backend",
 ]
+
+WORKER_PREFIX = _WORKER_PREFIX
+"""Name prefix of the pool's threads (they set one intra-op thread each)."""
+task_pool = _pool
+"""The process-wide CPU thread pool of a given size (shared with metasuite.learner.reptile)."""

@@ -180,8 +180,9 @@ def adapt(
     plan: StepPlan,
     stats: StatsRecord | None = None,
     gradient: InnerGradient = autograd_gradient,
+    adapted: Params | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The MAML++ inner loop, the one every backend runs.
+    """The MAML++ inner loop, the one every backend and meta-learner runs.
 
     At step ``s`` the support loss under step-``s`` parameters gives the gradient
     (kept differentiable for second order), the update uses ``lr[name][s]``, and the
@@ -190,6 +191,8 @@ def adapt(
     takes them. With a network of T tasks side by side, labels are ``[T, n]`` and the
     loss is the sum of the T task losses. ``gradient`` differentiates the support loss:
     ``torch.autograd.grad`` by default, ``torch.func.grad`` under ``torch.func.vmap``.
+    When ``adapted`` is a dict it receives the parameters after the last step (Reptile
+    moves the meta-parameters toward them).
     """
     if not plan.differentiable:
         params = {k: v.detach() for k, v in params.items()}
@@ -216,6 +219,8 @@ def adapt(
             weight = plan.loss_weights[step]
             if weight != 0.0:
                 total = total + weight * summed_cross_entropy(logits, query_y)
+    if adapted is not None:
+        adapted.update(params)
     return total, logits
 
 

@@ -78,6 +78,8 @@ class MamlSystem:
     """
 
     STATE_FORMAT = 1
+    META_LEARNER = "maml"
+    """The ``meta_learner`` value this class learns (checkpoints record it)."""
 
     def __init__(
         self,
@@ -86,32 +88,59 @@ class MamlSystem:
         backend: str | None = None,
     ) -> None:
         _check_supported(cfg)
+        if cfg.meta_learner != self.META_LEARNER:
+            raise ConfigError(
+                f"meta_learner is {cfg.meta_learner!r} but {type(self).__name__} learns "
+                f"{self.META_LEARNER!r}; build learners with "
+                "metasuite.learner.learners.build_learner"
+            )
         self.cfg = cfg
         self.device = torch.device(device)
         self.net = Backbone.from_config(cfg)
-        self.inner_names = inner_parameter_names(self.net, cfg)
+        self.inner_names = self.adapted_parameter_names()
         generator = torch.Generator().manual_seed(cfg.train_seed)
         self.params: Params = {
             k: v.to(self.device).requires_grad_()
             for k, v in self.net.init_params(generator).items()
         }
-        self.learnable_rates = cfg.learnable_per_layer_per_step_inner_loop_learning_rate
+        self.learnable_rates = self.rates_are_learned()
         self.rates: Params = {
             k: v.to(self.device).requires_grad_(self.learnable_rates)
-            for k, v in init_rates(
-                self.inner_names,
-                cfg.number_of_training_steps_per_iter,
-                cfg.init_inner_loop_learning_rate,
-            ).items()
+            for k, v in self.initial_rates().items()
         }
         self.buffers: Params = {k: v.to(self.device) for k, v in self.net.init_buffers().items()}
         self.backend = backends.resolve_backend(backend or cfg.backend, self.device)
         self._backend = backends.BACKENDS[self.backend]
-        self.optimizer = torch.optim.Adam(
-            self.meta_parameters(), lr=cfg.meta_learning_rate, weight_decay=cfg.weight_decay
-        )
+        self.optimizer: torch.optim.Optimizer | None = self.make_optimizer()
         self.epoch = 0
         self.clamp_gradients = "imagenet" in cfg.dataset_name.lower()
+
+    # ------------------------------------------------------------------ what differs
+    # The hooks by which the other meta-learners (metasuite.learner.meta_sgd, .anil,
+    # .reptile) differ from MAML; everything else is shared.
+    def adapted_parameter_names(self) -> tuple[str, ...]:
+        """The tensors the inner loop adapts."""
+        return inner_parameter_names(self.net, self.cfg)
+
+    def rates_are_learned(self) -> bool:
+        """Whether the outer loop learns the inner rates (LSLR)."""
+        return self.cfg.learnable_per_layer_per_step_inner_loop_learning_rate
+
+    def initial_rates(self) -> Params:
+        """The inner rates before meta-training: one per adapted tensor per step."""
+        return init_rates(
+            self.inner_names,
+            self.cfg.number_of_training_steps_per_iter,
+            self.cfg.init_inner_loop_learning_rate,
+        )
+
+    def make_optimizer(self) -> torch.optim.Optimizer | None:
+        """The outer optimizer: Adam over :meth:`meta_parameters`."""
+        return torch.optim.Adam(
+            self.meta_parameters(),
+            lr=self.cfg.meta_learning_rate,
+            weight_decay=self.cfg.weight_decay,
+        )
 
     # ------------------------------------------------------------------ state
     def meta_parameters(self) -> list[torch.Tensor]:
@@ -125,10 +154,13 @@ class MamlSystem:
         """Parameters, rates, running stats, optimizer state and the epoch."""
         return {
             "format": self.STATE_FORMAT,
+            "meta_learner": self.META_LEARNER,
             "params": {k: v.detach().clone() for k, v in self.params.items()},
             "rates": {k: v.detach().clone() for k, v in self.rates.items()},
             "buffers": {k: v.clone() for k, v in self.buffers.items()},
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "optimizer": (
+                None if self.optimizer is None else copy.deepcopy(self.optimizer.state_dict())
+            ),
             "epoch": self.epoch,
         }
 
@@ -142,6 +174,14 @@ class MamlSystem:
             raise UserError(
                 f"learner state: expected format {self.STATE_FORMAT}, "
                 f"got {state.get('format') if isinstance(state, dict) else type(state)}"
+            )
+        # Checkpoints written before meta_learner existed are MAML's.
+        theirs_learner = state.get("meta_learner", "maml")
+        if theirs_learner != self.META_LEARNER:
+            raise ConfigError(
+                f"learner state: the checkpoint was trained with meta_learner "
+                f"{theirs_learner!r}, this config says {self.META_LEARNER!r}; start a new "
+                "experiment (another experiment_name) or set meta_learner back"
             )
         for group in ("params", "rates", "buffers"):
             mine: Params = getattr(self, group)
@@ -157,8 +197,13 @@ class MamlSystem:
         # The rates have the same shapes whether they are learned or not, but only
         # learned ones are in the optimizer: compare its parameter count too (else
         # torch raises a bare ValueError after half the state has been copied).
-        saved = sum(len(g["params"]) for g in state["optimizer"]["param_groups"])
-        if saved != len(self.meta_parameters()):
+        optimizer = state["optimizer"]
+        saved = (
+            len(self.meta_parameters())
+            if optimizer is None and self.optimizer is None
+            else sum(len(g["params"]) for g in (optimizer or {"param_groups": []})["param_groups"])
+        )
+        if saved != len(self.meta_parameters()) or (optimizer is None) != (self.optimizer is None):
             raise UserError(
                 f"learner state: the checkpoint's optimizer holds {saved} tensors, this "
                 f"config's {len(self.meta_parameters())}; was it trained with another "
@@ -168,11 +213,12 @@ class MamlSystem:
             for group in ("params", "rates", "buffers"):
                 for k, v in getattr(self, group).items():
                     v.copy_(state[group][k])
-        self.optimizer.load_state_dict(state["optimizer"])
-        # torch restores the saved hyperparameters too; the config decides them (the
-        # learning rate is set from the epoch at every step, weight decay only here).
-        for group in self.optimizer.param_groups:
-            group["weight_decay"] = self.cfg.weight_decay
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(optimizer)
+            # torch restores the saved hyperparameters too; the config decides them (the
+            # learning rate is set from the epoch at every step, weight decay only here).
+            for group in self.optimizer.param_groups:
+                group["weight_decay"] = self.cfg.weight_decay
         self.epoch = int(state["epoch"])
 
     # ------------------------------------------------------------------ steps
@@ -200,6 +246,7 @@ class MamlSystem:
         those of the whole meta-batch in task order (an all-gather), so every rank folds
         the same statistics into its running stats as a single process would.
         """
+        assert self.optimizer is not None
         self.epoch = int(epoch)
         plan = train_plan(self.cfg, epoch)
         lr = cosine_learning_rate(self.cfg, epoch)
@@ -229,7 +276,7 @@ class MamlSystem:
             if sync_stats is not None:
                 records = sync_stats(records)
             self.net.update_running_stats(self.buffers, records)
-        accuracy = _task_accuracy(result.logits, batch.query_y).mean()
+        accuracy = task_accuracy(result.logits, batch.query_y).mean()
         return {
             "loss": float(result.loss_sum) / len(batch),
             "accuracy": float(accuracy),
@@ -251,7 +298,7 @@ class MamlSystem:
         losses = F.cross_entropy(
             logits.reshape(-1, n), batch.query_y.reshape(-1), reduction="none"
         ).view(len(batch), -1)
-        task_acc = _task_accuracy(logits, batch.query_y)
+        task_acc = task_accuracy(logits, batch.query_y)
         return EvalResult(
             loss=float(losses.mean()),
             accuracy=float(task_acc.mean()),
@@ -260,9 +307,16 @@ class MamlSystem:
         )
 
 
-def _task_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def task_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-task query accuracy ``[T]`` from logits ``[T, NQ, N]``."""
     return (logits.argmax(-1) == labels).float().mean(-1)
 
 
-__all__ = ["EvalResult", "MamlSystem", "SyncGradients", "SyncStats", "cosine_learning_rate"]
+__all__ = [
+    "EvalResult",
+    "MamlSystem",
+    "SyncGradients",
+    "SyncStats",
+    "cosine_learning_rate",
+    "task_accuracy",
+]

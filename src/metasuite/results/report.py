@@ -184,22 +184,33 @@ def dataset_title(dataset_name: str) -> str:
     return dataset_name
 
 
-def method_label(config: ExperimentConfig) -> str:
-    """The MAML++ paper's names: MAML, MAML++, or MAML + the improvements switched on.
+LEARNER_TITLES: dict[str, str] = {"meta_sgd": "Meta-SGD", "anil": "ANIL", "reptile": "Reptile"}
+"""Table names of the meta-learners other than MAML (``meta_learner`` values)."""
 
-    MSL: multi-step loss; LSLR: learned per-layer per-step inner learning rates; BNRS+BNWB:
-    per-step batch-norm statistics (with per-step weights and biases); DA: derivative-order
-    annealing (first order until first_order_to_second_order_epoch).
+
+def method_label(config: ExperimentConfig) -> str:
+    """The MAML++ paper's names: MAML, MAML++, or MAML + the improvements switched on;
+    the other meta-learners by name, with the MAML++ switches they combine with.
+
+    MSL: multi-step loss; LSLR: learned per-layer per-step inner learning rates (for
+    Meta-SGD, whose per-element rates are always learned: "per-step rates"); BNRS+BNWB:
+    per-step batch-norm statistics (with per-step weights and biases); DA:
+    derivative-order annealing (first order until first_order_to_second_order_epoch).
     """
     parts = []
     if config.use_multi_step_loss_optimization:
         parts.append("MSL")
     if config.learnable_per_layer_per_step_inner_loop_learning_rate:
-        parts.append("LSLR")
+        parts.append("per-step rates" if config.meta_learner == "meta_sgd" else "LSLR")
     if config.per_step_bn_statistics:
         parts.append("BNRS+BNWB")
     if config.second_order and config.first_order_to_second_order_epoch >= 0:
         parts.append("DA")
+    if config.meta_learner != "maml":
+        label = LEARNER_TITLES[config.meta_learner] + "".join(f" + {p}" for p in parts)
+        if not config.second_order and config.meta_learner != "reptile":
+            label += " (first order)"
+        return label
     core = {"MSL", "LSLR", "BNRS+BNWB"}
     if core.issubset(parts):
         label = "MAML++" + (" (DA)" if "DA" in parts else "")
@@ -358,10 +369,14 @@ def _reason(status: ExperimentStatus, problem: str | None) -> str:
 
 
 def _method_rank(method: str) -> tuple[int, str]:
+    """MAML, its variants, MAML++, then the other meta-learners in LEARNER_TITLES order."""
     if method == "MAML" or method.startswith("MAML ("):
         return 0, method
     if method.startswith("MAML++"):
         return 2, method
+    for i, title in enumerate(LEARNER_TITLES.values()):
+        if method == title or method.startswith((f"{title} ", f"{title}+")):
+            return 3 + i, method
     return 1, method
 
 

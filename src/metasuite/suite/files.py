@@ -44,8 +44,10 @@ def script_file(suite: Suite, exp: Experiment, env: jinja2.Environment | None = 
         "config_in_root": relative_posix(exp.config_path, suite.root),
         "script_relpath": relative_posix(exp.script_path, suite.root),
         "exit": {code.name: int(code) for code in ExitCode},
+        # Relative (the same bytes in every checkout) when the suite file is inside the
+        # root or beside it (methods.toml's root is the sibling folder methods/).
         "suite_relpath": relative_posix(suite.path, suite.root)
-        if suite.root in suite.path.parents
+        if suite.root in suite.path.parents or suite.root.parent in suite.path.parents
         else suite.path.as_posix(),
     }
     text = render_file(env, suite.script_template, context, f"script of {exp.name}")

@@ -369,6 +369,7 @@ def start_run(
         "software": software_versions(),
         "devices": resolved_devices,
         "config_hash": config_hash(config),
+        "meta_learner": config.meta_learner,
         "dataset": asdict(dataset),
         "seeds": {
             "train_seed": config.train_seed,
@@ -532,6 +533,7 @@ def format_manifest(manifest: Mapping[str, Any]) -> str:
             f"{sw.get('numpy')}, CUDA {sw.get('cuda')}, cuDNN {sw.get('cudnn')}"
         )
         lines.append(f"  config hash: {entry.get('config_hash')}")
+        lines.append(f"  learner:     {entry.get('meta_learner', 'maml')}")
         lines.append(
             f"  dataset:     {data.get('name')}: archive sha256 {data.get('archive_sha256')}, "
             f"class-split hash {data.get('split_hash')}"

@@ -313,10 +313,10 @@ def _tasks(config: ExperimentConfig, *, quiet: bool) -> Any:
 def _learner(config: ExperimentConfig, device: torch.device) -> Any:
     """The learner, seeded so that a fresh start is reproducible (a resume overwrites
     it all); the same on every rank."""
-    from metasuite.learner.system import MamlSystem
+    from metasuite.learner.learners import build_learner
 
     seed_everything(config.train_seed)
-    return MamlSystem(config, device)
+    return build_learner(config, device)
 
 
 def _open_as_writer(

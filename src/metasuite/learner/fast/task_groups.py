@@ -34,6 +34,20 @@ def _split_record(record: StatsRecord, tasks: int) -> list[StatsRecord]:
     return out
 
 
+def widen_rates(wide: FastBackbone, rates: Params) -> Params:
+    """Inner rates for the wide network. Per-tensor rates (``[S]``, MAML/LSLR) are
+    scalars per step and broadcast as they are; per-element rates (``[S, *shape]``,
+    Meta-SGD) are widened step by step like the tensors they scale, so the gradient of
+    a rate sums over the tasks, as the meta-gradient of the parameters does."""
+    out: Params = {}
+    for name, rate in rates.items():
+        if rate.dim() == 1:
+            out[name] = rate
+        else:
+            out[name] = torch.stack([wide.widen({name: r})[name] for r in rate.unbind(0)])
+    return out
+
+
 def task_group_loss(
     net: Backbone,
     params: Params,
@@ -57,7 +71,7 @@ def task_group_loss(
     total, logits = adapt(
         wide,
         wide.widen(params),
-        rates,
+        widen_rates(wide, rates),
         inner_names,
         support,
         support_y,
@@ -71,4 +85,4 @@ def task_group_loss(
     return total, logits
 
 
-__all__ = ["task_group_loss"]
+__all__ = ["task_group_loss", "widen_rates"]
