@@ -30,6 +30,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -203,6 +204,26 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return _POOLS[key]
 
 
+Item = TypeVar("Item")
+Out = TypeVar("Out")
+
+
+def map_in_task_threads(
+    work: Callable[[Item], Out], items: Sequence[Item], workers: int
+) -> list[Out]:
+    """``[work(i) for i in items]`` in order, on the process-wide pool of ``workers``
+    threads (each worker sets one intra-op thread for itself); with one worker in the
+    calling thread, also at one intra-op thread, so the numbers are the same."""
+    if workers == 1:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return [work(i) for i in items]
+        finally:
+            torch.set_num_threads(before)
+    return list(_pool(workers).map(work, items))
+
+
 def default_workers() -> int:
     """One worker per core the process may use (intra-op threads are set to 1)."""
     try:
@@ -277,16 +298,7 @@ def grouped_backend(
         grads = _gradients(loss, wrt) if wrt is not None else None
         return loss.detach(), logits.detach(), grads, stats
 
-    chunks = task_chunks(len(batch), group_size)
-    if workers == 1:  # in the calling thread, also with one intra-op thread: same numbers
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            outs = [run(chunk) for chunk in chunks]
-        finally:
-            torch.set_num_threads(before)
-    else:
-        outs = list(_pool(workers).map(run, chunks))
+    outs = map_in_task_threads(run, task_chunks(len(batch), group_size), workers)
     loss_sum = torch.stack([o[0] for o in outs]).sum()
     logits = torch.cat([o[1] for o in outs])
     grads = None
@@ -333,13 +345,11 @@ __all__ = [
     "func_gradient",
     "grouped_backend",
     "loop_backend",
+    "map_in_task_threads",
     "resolve_backend",
     "task_chunks",
-    "task_pool",
     "vmap_backend",
 ]
 
 WORKER_PREFIX = _WORKER_PREFIX
 """Name prefix of the pool's threads (they set one intra-op thread each)."""
-task_pool = _pool
-"""The process-wide CPU thread pool of a given size (shared with metasuite.learner.reptile)."""

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 
 from metasuite.data.batch import TaskBatch
-from metasuite.learner.backends import WORKER_PREFIX, default_workers, task_pool
+from metasuite.learner.backends import WORKER_PREFIX, default_workers, map_in_task_threads
 from metasuite.learner.models import Backbone, Params, StatsRecord
 from metasuite.learner.reference import StepPlan, adapt
 from metasuite.learner.system import (
@@ -98,15 +98,8 @@ def reptile_deltas(
     workers = workers or default_workers()
     if device_type != "cpu":
         outs = [one(t) for t in tasks]
-    elif workers == 1:  # in the calling thread, also with one intra-op thread: same numbers
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            outs = [one(t) for t in tasks]
-        finally:
-            torch.set_num_threads(before)
     else:
-        outs = list(task_pool(workers).map(one, tasks))
+        outs = map_in_task_threads(one, tasks, workers)
     deltas = {n: torch.zeros_like(theta[n]) for n in inner_names}
     for delta, *_ in outs:  # task order
         for n in inner_names:
