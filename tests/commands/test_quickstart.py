@@ -74,3 +74,21 @@ def test_quickstart_generates_runs_and_reports(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "starting" not in again.stderr
     assert again.stdout.split("\n", 1)[1] == out.split("\n", 1)[1]
+
+
+def test_bar_counts_live_progress_else_the_checkpoint(tmp_path):
+    from metasuite.commands.quickstart import _iterations
+    from metasuite.training.experiment_dir import ExperimentDir
+
+    exp = ExperimentDir(tmp_path / "exp")
+    exp.create()
+    assert _iterations(exp) == 0
+    config = load_config(REPO_ROOT / "experiment_config" / "omniglot_maml_5way_1shot_s0.json")
+    exp.write_state("running", config=config, epoch=1, iteration=100,
+                    best_val_accuracy=None, best_val_epoch=None)  # fmt: skip
+    assert _iterations(exp) == 100
+    exp.write_live_progress(137)  # between two checkpoints
+    assert _iterations(exp) == 137
+    exp.write_state("done", config=config, epoch=2, iteration=200,
+                    best_val_accuracy=None, best_val_epoch=None)  # fmt: skip
+    assert _iterations(exp) == 200  # the last live write may lag the end of the run

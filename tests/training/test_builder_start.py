@@ -348,3 +348,62 @@ def test_a_start_that_needs_a_checkpoint_fails_before_the_folder_exists(
     assert code == 2
     assert words in _one_error_line(err)
     assert not (root / "tiny").exists()
+
+
+class _WatchingLearner(_CrashingLearner):
+    """Records, at each step, the iteration that logs/live_progress.json shows."""
+
+    def __init__(self, exp: ExperimentDir) -> None:
+        super().__init__()
+        self.exp = exp
+        self.seen: list[int | None] = []
+
+    def train_step(self, batch, epoch, *, total_tasks=None, sync_gradients=None):
+        self.seen.append(self.exp.read_live_iteration())
+        self.steps += 1
+        return {"loss": 1.0, "accuracy": 0.5, "learning_rate": 0.001}
+
+
+def _train_only(exp: ExperimentDir, learner: Any) -> None:
+    from metasuite.training.builder import Builder, Outcome
+
+    builder = Builder(_config(), learner, _Tasks(), exp, device=torch.device("cpu"), quiet=True)
+    builder.validate = lambda: ([1.0], [0.5])  # type: ignore[method-assign]
+    assert builder.train() is Outcome.DONE
+
+
+def test_live_progress_moves_between_checkpoints(tmp_path: Path, monkeypatch) -> None:
+    """A watcher (quickstart's bar) sees each iteration as it ends, not only the ones a
+    checkpoint records (the tiny config checkpoints every 2 of its 6 iterations per epoch)."""
+    from metasuite.training import builder
+
+    monkeypatch.setattr(builder, "LIVE_PROGRESS_SECONDS", 0.0)
+    exp = ExperimentDir(tmp_path / "tiny")
+    exp.create()
+    learner = _WatchingLearner(exp)
+    _train_only(exp, learner)
+    total = learner.steps
+    assert total > 6 and learner.seen == list(range(total))
+    assert exp.read_live_iteration() == total
+
+
+def test_live_progress_is_throttled_and_never_stops_training(tmp_path: Path, monkeypatch) -> None:
+    from metasuite.errors import DiskFullError
+    from metasuite.training import builder
+
+    writes: list[int] = []
+
+    def full_disk(self: ExperimentDir, iteration: int) -> None:
+        writes.append(iteration)
+        raise DiskFullError("no space left on /x writing live_progress.json")
+
+    monkeypatch.setattr(ExperimentDir, "write_live_progress", full_disk)
+    monkeypatch.setattr(builder, "LIVE_PROGRESS_SECONDS", 3600.0)
+    exp = ExperimentDir(tmp_path / "tiny")
+    exp.create()
+    learner = _WatchingLearner(exp)
+    _train_only(exp, learner)
+    # The run finished; only the forced write at the start went out within the hour.
+    assert writes == [0]
+    state = exp.read_state()
+    assert state is not None and state["iteration"] == learner.steps

@@ -68,16 +68,18 @@ def _suite(args: argparse.Namespace, base: Path) -> Any:
     return suite
 
 
-def _iterations(state: dict[str, Any] | None) -> int:
-    if not state:
-        return 0
-    value = state.get("iteration")
-    return value if isinstance(value, int) else 0
+def _iterations(exp: Any) -> int:
+    """Meta-iterations an experiment has run: its live progress (written every few
+    seconds while it trains) or the checkpointed ``state.json``, whichever is further
+    (the last few iterations of a run may fall between two live writes)."""
+    value = (exp.read_state() or {}).get("iteration")
+    checkpointed = value if isinstance(value, int) else 0
+    return max(checkpointed, exp.read_live_iteration() or 0)
 
 
 def _watch(base: Path, names: list[str], total: int, quiet: bool) -> tuple[Any, Any]:
-    """A progress bar over the meta-iterations of all experiments, from their state.json
-    (written at every checkpoint), polled by a thread while the pool runs."""
+    """A progress bar over the meta-iterations of all experiments, polled by a thread
+    while the pool runs (from each experiment's ``logs/live_progress.json``)."""
     from metasuite import progress
     from metasuite.training.experiment_dir import ExperimentDir
 
@@ -88,7 +90,7 @@ def _watch(base: Path, names: list[str], total: int, quiet: bool) -> tuple[Any, 
 
     def poll() -> None:
         while True:
-            done = sum(_iterations(ExperimentDir(base / n).read_state()) for n in names)
+            done = sum(_iterations(ExperimentDir(base / n)) for n in names)
             bar.update(min(done, total) - bar.n)
             if stop.wait(POLL_SECONDS):
                 return

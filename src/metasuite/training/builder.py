@@ -34,7 +34,7 @@ import torch
 from metasuite import __version__
 from metasuite.config import ExperimentConfig, config_hash, to_dict
 from metasuite.data.batch import TaskBatch
-from metasuite.errors import ExitCode, UserError
+from metasuite.errors import EnvironmentFault, ExitCode, UserError
 from metasuite.progress import progress_bar
 from metasuite.stats import mean_ci95, mean_std, per_task_accuracy
 from metasuite.text import plural, shown_epoch
@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 SyncGradients = Callable[[list[torch.Tensor]], None]
 KEEP_RECENT_CHECKPOINTS = 2
 """Newest checkpoints always kept, so a damaged newest one has a predecessor."""
+LIVE_PROGRESS_SECONDS = 2.0
+"""Least time between two writes of ``logs/live_progress.json`` (an fsynced file: once
+per iteration would cost more than a tiny iteration on a slow disk)."""
 
 
 class Outcome(IntEnum):
@@ -196,6 +199,7 @@ class Builder:
         """Resolved backend, precision, thread count (runtime.numerics), kept in checkpoints."""
         self.progress = Progress()
         self.epochs_this_run = 0
+        self._live_written_at: float | None = None
 
     # ------------------------------------------------------------------ state
     def restore(self, payload: dict[str, Any]) -> None:
@@ -252,6 +256,21 @@ class Builder:
             ensemble_left_out=ensemble_left_out,
         )
 
+    def report_live_progress(self, *, force: bool = False) -> None:
+        """Write the iteration reached for watchers, at most every LIVE_PROGRESS_SECONDS."""
+        if not self.is_writer:
+            return
+        now = time.monotonic()
+        last = self._live_written_at
+        if force or last is None or now - last >= LIVE_PROGRESS_SECONDS:
+            self._live_written_at = now
+            try:
+                self.exp.write_live_progress(self.progress.iteration)
+            except (OSError, EnvironmentFault) as exc:
+                # Advisory only: a full disk is reported by the next checkpoint, which
+                # matters; training must not stop over a progress file.
+                log.debug("live progress not written: %s", exc)
+
     @property
     def training_complete(self) -> bool:
         return self.progress.epoch >= self.cfg.total_epochs
@@ -300,6 +319,7 @@ class Builder:
         if self.stop.requested:  # a signal during start-up: nothing new to checkpoint
             return self.interrupted(before_training=True)
         self.write_state("running")
+        self.report_live_progress(force=True)
         while not self.training_complete:
             stopped = self.train_epoch()
             if stopped:
@@ -360,6 +380,7 @@ class Builder:
                 p.learning_rate = float(metrics.get("learning_rate", math.nan))
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.4f}")
+                self.report_live_progress()
                 fault_point("iteration")
                 end_of_epoch = p.iteration == (p.epoch + 1) * per_epoch
                 every = cfg.checkpoint_every_n_iters

@@ -34,6 +34,7 @@ CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
 SUMMARY_FILE = "summary_statistics.csv"
 TEST_SUMMARY_FILE = "test_summary.json"
+LIVE_PROGRESS_FILE = "live_progress.json"
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "epoch",
@@ -101,6 +102,10 @@ class ExperimentDir:
     @property
     def state_path(self) -> Path:
         return self.path / STATE_FILE
+
+    @property
+    def live_progress_path(self) -> Path:
+        return self.logs / LIVE_PROGRESS_FILE
 
     @property
     def summary_path(self) -> Path:
@@ -171,6 +176,24 @@ class ExperimentDir:
         if ensemble_left_out:  # epochs the test ensemble should have held but could not
             state["ensemble_left_out"] = list(ensemble_left_out)
         write_text_atomic(self.state_path, json.dumps(state, indent=2) + "\n")
+
+    # ---------------------------------------------------------------- live progress
+    def write_live_progress(self, iteration: int) -> None:
+        """The meta-iteration reached, written between checkpoints (a few times a minute)
+        so that a watcher such as quickstart's progress bar moves with training instead
+        of jumping at each checkpoint. Not a checkpoint: a resumed run starts from the
+        checkpoint ``state.json`` names, whatever this file says."""
+        payload = {"iteration": iteration, "pid": os.getpid(), "updated": utc_now()}
+        write_text_atomic(self.live_progress_path, json.dumps(payload) + "\n")
+
+    def read_live_iteration(self) -> int | None:
+        """The iteration in ``logs/live_progress.json``, or None when absent or unreadable."""
+        try:
+            value = json.loads(self.live_progress_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        iteration = value.get("iteration") if isinstance(value, dict) else None
+        return iteration if isinstance(iteration, int) else None
 
     # ---------------------------------------------------------------- summary CSV
     def write_summary(self, rows: list[dict[str, float]]) -> None:
