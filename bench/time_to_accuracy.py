@@ -65,6 +65,7 @@ from metasuite.config import REPO_ROOT, load_config
 from metasuite.errors import UserError
 from metasuite.fsutil import write_bytes_atomic, write_text_atomic
 from metasuite.stats import mean_std
+from metasuite.text import shown_epoch
 from metasuite.training.builder import Builder, Outcome
 from metasuite.training.experiment_dir import experiments_root
 from metasuite.training.runner import run_experiment
@@ -451,8 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     if ens:
         print(
             f"test: ensemble {100 * ens['accuracy_mean']:.2f} ± {100 * ens['accuracy_ci95']:.2f}%"
-            f" (epochs {ens['epochs']}), best single {100 * single['accuracy_mean']:.2f} ± "
-            f"{100 * single['accuracy_ci95']:.2f}% (epoch {single['epoch']}), "
+            f" (epochs {', '.join(str(shown_epoch(e)) for e in ens['epochs'])}), best single "
+            f"{100 * single['accuracy_mean']:.2f} ± {100 * single['accuracy_ci95']:.2f}% "
+            f"(epoch {shown_epoch(single['epoch'])}), "
             f"{ens['num_tasks']} tasks"
         )
     print(f"wrote {Path(args.out) / result['experiment']}.{{csv,png,json}}")

@@ -51,6 +51,8 @@ def test_budget_ends_training_at_an_epoch_end_and_runs_the_normal_test(tmp_path)
     test = read_json(tmp_path / "exp" / "tiny" / "test_summary.json")
     assert result["test"] == test
     assert test["ensemble"]["num_tasks"] == 8 and test["ensemble"]["epochs"] == [0]
+    # What it prints names epochs from 1, as every log line does (the file keeps index 0).
+    assert "(epochs 1), best single" in done.stdout and "% (epoch 1), 8 tasks" in done.stdout
     rows = _curve(tmp_path / "out" / "tiny.csv")
     assert [(r["iteration"], r["kind"]) for r in rows] == [
         ("0", "probe"), ("2", "probe"), ("4", "probe"), ("6", "epoch"),
