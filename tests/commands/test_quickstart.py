@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from builder_helpers import train_env
+from metasuite import cli
 from metasuite.commands.quickstart import QUICKSTART_SUITE
 from metasuite.config import REPO_ROOT, load_config
 from metasuite.suite.sweep import expand, load_suite
@@ -92,3 +93,13 @@ def test_bar_counts_live_progress_else_the_checkpoint(tmp_path):
     exp.write_state("done", config=config, epoch=2, iteration=200,
                     best_val_accuracy=None, best_val_epoch=None)  # fmt: skip
     assert _iterations(exp) == 200  # the last live write may lag the end of the run
+
+
+@pytest.mark.parametrize("flag", ["--epochs", "--iters-per-epoch", "--eval-tasks", "--jobs"])
+def test_a_size_below_one_names_the_flag_typed_and_writes_nothing(tmp_path, capsys, flag):
+    argv = ["quickstart", "--experiments-root", str(tmp_path), flag, "0"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"{flag} must be >= 1, got 0" in err
+    assert not (tmp_path / "quickstart").exists()

@@ -30,6 +30,12 @@ HELP = "generate, run on the CPU and report a ten-minute MAML vs MAML++ suite"
 QUICKSTART_SUITE = REPO_ROOT / "experiment_template_config" / "quickstart.toml"
 FOLDER = "quickstart"
 POLL_SECONDS = 1.0
+# (flag, config key it overrides, what it counts)
+SIZE_FLAGS = (
+    ("--epochs", "total_epochs", "epochs"),
+    ("--iters-per-epoch", "total_iter_per_epoch", "meta-iterations per epoch"),
+    ("--eval-tasks", "num_evaluation_tasks", "validation and test tasks"),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,11 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="experiments at once on the CPU (default 2: MAML and MAML++ side by side)",
     )
-    for flag, key, what in (
-        ("--epochs", "total_epochs", "epochs"),
-        ("--iters-per-epoch", "total_iter_per_epoch", "meta-iterations per epoch"),
-        ("--eval-tasks", "num_evaluation_tasks", "validation and test tasks"),
-    ):
+    for flag, key, what in SIZE_FLAGS:
         parser.add_argument(
             flag, type=int, metavar="N", dest=key, help=f"{what} (default: quickstart.toml's)"
         )
@@ -57,11 +59,11 @@ def _suite(args: argparse.Namespace, base: Path) -> Any:
 
     suite = load_suite(QUICKSTART_SUITE, root=base)
     overrides = {}
-    for key in ("total_epochs", "total_iter_per_epoch", "num_evaluation_tasks"):
+    for flag, key, _ in SIZE_FLAGS:
         value = getattr(args, key)
         if value is not None:
             if value < 1:
-                raise UserError(f"--{key}: must be >= 1, got {value}")
+                raise UserError(f"{flag} must be >= 1, got {value}")
             overrides[key] = value
     if overrides:
         suite = dataclasses.replace(suite, constants={**suite.constants, **overrides})
@@ -137,14 +139,14 @@ def run(args: argparse.Namespace) -> int:
     total = sum(e.config.total_epochs * e.config.total_iter_per_epoch for e in experiments)
     _, finish = _watch(base, [e.name for e in experiments], total, args.quiet)
 
-    def report(line: str) -> None:
+    def say(line: str) -> None:
         if not args.quiet:
             progress.write(line, file=sys.stderr)
 
     stop = StopFlag()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        pool = Pool(jobs, slots, base, env=env, stop=stop, report=report)
+        pool = Pool(jobs, slots, base, env=env, stop=stop, report=say)
         results = pool.run()
     finally:
         for s, handler in previous.items():
