@@ -8,7 +8,8 @@ several points above its best member), a reader has to tell a real effect from a
 the ensemble; this script gives what is needed to do that. For every epoch of the
 ensemble in ``test_summary.json`` (in its order, best validation first) it loads the
 checkpoint file and evaluates it on the same fixed test tasks, through the builder's
-own :meth:`~metasuite.training.builder.Builder.evaluate_split`, and reports:
+own :meth:`~metasuite.training.builder.Builder.evaluate_checkpoint` (what its test
+scores each member with), and reports:
 
 - the member's own test accuracy (mean and 95% CI over tasks) and its mean top
   probability (how confident it is);
@@ -37,7 +38,7 @@ from metasuite.fsutil import write_text_atomic
 from metasuite.stats import mean_ci95, per_task_accuracy
 from metasuite.text import shown_epoch
 from metasuite.training.builder import Builder
-from metasuite.training.checkpoint import CheckpointStore, CorruptCheckpointError, load_checkpoint
+from metasuite.training.checkpoint import CheckpointStore, CorruptCheckpointError
 from metasuite.training.experiment_dir import ExperimentDir
 from metasuite.training.runtime import configure, resolve_devices
 
@@ -82,12 +83,9 @@ def members(folder: Path, *, device: torch.device, quiet: bool) -> dict[str, Any
     best_correct: torch.Tensor | None = None
     for epoch in epochs:
         try:
-            payload = load_checkpoint(files[epoch].path)
+            probs, labels = builder.evaluate_checkpoint(files[epoch].path, epoch)
         except CorruptCheckpointError as exc:
             raise UserError(str(exc)) from None
-        builder.learner.load_state_dict(payload["learner"])
-        _, _, probs, labels = builder.evaluate_split(tasks.test, f"test epoch {shown_epoch(epoch)}")
-        probs = probs.double()
         summed = probs if summed is None else summed + probs
         prediction = probs.argmax(dim=-1)
         correct = prediction.eq(labels)

@@ -54,17 +54,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _options.add_quiet(parser, "no progress bar")
 
 
+def _check_counts(args: argparse.Namespace) -> None:
+    """Every count flag at once, before anything is written; named as typed."""
+    for flag, key in (("--jobs", "jobs"), *((flag, key) for flag, key, _ in SIZE_FLAGS)):
+        value = getattr(args, key)
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
+
+
 def _suite(args: argparse.Namespace, base: Path) -> Any:
     from metasuite.suite.sweep import load_suite
 
     suite = load_suite(QUICKSTART_SUITE, root=base)
-    overrides = {}
-    for flag, key, _ in SIZE_FLAGS:
-        value = getattr(args, key)
-        if value is not None:
-            if value < 1:
-                raise UserError(f"{flag} must be >= 1, got {value}")
-            overrides[key] = value
+    given = ((key, getattr(args, key)) for _, key, _ in SIZE_FLAGS)
+    overrides = {key: value for key, value in given if value is not None}
     if overrides:
         suite = dataclasses.replace(suite, constants={**suite.constants, **overrides})
     return suite
@@ -118,8 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from metasuite.suite.pool import Job, Pool, StopFlag, make_slots
     from metasuite.suite.sweep import expand
 
-    if args.jobs < 1:
-        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+    _check_counts(args)
     base = _options.experiments_root_of(args) / FOLDER
     suite = _suite(args, base)
     experiments = expand(suite)

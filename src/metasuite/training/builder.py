@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -478,6 +479,19 @@ class Builder:
         )
         return losses, accs
 
+    def evaluate_checkpoint(self, path: Path, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Test-split query probabilities (float64, ``[T, Q, N]``) and labels of the
+        weights saved in one checkpoint file; raises :class:`CorruptCheckpointError`.
+
+        One place for how a test-ensemble member is scored, so that tools which score the
+        members one by one (``bench/ensemble_members.py``) score exactly what ``test`` does.
+        """
+        payload = load_checkpoint(path)
+        self.learner.load_state_dict(payload["learner"])
+        desc = f"test epoch {shown_epoch(epoch)}"
+        _, _, probs, labels = self.evaluate_split(self.tasks.test, desc)
+        return probs.double(), labels
+
     def test(self) -> Outcome:
         """Ensemble of the top ``max_models_to_save`` validation checkpoints (mean of
         their per-task query probabilities) and the best single one, on the test tasks.
@@ -510,16 +524,11 @@ class Builder:
                 left_out[epoch] = "no checkpoint file"
                 continue
             try:
-                payload = load_checkpoint(ckpt.path)
+                probs, labels = self.evaluate_checkpoint(ckpt.path, epoch)
             except CorruptCheckpointError as exc:
                 log.warning("%s; epoch %d left out of the test ensemble", exc, shown_epoch(epoch))
                 left_out[epoch] = str(exc)
                 continue
-            self.learner.load_state_dict(payload["learner"])
-            _, _, probs, labels = self.evaluate_split(
-                self.tasks.test, f"test epoch {shown_epoch(epoch)}"
-            )
-            probs = probs.double()
             summed = probs if summed is None else summed + probs
             used.append(epoch)
             if best_single is None:
