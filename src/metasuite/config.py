@@ -51,6 +51,43 @@ SILENT_IGNORED_KEYS: frozenset[str] = frozenset({"gpu_to_use"})
 ContinueFrom = int | Literal["from_scratch", "latest"]
 
 
+class FrozenJson(dict):  # type: ignore[type-arg]
+    """A JSON object that cannot change and can be hashed, so that a frozen config can
+    hold one (``backbone_kwargs``). Nested objects are FrozenJson, arrays tuples."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(json.dumps(self, sort_keys=True))
+
+    def _immutable(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("config values cannot change; use metasuite.config.replace")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _immutable  # type: ignore[assignment]
+
+
+def _freeze_json(value: Any, where: str) -> Any:
+    """``value`` as immutable JSON (FrozenJson objects, tuple arrays), or _Mismatch."""
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise _Mismatch
+        return FrozenJson({k: _freeze_json(v, where) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_freeze_json(v, where) for v in value)
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    raise _Mismatch
+
+
+def _thaw_json(value: Any) -> Any:
+    """Plain JSON types again (dicts and lists), for writing and for replace()."""
+    if isinstance(value, Mapping):
+        return {k: _thaw_json(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw_json(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """An experiment of the MAML++ family.
@@ -132,6 +169,29 @@ class ExperimentConfig:
     say; "meta_sgd": a learned inner rate per parameter element (Li et al. 2017);
     "anil": the inner loop adapts only the classifier (Raghu et al. 2020); "reptile":
     theta moves toward the adapted weights (Nichol et al. 2018)."""
+    backbone: str = "conv"
+    """The network meta-learned: "conv" (the reference network, shaped by cnn_num_filters,
+    num_stages, norm_layer, max_pooling, conv_padding), "resnet12" (the few-shot
+    ResNet-12), or "package.module:callable", a user's factory called as
+    ``factory(input_shape, num_classes, **backbone_kwargs)`` returning an ``nn.Module``
+    that maps a batch to logits (metasuite.learner.backbones)."""
+    backbone_kwargs: dict[str, Any] = FrozenJson()  # noqa: RUF009 (immutable, hashable)
+    """Keyword arguments of the backbone's factory (e.g. resnet12's ``widths``)."""
+    inner_loop_parameters: tuple[str, ...] | None = None
+    """Shell patterns of the parameter names the inner loop adapts (None: every parameter
+    but the norm layers', which enable_inner_loop_optimizable_bn_params adds, as the
+    reference does). ANIL ignores it: it adapts the head."""
+    head: str | None = None
+    """The module name of the classifier ANIL adapts (None: the last nn.Linear whose
+    out_features is the number of ways)."""
+    batch_norm_mode: Literal["transductive", "running"] = "transductive"
+    """"transductive": batch norm always normalises with the batch's own statistics, in
+    training and evaluation (the reference, MAML). "running": evaluation normalises with
+    the per-step running statistics (needs per_step_bn_statistics; not for "conv")."""
+    activation_checkpointing: bool = False
+    """Recompute each inner-loop forward during the backward pass instead of keeping its
+    activations (torch.utils.checkpoint, non-reentrant): less memory for second order
+    through a large network, at about one extra forward per step. Not for "conv"."""
 
     # ------------------------------------------------------------------ derived
     @property
@@ -165,6 +225,8 @@ def _expected(tp: Any) -> str:
         return f"a list of {plural}"
     if tp is type(None):
         return "null"
+    if origin is dict:
+        return "a JSON object"
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
         tp, str(tp)
     )
@@ -196,6 +258,10 @@ def _coerce(value: Any, tp: Any) -> Any:
         if value is None:
             return None
         raise _Mismatch
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise _Mismatch
+        return _freeze_json(value, "")
     if tp is bool:
         # The reference configs write some switches as 0/1 (e.g. "conv_padding": 1).
         if isinstance(value, bool):
@@ -335,7 +401,11 @@ def _check_ranges(c: ExperimentConfig, source: str) -> None:
         )
     if isinstance(c.continue_from_epoch, int) and c.continue_from_epoch < -2:
         fail("continue_from_epoch", '"from_scratch", "latest", -2, -1 or an epoch number >= 0')
-    if c.max_pooling and min(c.image_height, c.image_width) < 2**c.num_stages:
+    if (
+        c.backbone == "conv"
+        and c.max_pooling
+        and min(c.image_height, c.image_width) < 2**c.num_stages
+    ):
         fail(
             "num_stages",
             f"small enough that {c.num_stages} 2x2 poolings fit a "
@@ -361,6 +431,15 @@ def _check_ranges(c: ExperimentConfig, source: str) -> None:
             f"{source}: enable_inner_loop_optimizable_bn_params is true but learnable_bn_gamma "
             "and learnable_bn_beta are both false: there are no BN parameters to adapt"
         )
+    if not c.backbone.strip():
+        fail("backbone", '"conv", "resnet12" or "package.module:callable"')
+    if c.batch_norm_mode == "running" and not c.per_step_bn_statistics:
+        raise ConfigError(
+            f'{source}: batch_norm_mode is "running" but per_step_bn_statistics is false: '
+            "there are no running statistics to normalise with; set it to true"
+        )
+    if c.inner_loop_parameters is not None and not c.inner_loop_parameters:
+        fail("inner_loop_parameters", "a non-empty list of name patterns, or null (the default)")
     _check_meta_learner(c, source)
 
 
@@ -410,15 +489,17 @@ def load_config(path: str | os.PathLike[str]) -> ExperimentConfig:
 
 # Keys added after configs were first generated and hashed: written (and hashed) only
 # when set, so existing generated configs and config hashes do not change.
-OMITTED_AT_DEFAULT: frozenset[str] = frozenset({"max_images_per_class", "meta_learner"})
+OMITTED_AT_DEFAULT: frozenset[str] = frozenset({
+    "max_images_per_class", "meta_learner", "backbone", "backbone_kwargs",
+    "inner_loop_parameters", "head", "batch_norm_mode", "activation_checkpointing",
+})  # fmt: skip
 
 
 def to_dict(config: ExperimentConfig) -> dict[str, Any]:
     """The config as plain JSON types, every key present, in field order."""
     out: dict[str, Any] = {}
     for name in CONFIG_FIELDS:
-        value = getattr(config, name)
-        out[name] = list(value) if isinstance(value, tuple) else value
+        out[name] = _thaw_json(getattr(config, name))
     return out
 
 

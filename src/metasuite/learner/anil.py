@@ -9,18 +9,24 @@ at the features instead of running through every convolution.
 
 from __future__ import annotations
 
-from metasuite.learner.models import Backbone
+from metasuite.errors import ConfigError
+from metasuite.learner.backbones import MetaBackbone
 from metasuite.learner.system import MamlSystem
 
 HEAD_NAMES: tuple[str, ...] = ("linear.weight", "linear.bias")
-"""The classifier: the only tensors ANIL adapts."""
+"""The reference network's classifier."""
 
 
-def head_parameter_names(net: Backbone) -> tuple[str, ...]:
-    """The classifier's weight and bias. Every :class:`Backbone` ends in one linear
-    layer (there is no head-less network option), so this is always defined."""
-    del net  # the same names for every architecture metasuite builds
-    return HEAD_NAMES
+def head_parameter_names(net: MetaBackbone) -> tuple[str, ...]:
+    """The classifier's tensors: the reference network's ``linear``, or a module's head
+    (named in the config, else its last linear layer with one output per way)."""
+    names = net.head_names
+    if not names:
+        raise ConfigError(
+            f"head: backbone {net.describe().get('name')!r} has no classifier layer for ANIL to "
+            "adapt; name it in 'head'"
+        )
+    return names
 
 
 class AnilSystem(MamlSystem):

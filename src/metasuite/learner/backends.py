@@ -323,12 +323,21 @@ BACKENDS: dict[str, Backend] = {
 AUTO_BACKEND: dict[str, str] = {"cpu": "grouped", "cuda": "vmap"}
 
 
-def resolve_backend(name: str, device: torch.device) -> str:
-    """The backend to run: ``auto`` means the fastest measured for the device type."""
+def resolve_backend(name: str, device: torch.device, *, fast: bool = True) -> str:
+    """The backend to run: ``auto`` means the fastest measured for the device type.
+
+    ``fast`` false: the network runs only through the per-task loop (a generic
+    ``nn.Module`` backbone: ``functional_call`` swaps tensors into one module, and its
+    batch norm updates scratch buffers in place, which vmap cannot batch)."""
     if name == "auto":
-        return AUTO_BACKEND.get(device.type, "loop")
+        return AUTO_BACKEND.get(device.type, "loop") if fast else "loop"
     if name not in BACKENDS:
         raise ConfigError(f"backend must be one of auto, {', '.join(BACKENDS)}; got {name!r}")
+    if not fast and name != "loop":
+        raise ConfigError(
+            f'backend {name!r} runs the reference "conv" network only; use "loop" or "auto" '
+            "for this backbone"
+        )
     if name == "grouped" and device.type != "cpu":
         raise ConfigError(f"backend 'grouped' runs on the CPU only; the device is {device}")
     return name

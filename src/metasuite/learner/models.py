@@ -24,7 +24,9 @@ across steps (``[C]``), again as in the reference.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +64,16 @@ class Backbone:
     learn_beta: bool
     eps: float = 1e-5
     momentum: float = 0.1
+
+    # The backbone seam (metasuite.learner.backbones.MetaBackbone): what the learners ask
+    # of any network. The reference network has every fast path and no randomness.
+    name: ClassVar[str] = "conv"
+    supports_fast_backends: ClassVar[bool] = True
+    """The vmap and grouped backends (and the fast CPU network) run this network."""
+    thread_safe: ClassVar[bool] = True
+    """Several threads may run forward passes at once (it holds no mutable state)."""
+    normalises_with_running_stats: ClassVar[bool] = False
+    """Evaluation normalises with the per-step running statistics (never: transductive)."""
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig) -> Backbone:
@@ -133,6 +145,49 @@ class Backbone:
         trained row (the reference would index out of range).
         """
         return min(step, self.num_norm_steps - 1)
+
+    # ------------------------------------------------------------------ seam
+    def adaptable_parameter_names(self, include_norm: bool) -> tuple[str, ...]:
+        """What the inner loop adapts by default: conv/linear weights and biases, and
+        the norm affine parameters only with ``include_norm``
+        (enable_inner_loop_optimizable_bn_params), in the reference's order."""
+        names = [f"conv{i}.{k}" for i in range(self.num_layers) for k in ("weight", "bias")]
+        if include_norm:
+            for i in range(self.num_layers):
+                if self.learn_gamma:
+                    names.append(f"norm{i}.weight")
+                if self.learn_beta:
+                    names.append(f"norm{i}.bias")
+        names += list(self.head_names)
+        return tuple(names)
+
+    @property
+    def head_names(self) -> tuple[str, ...]:
+        """The classifier's tensors (what ANIL adapts)."""
+        return ("linear.weight", "linear.bias")
+
+    def parameter_names(self) -> tuple[str, ...]:
+        """Every meta-parameter's name, in :meth:`init_params` order."""
+        return tuple(self.init_params(torch.Generator().manual_seed(0)))
+
+    def mode(self, training: bool) -> contextlib.AbstractContextManager[None]:
+        """Training or evaluation behaviour: the same function for this network."""
+        del training
+        return contextlib.nullcontext()
+
+    def task_randomness(self, task_id: int) -> contextlib.AbstractContextManager[Any]:
+        """Seeds a task's random layers: this network has none."""
+        del task_id
+        return contextlib.nullcontext()
+
+    def to(self, device: torch.device) -> Backbone:
+        """A description holds no tensors: the same object on every device."""
+        del device
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records of the network."""
+        return {"name": self.name}
 
     # ------------------------------------------------------------------ state
     def init_params(self, generator: torch.Generator) -> Params:

@@ -10,6 +10,7 @@ backend (:mod:`metasuite.learner.backends`) is tested against;
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 from metasuite.config import ExperimentConfig
 from metasuite.data.batch import TaskBatch
+from metasuite.errors import ConfigError
 from metasuite.learner.models import Backbone, Params, StatsRecord
 
 MSL_FLOOR = 0.03
@@ -80,18 +82,28 @@ def eval_plan(cfg: ExperimentConfig) -> StepPlan:
     return StepPlan(steps, False, (0.0,) * (steps - 1) + (1.0,), differentiable=False)
 
 
-def inner_parameter_names(net: Backbone, cfg: ExperimentConfig) -> tuple[str, ...]:
-    """What the inner loop adapts: conv/linear weights and biases, and the norm
-    affine parameters only with enable_inner_loop_optimizable_bn_params."""
-    names = [f"conv{i}.{k}" for i in range(net.num_layers) for k in ("weight", "bias")]
-    if cfg.enable_inner_loop_optimizable_bn_params:
-        for i in range(net.num_layers):
-            if net.learn_gamma:
-                names.append(f"norm{i}.weight")
-            if net.learn_beta:
-                names.append(f"norm{i}.bias")
-    names += ["linear.weight", "linear.bias"]
-    return tuple(names)
+def inner_parameter_names(net: Any, cfg: ExperimentConfig) -> tuple[str, ...]:
+    """What the inner loop adapts: the backbone's default (conv/linear weights and
+    biases; the norm affine parameters only with enable_inner_loop_optimizable_bn_params),
+    or the parameters ``inner_loop_parameters`` names by shell pattern."""
+    if cfg.inner_loop_parameters is None:
+        return tuple(net.adaptable_parameter_names(cfg.enable_inner_loop_optimizable_bn_params))
+    return select_parameters(net.parameter_names(), cfg.inner_loop_parameters, cfg.backbone)
+
+
+def select_parameters(
+    names: Sequence[str], patterns: Sequence[str], backbone: str
+) -> tuple[str, ...]:
+    """The names any of ``patterns`` matches (``fnmatchcase``), in ``names`` order; a
+    pattern that matches nothing is a ConfigError, never an empty inner loop."""
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            raise ConfigError(
+                f"inner_loop_parameters: {pattern!r} matches no parameter of backbone "
+                f"{backbone!r} (its parameters: {shown})"
+            )
+    return tuple(n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns))
 
 
 def init_rates(inner_names: Sequence[str], num_steps: int, init_lr: float) -> Params:
@@ -250,18 +262,19 @@ def meta_loss_loop(
     losses, logits = [], []
     for t in range(len(batch)):
         stats: StatsRecord | None = [] if records is not None else None
-        loss, out = task_loss(
-            net,
-            params,
-            rates,
-            inner_names,
-            batch.support_x[t],
-            batch.support_y[t],
-            batch.query_x[t],
-            batch.query_y[t],
-            plan,
-            stats,
-        )
+        with net.task_randomness(batch.task_ids[t]):
+            loss, out = task_loss(
+                net,
+                params,
+                rates,
+                inner_names,
+                batch.support_x[t],
+                batch.support_y[t],
+                batch.query_x[t],
+                batch.query_y[t],
+                plan,
+                stats,
+            )
         losses.append(loss)
         logits.append(out.detach())
         if records is not None and stats is not None:
@@ -284,6 +297,7 @@ __all__ = [
     "meta_loss_loop",
     "msl_weights",
     "rate_at",
+    "select_parameters",
     "summed_cross_entropy",
     "task_loss",
     "train_plan",

@@ -27,8 +27,9 @@ from collections.abc import Sequence
 import torch
 
 from metasuite.data.batch import TaskBatch
+from metasuite.learner.backbones import MetaBackbone
 from metasuite.learner.backends import WORKER_PREFIX, default_workers, map_in_task_threads
-from metasuite.learner.models import Backbone, Params, StatsRecord
+from metasuite.learner.models import Params, StatsRecord
 from metasuite.learner.reference import StepPlan, adapt
 from metasuite.learner.system import (
     MamlSystem,
@@ -45,7 +46,7 @@ def reptile_plan(steps: int) -> StepPlan:
 
 
 def reptile_deltas(
-    net: Backbone,
+    net: MetaBackbone,
     params: Params,
     rates: Params,
     inner_names: Sequence[str],
@@ -77,6 +78,7 @@ def reptile_deltas(
         with (
             torch.enable_grad(),
             torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast),
+            net.task_randomness(batch.task_ids[t]),
         ):
             loss, out = adapt(
                 net,
@@ -96,7 +98,7 @@ def reptile_deltas(
 
     tasks = range(len(batch))
     workers = workers or default_workers()
-    if device_type != "cpu":
+    if device_type != "cpu" or not net.thread_safe:
         outs = [one(t) for t in tasks]
     else:
         outs = map_in_task_threads(one, tasks, workers)
@@ -141,7 +143,7 @@ class ReptileSystem(MamlSystem):
         plan = reptile_plan(self.cfg.number_of_training_steps_per_iter)
         batch = batch.to(self.device)
         records: list[StatsRecord] | None = [] if self.net.per_step_stats else None
-        with self._autocast():
+        with self._autocast(), self.net.mode(training=True):
             deltas, loss_sum, logits = reptile_deltas(
                 self.net, self.params, self.rates, self.inner_names, batch, plan, records
             )

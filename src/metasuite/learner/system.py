@@ -21,7 +21,8 @@ from metasuite.config import ExperimentConfig
 from metasuite.data.batch import TaskBatch
 from metasuite.errors import ConfigError, UserError
 from metasuite.learner import backends
-from metasuite.learner.models import Backbone, Params, StatsRecord
+from metasuite.learner.backbones import build_backbone
+from metasuite.learner.models import Params, StatsRecord
 from metasuite.learner.reference import eval_plan, init_rates, inner_parameter_names, train_plan
 
 
@@ -96,7 +97,7 @@ class MamlSystem:
             )
         self.cfg = cfg
         self.device = torch.device(device)
-        self.net = Backbone.from_config(cfg)
+        self.net = build_backbone(cfg).to(self.device)
         self.inner_names = self.adapted_parameter_names()
         generator = torch.Generator().manual_seed(cfg.train_seed)
         self.params: Params = {
@@ -109,7 +110,9 @@ class MamlSystem:
             for k, v in self.initial_rates().items()
         }
         self.buffers: Params = {k: v.to(self.device) for k, v in self.net.init_buffers().items()}
-        self.backend = backends.resolve_backend(backend or cfg.backend, self.device)
+        self.backend = backends.resolve_backend(
+            backend or cfg.backend, self.device, fast=self.net.supports_fast_backends
+        )
         self._backend = backends.BACKENDS[self.backend]
         self.optimizer: torch.optim.Optimizer | None = self.make_optimizer()
         self.epoch = 0
@@ -151,10 +154,13 @@ class MamlSystem:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """Parameters, rates, running stats, optimizer state and the epoch."""
+        """Parameters, rates, running stats, optimizer state and the epoch (and, for a
+        backbone other than the reference network, what it is)."""
+        backbone = {} if self.cfg.backbone == "conv" else {"backbone": self.net.describe()}
         return {
             "format": self.STATE_FORMAT,
             "meta_learner": self.META_LEARNER,
+            **backbone,
             "params": {k: v.detach().clone() for k, v in self.params.items()},
             "rates": {k: v.detach().clone() for k, v in self.rates.items()},
             "buffers": {k: v.clone() for k, v in self.buffers.items()},
@@ -182,6 +188,16 @@ class MamlSystem:
                 f"learner state: the checkpoint was trained with meta_learner "
                 f"{theirs_learner!r}, this config says {self.META_LEARNER!r}; start a new "
                 "experiment (another experiment_name) or set meta_learner back"
+            )
+        # Checkpoints written before backbones existed are the reference network's.
+        theirs_backbone = state.get("backbone", {"name": "conv"})
+        mine_backbone = self.net.describe()
+        if theirs_backbone != mine_backbone:
+            raise ConfigError(
+                "learner state: the checkpoint was trained with backbone "
+                f"{_backbone_summary(theirs_backbone)}, this config builds "
+                f"{_backbone_summary(mine_backbone)}; start a new experiment (another "
+                "experiment_name) or set the backbone back"
             )
         for group in ("params", "rates", "buffers"):
             mine: Params = getattr(self, group)
@@ -255,7 +271,7 @@ class MamlSystem:
         batch = batch.to(self.device)
         records: list[StatsRecord] | None = [] if self.net.per_step_stats else None
         meta = self.meta_parameters()
-        with self._autocast():
+        with self._autocast(), self.net.mode(training=True):
             result = self._backend(
                 self.net, self.params, self.rates, self.inner_names, batch, plan, records, meta
             )
@@ -289,9 +305,14 @@ class MamlSystem:
         the query set; the meta-parameters and running stats are left untouched."""
         plan = eval_plan(self.cfg)
         batch = batch.to(self.device)
-        with torch.enable_grad(), self._autocast():
+        # A network that normalises with running statistics in evaluation reads them
+        # from the tensors it is given (the inner loop leaves them as they are).
+        tensors = (
+            self.params | self.buffers if self.net.normalises_with_running_stats else self.params
+        )
+        with torch.enable_grad(), self._autocast(), self.net.mode(training=False):
             result = self._backend(
-                self.net, self.params, self.rates, self.inner_names, batch, plan, None, None
+                self.net, tensors, self.rates, self.inner_names, batch, plan, None, None
             )
         logits = result.logits.float()
         n = logits.shape[-1]
@@ -305,6 +326,14 @@ class MamlSystem:
             task_accuracy=task_acc.cpu(),
             probabilities=logits.softmax(-1).cpu(),
         )
+
+
+def _backbone_summary(description: dict[str, Any]) -> str:
+    """A backbone description in a line: its name and what differs from the name."""
+    extra = {k: v for k, v in description.items() if k not in ("name", "parameters")}
+    params = description.get("parameters")
+    shapes = f", {len(params)} parameter tensors" if isinstance(params, dict) else ""
+    return f"{description.get('name')!r}{f' {extra}' if extra else ''}{shapes}"
 
 
 def task_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
