@@ -132,6 +132,9 @@ class ExperimentConfig:
     say; "meta_sgd": a learned inner rate per parameter element (Li et al. 2017);
     "anil": the inner loop adapts only the classifier (Raghu et al. 2020); "reptile":
     theta moves toward the adapted weights (Nichol et al. 2018)."""
+    tensorboard: bool = True
+    """Write TensorBoard event files (``<experiment>/tensorboard/``) beside the metrics log
+    when the ``tensorboard`` package is installed; false: never. Changes no number."""
 
     # ------------------------------------------------------------------ derived
     @property
@@ -410,7 +413,9 @@ def load_config(path: str | os.PathLike[str]) -> ExperimentConfig:
 
 # Keys added after configs were first generated and hashed: written (and hashed) only
 # when set, so existing generated configs and config hashes do not change.
-OMITTED_AT_DEFAULT: frozenset[str] = frozenset({"max_images_per_class", "meta_learner"})
+OMITTED_AT_DEFAULT: frozenset[str] = frozenset(
+    {"max_images_per_class", "meta_learner", "tensorboard"}
+)
 
 
 def to_dict(config: ExperimentConfig) -> dict[str, Any]:
@@ -467,7 +472,7 @@ NON_TRAINING_FIELDS: frozenset[str] = frozenset({
     "num_dataprovider_workers", "continue_from_epoch", "evaluate_on_test_set_only",
     "total_epochs_before_pause", "reset_stored_paths", "load_into_memory",
     "load_from_npz_files", "experiment_name", "dataset_path", "backend",
-    "checkpoint_every_n_iters", "max_models_to_save",
+    "checkpoint_every_n_iters", "max_models_to_save", "tensorboard",
 })  # fmt: skip
 
 
