@@ -197,9 +197,7 @@ def test_killed_and_resumed_run_has_the_uninterrupted_log(
     assert ahead[-1]["iteration"] == 10
     final = train(config, root)
     assert final.returncode == 0, final.stderr
-    assert without_timings(records(folder / "logs" / "metrics.jsonl")) == without_timings(
-        reference
-    )
+    assert without_timings(records(folder / "logs" / "metrics.jsonl")) == without_timings(reference)
 
     # TensorBoard: the event files hold steps 5-6 twice (written before the first kill
     # and again after it); TensorBoard shows each step once, with the log's values.

@@ -32,6 +32,7 @@ watching must never stop training.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -179,7 +180,7 @@ class MetricsLog:
     def _guarded(self, sink: Sink, method: str, *args: Any) -> None:
         try:
             getattr(sink, method)(*args)
-        except Exception as exc:  # noqa: BLE001 - a watcher must never stop training
+        except Exception as exc:  # a watcher must never stop training
             self.sinks.remove(sink)
             log.warning(
                 "%s sink failed (%s: %s); training goes on without it",
@@ -188,10 +189,8 @@ class MetricsLog:
                 exc,
             )
             if method != "close":
-                try:
+                with contextlib.suppress(Exception):
                     sink.close()
-                except Exception:  # noqa: BLE001
-                    pass
 
 
 class NullMetrics(MetricsLog):
