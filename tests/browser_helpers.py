@@ -12,6 +12,7 @@ the load event, with each image's decoded width.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -141,10 +142,8 @@ def visit(page: Path, *, screenshot: bool = False, width: int = 1280, height: in
             time.sleep(0.2)  # late console messages
             pipe.call("Runtime.evaluate", session, expression="1")
             _collect(pipe.events, out)
-            try:
+            with contextlib.suppress(RuntimeError, TimeoutError):
                 pipe.call("Browser.close", timeout=5)
-            except (RuntimeError, TimeoutError):
-                pass
         finally:
             os.close(to_browser_w)
             os.close(from_browser_r)

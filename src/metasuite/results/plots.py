@@ -239,8 +239,9 @@ def inner_loop_png(rows: Sequence[dict[str, Any]], *, title: str) -> bytes | Non
     if msl:
         ax = axes[-1]
         for k in range(len(msl[0][1])):
+            label = f"MSL weight, step {k + 1}"
             ax.plot([e for e, _ in msl], [w[k] for _, w in msl], marker="o", markersize=3,
-                    label=f"MSL weight, step {k + 1}", color=f"C{k % 10}", linestyle=":")  # fmt: skip
+                    label=label, color=f"C{k % 10}", linestyle=":")  # fmt: skip
         ax.set_title("MSL weights")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
