@@ -20,6 +20,7 @@ import pytest
 from builder_helpers import train, write_config
 from metasuite.config import ExperimentConfig, config_hash, from_dict, to_json
 from metasuite.errors import ConfigError
+from metasuite.results.metrics_log import check_event_files
 from metasuite.training.metrics import MetricsLog, keep_on_resume
 
 TIMINGS = ("time", "epoch_time_s")
@@ -202,6 +203,7 @@ def test_killed_and_resumed_run_has_the_uninterrupted_log(
     # TensorBoard: the event files hold steps 5-6 twice (written before the first kill
     # and again after it); TensorBoard shows each step once, with the log's values.
     assert raw_steps(folder / "tensorboard", "train/loss").count(5) == 2
+    assert check_event_files(folder) == (3, None)  # the report's check passes real files
     got, want = scalars(folder / "tensorboard"), scalars(uninterrupted / "tensorboard")
     assert sorted(got) == sorted(want)
     assert {"train/loss", "val/accuracy", "msl/step_0", "lslr/conv0.weight/step_1"} <= set(got)
