@@ -3,7 +3,7 @@
 #   - system tools through apt when apt is there (see below); carries on without them
 #   - torch: kept when already installed; else torch==2.13.0 (CPU wheel) when no GPU
 #     is visible, or the default (CUDA) build when nvidia-smi sees a GPU
-#   - metasuite itself, editable, with its test extras
+#   - metasuite itself, editable, with its test and tensorboard extras
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 PYTHON="${PYTHON:-python3}"
@@ -12,6 +12,7 @@ PYTHON="${PYTHON:-python3}"
 #   pbzip2     parallel bzip2 for the data set archives (else Python's tarfile)
 #   pigz       parallel gzip for .tar.gz/.tgz archives (else Python's tarfile)
 #   ShellCheck: lints the generated experiment scripts in the tests (else only bash -n)
+#   chromium   headless browser for tests/results/test_html.py (else that test is skipped)
 #   Slurm      slurmctld, slurmd and clients let tests/suite/test_slurm_cluster.py submit real jobs
 #              to a throw-away one-node cluster; only in CI or on request
 #              (METASUITE_INSTALL_SLURM=1): on a workstation with systemd, installing the
@@ -20,6 +21,8 @@ apt_packages=()
 command -v pbzip2 >/dev/null 2>&1 || apt_packages+=(pbzip2)
 command -v pigz >/dev/null 2>&1 || apt_packages+=(pigz)
 command -v shellcheck >/dev/null 2>&1 || apt_packages+=(shellcheck)
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+    || apt_packages+=(chromium)
 if [ -n "${CI:-}${METASUITE_INSTALL_SLURM:-}" ] && ! command -v slurmctld >/dev/null 2>&1; then
     apt_packages+=(slurmctld slurmd slurm-client)
 fi
@@ -46,5 +49,5 @@ else
     "$PYTHON" -m pip install -q torch==2.13.0
 fi
 
-"$PYTHON" -m pip install -q -e ".[test]"
+"$PYTHON" -m pip install -q -e ".[test,tensorboard]"
 echo "install.sh: done ($("$PYTHON" -c 'import metasuite, torch; print("metasuite", metasuite.__version__, "torch", torch.__version__)'))"

@@ -32,6 +32,9 @@ TINY: dict[str, Any] = {
     "checkpoint_every_n_iters": 2,
     "max_models_to_save": 2,
     "backend": "loop",
+    # The TensorBoard sink has its own tests; elsewhere its import (~0.5 s a process)
+    # and event files are only cost.
+    "tensorboard": False,
 }
 
 

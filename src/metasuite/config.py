@@ -192,6 +192,9 @@ class ExperimentConfig:
     """Recompute each inner-loop forward during the backward pass instead of keeping its
     activations (torch.utils.checkpoint, non-reentrant): less memory for second order
     through a large network, at about one extra forward per step. Not for "conv"."""
+    tensorboard: bool = True
+    """Write TensorBoard event files (``<experiment>/tensorboard/``) beside the metrics log
+    when the ``tensorboard`` package is installed; false: never. Changes no number."""
 
     # ------------------------------------------------------------------ derived
     @property
@@ -492,6 +495,7 @@ def load_config(path: str | os.PathLike[str]) -> ExperimentConfig:
 OMITTED_AT_DEFAULT: frozenset[str] = frozenset({
     "max_images_per_class", "meta_learner", "backbone", "backbone_kwargs",
     "inner_loop_parameters", "head", "batch_norm_mode", "activation_checkpointing",
+    "tensorboard",
 })  # fmt: skip
 
 
@@ -548,7 +552,7 @@ NON_TRAINING_FIELDS: frozenset[str] = frozenset({
     "num_dataprovider_workers", "continue_from_epoch", "evaluate_on_test_set_only",
     "total_epochs_before_pause", "reset_stored_paths", "load_into_memory",
     "load_from_npz_files", "experiment_name", "dataset_path", "backend",
-    "checkpoint_every_n_iters", "max_models_to_save",
+    "checkpoint_every_n_iters", "max_models_to_save", "tensorboard",
 })  # fmt: skip
 
 

@@ -18,6 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where to write the report (default: <experiments-root>/report)",
     )
+    parser.add_argument(
+        "--html",
+        action="store_true",
+        help="also write <out>/report.html: one self-contained page (tables, overlaid "
+        "learning curves, provenance, LSLR/MSL diagnostics; images embedded, no network)",
+    )
     _options.add_quiet(parser)
 
 
@@ -38,4 +44,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"report written: {files.index}")
     print(f"  tables: {files.results_md}, {files.summary_csv}, {files.per_seed_csv}")
     print(f"  {plural(len(files.plots), 'learning-curve plot')} in {out / 'plots'}")
+    if args.html:
+        from metasuite.results.html import write_html_report
+
+        page_path = out / "report.html"
+        page = write_html_report(root, configs, page_path, only=args.only, quiet=args.quiet)
+        print(
+            f"  html: {page_path} ({plural(page.tables, 'table')}, "
+            f"{plural(page.images, 'figure')}, self-contained)"
+        )
+        for problem in page.problems:
+            print(f"  problem: {problem}")
     return 0

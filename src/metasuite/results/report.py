@@ -49,6 +49,8 @@ from metasuite.training.experiment_dir import CONFIG_FILE, SUMMARY_FILE, TEST_SU
 
 SEED_FIELDS: tuple[str, ...] = ("train_seed", "val_seed", "test_seed")
 """Fields in which the members of a group may differ (with ``experiment_name``)."""
+VIEW_ONLY_FIELDS: tuple[str, ...] = ("tensorboard",)
+"""Fields that change how a run is watched, never its numbers: not part of a group."""
 
 
 @dataclass(frozen=True)
@@ -124,10 +126,15 @@ class Group:
         is ``"ensemble"`` or ``"best_single"``. Experiments that repeat one seed are
         averaged into one value first, so three runs of seed 0 are one seed, not three
         (they would shrink the std to a run-to-run noise). std is None below two seeds."""
+        return seed_mean_std(self.seed_means(which))
+
+    def seed_means(self, which: str) -> list[float]:
+        """One test mean per distinct seed (repeats of a seed averaged), as
+        :meth:`over_seeds` uses them."""
         per_seed: dict[tuple[int, int, int], list[float]] = {}
         for m in self.finished:
             per_seed.setdefault(_seeds(m.config), []).append(getattr(m, which).accuracy_mean)
-        return seed_mean_std([sum(v) / len(v) for v in per_seed.values()])
+        return [sum(v) / len(v) for v in per_seed.values()]
 
     def plot(self, path: Path) -> Path | None:
         """The group's learning curves (:func:`plot_learning_curves`) as a PNG at ``path``."""
@@ -170,7 +177,7 @@ def _seeds(config: ExperimentConfig) -> tuple[int, int, int]:
 def group_key(config: ExperimentConfig) -> str:
     """sha256 of the config without seeds and name: equal key, same group."""
     data = to_dict(config)
-    for name in (*SEED_FIELDS, "experiment_name"):
+    for name in (*SEED_FIELDS, "experiment_name", *VIEW_ONLY_FIELDS):
         data.pop(name)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

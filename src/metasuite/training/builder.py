@@ -42,6 +42,13 @@ from metasuite.text import plural, shown_epoch
 from metasuite.training.checkpoint import CheckpointStore, CorruptCheckpointError, load_checkpoint
 from metasuite.training.experiment_dir import ExperimentDir, utc_now
 from metasuite.training.faults import fault_point
+from metasuite.training.metrics import (
+    epoch_record,
+    inner_loop_diagnostics,
+    iteration_record,
+    open_metrics,
+    result_record,
+)
 from metasuite.training.runtime import capture_rng_state, restore_rng_state
 from metasuite.training.signals import StopRequest
 
@@ -200,6 +207,8 @@ class Builder:
         """Resolved backend, precision, thread count (runtime.numerics), kept in checkpoints."""
         self.progress = Progress()
         self.epochs_this_run = 0
+        self.metrics = open_metrics(experiment, config, is_writer=is_writer)
+        """The metrics log and its sinks (training.metrics): never behind a checkpoint."""
         self._live_written_at: float | None = None
 
     # ------------------------------------------------------------------ state
@@ -226,6 +235,7 @@ class Builder:
         if not self.is_writer:
             return
         payload = self.checkpoint_payload("epoch" if epoch_end is not None else "iteration")
+        self.metrics.flush()  # first: a kill between the two leaves the log ahead, cut on resume
         path = self.store.save(payload, self.progress.iteration, epoch_end)
         fault_point("checkpoint-done")
         top = self.progress.ranked_epochs()[: self.cfg.max_models_to_save]
@@ -298,6 +308,7 @@ class Builder:
     def run(self) -> Outcome:
         """Train the remaining epochs (up to the pause limit), then test."""
         try:
+            self.metrics.start(self.progress.epoch, self.progress.iteration)
             if not self.training_complete:
                 outcome = self.train()
                 if outcome is not Outcome.DONE:
@@ -314,6 +325,8 @@ class Builder:
         except Exception as exc:
             self.write_state("failed", f"{type(exc).__name__}: {exc}")
             raise
+        finally:
+            self.metrics.close()
 
     def train(self) -> Outcome:
         cfg = self.cfg
@@ -379,6 +392,7 @@ class Builder:
                 p.train_losses.append(float(metrics["loss"]))
                 p.train_accuracies.append(float(metrics["accuracy"]))
                 p.learning_rate = float(metrics.get("learning_rate", math.nan))
+                self.metrics.add(iteration_record(p.epoch, p.iteration, metrics))
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.4f}")
                 self.report_live_progress()
@@ -421,6 +435,8 @@ class Builder:
             "epoch_time_s": elapsed,
         }
         p.rows.append(row)
+        diagnostics = inner_loop_diagnostics(self.learner, self.cfg, p.epoch)
+        self.metrics.add(epoch_record(row, p.iteration, diagnostics))
         p.val_history.append({"epoch": p.epoch, "accuracy": val_acc[0], "loss": val_loss[0]})
         epoch = p.epoch
         p.epoch += 1
@@ -561,6 +577,8 @@ class Builder:
         }
         if self.is_writer:
             self.exp.write_test_summary(summary)
+            self.metrics.add(result_record(self.progress.epoch, self.progress.iteration, summary))
+            self.metrics.flush()
             if self.training_complete:  # no more resuming inside an epoch
                 self.store.remove_mid_epoch()
         message = (

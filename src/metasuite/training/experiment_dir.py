@@ -35,6 +35,10 @@ STATE_FILE = "state.json"
 SUMMARY_FILE = "summary_statistics.csv"
 TEST_SUMMARY_FILE = "test_summary.json"
 LIVE_PROGRESS_FILE = "live_progress.json"
+METRICS_FILE = "logs/metrics.jsonl"
+"""The metrics log (:mod:`metasuite.training.metrics`), relative to the experiment folder."""
+TENSORBOARD_DIR = "tensorboard"
+"""The experiment's TensorBoard run (event files), relative to the experiment folder."""
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "epoch",
@@ -106,6 +110,14 @@ class ExperimentDir:
     @property
     def live_progress_path(self) -> Path:
         return self.logs / LIVE_PROGRESS_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / TENSORBOARD_DIR
 
     @property
     def summary_path(self) -> Path:
@@ -237,9 +249,11 @@ def _csv_value(value: float | int) -> str:
 __all__ = [
     "CONFIG_FILE",
     "EXPERIMENTS_ROOT_ENV",
+    "METRICS_FILE",
     "STATE_FILE",
     "SUMMARY_COLUMNS",
     "SUMMARY_FILE",
+    "TENSORBOARD_DIR",
     "TEST_SUMMARY_FILE",
     "ExperimentDir",
     "Status",
