@@ -143,7 +143,7 @@ def test_tensorboard_key_keeps_old_config_hashes() -> None:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory, omniglot_folder: Path) -> Path:
     base = tmp_path_factory.mktemp("metrics_reference")
-    proc = train(write_config(base), base / "experiments")
+    proc = train(write_config(base, tensorboard=True), base / "experiments")
     assert proc.returncode == 0, proc.stderr
     return base / "experiments" / "tiny"
 
@@ -185,7 +185,7 @@ def test_killed_and_resumed_run_has_the_uninterrupted_log(
     assert all(len(steps) == 2 for steps in val[0]["lslr"].values())
     assert val[0]["lslr"] != val[-1]["lslr"]  # the rates are learned
 
-    config, root = write_config(tmp_path), tmp_path / "experiments"
+    config, root = write_config(tmp_path, tensorboard=True), tmp_path / "experiments"
     # The epoch-end checkpoint at iteration 6 is killed mid-write: the log (flushed
     # first) and the event files hold iterations 5-6 and epoch 1's validation, the
     # checkpoint resumed from is iteration 4's. Then a kill after iteration 11, whose
@@ -231,7 +231,7 @@ def test_tensorboard_off_and_a_broken_sink_never_stop_training(
     broken = tmp_path / "experiments" / "tiny"
     broken.mkdir(parents=True)
     (broken / "tensorboard").write_text("in the way")
-    proc = train(write_config(tmp_path), tmp_path / "experiments")
+    proc = train(write_config(tmp_path, tensorboard=True), tmp_path / "experiments")
     assert proc.returncode == 0, proc.stderr
     log = (broken / "logs" / "train.log").read_text()
     assert log.count("tensorboard sink failed") == 1, log
