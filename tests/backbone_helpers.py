@@ -69,6 +69,19 @@ def tiny_net(
     return TinyNet(input_shape[0], num_classes, width, dropout)
 
 
+def two_conv_net(
+    input_shape: Sequence[int], num_classes: int, width: int = 6, dropout: float = 0.3
+) -> nn.Module:
+    """Two conv-BN-ReLU-pool stages, dropout and a linear head (ten tensors)."""
+    c = input_shape[0]
+    return nn.Sequential(
+        nn.Conv2d(c, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(dropout),
+        nn.Linear(width * (input_shape[1] // 4) * (input_shape[2] // 4), num_classes),
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------- bad factories
 def raises(input_shape: Sequence[int], num_classes: int) -> nn.Module:
     raise RuntimeError("no GPU here")

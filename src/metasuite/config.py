@@ -58,6 +58,10 @@ class FrozenJson(dict):  # type: ignore[type-arg]
     def __hash__(self) -> int:  # type: ignore[override]
         return hash(json.dumps(self, sort_keys=True))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle (configs travel to spawned ranks) rebuilds it whole, not key by key
+        return (FrozenJson, (dict(self),))
+
     def _immutable(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("config values cannot change; use metasuite.config.replace")
 

@@ -36,6 +36,13 @@ LEARNERS: dict[str, dict[str, object]] = {
         "use_multi_step_loss_optimization": False,
         "learnable_per_layer_per_step_inner_loop_learning_rate": False,
     },
+    # networks on the generic nn.Module path (dropout/DropBlock seeded per task, so the
+    # ranks draw one process's masks)
+    "resnet12": {
+        "backbone": "resnet12",
+        "backbone_kwargs": {"widths": [4, 4, 6, 6], "dropblock_rate": 0.1, "dropblock_size": 3},
+    },
+    "module-anil": {"backbone": "backbone_helpers:two_conv_net", "meta_learner": "anil"},
 }
 
 

@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import shlex
@@ -317,6 +318,7 @@ def start_run(
     resumed_from: Mapping[str, int] | None = None,
     numerics: Mapping[str, Any] | None = None,
     forced_differences: Sequence[str] = (),
+    backbone: Mapping[str, Any] | None = None,
 ) -> RunRecord:
     """Append a run to ``exp_dir/manifest.json`` (creating it) and return it.
 
@@ -370,6 +372,9 @@ def start_run(
         "devices": resolved_devices,
         "config_hash": config_hash(config),
         "meta_learner": config.meta_learner,
+        # the network: its name, and for an nn.Module its factory's arguments, head,
+        # batch-norm mode and every parameter's name and shape
+        "backbone": dict(backbone) if backbone is not None else {"name": config.backbone},
         "dataset": asdict(dataset),
         "seeds": {
             "train_seed": config.train_seed,
@@ -440,6 +445,7 @@ def recorded_run(
     argv: Sequence[str] | None = None,
     numerics: Mapping[str, Any] | None = None,
     forced_differences: Sequence[str] = (),
+    backbone: Mapping[str, Any] | None = None,
 ) -> Iterator[RunRecord]:
     """Start a run, and make sure it gets an end: the block calls ``run.finish(status)``
     with its outcome; an exception records "failed" (or "interrupted" for Ctrl-C) with
@@ -453,6 +459,7 @@ def recorded_run(
         resumed_from=resumed_from,
         numerics=numerics,
         forced_differences=forced_differences,
+        backbone=backbone,
     )
     try:
         yield record
@@ -467,6 +474,23 @@ def recorded_run(
 
 
 # ------------------------------------------------------------------ reading it back
+
+
+def _backbone_line(backbone: Any) -> str:
+    """The network in one line; manifests written before backbones existed: conv."""
+    if not isinstance(backbone, Mapping):
+        return "conv"
+    parts = [str(backbone.get("name", "conv"))]
+    if backbone.get("kwargs"):
+        parts.append(json.dumps(backbone["kwargs"], sort_keys=True))
+    for key in ("head", "batch_norm_mode"):
+        if backbone.get(key):
+            parts.append(f"{key} {backbone[key]}")
+    params = backbone.get("parameters")
+    if isinstance(params, Mapping):
+        count = sum(math.prod(s) for s in params.values() if isinstance(s, list))
+        parts.append(f"{len(params)} tensors, {count:,} weights")
+    return ", ".join(parts)
 
 
 def _duration(start: str | None, end: str | None) -> str:
@@ -534,6 +558,7 @@ def format_manifest(manifest: Mapping[str, Any]) -> str:
         )
         lines.append(f"  config hash: {entry.get('config_hash')}")
         lines.append(f"  learner:     {entry.get('meta_learner', 'maml')}")
+        lines.append(f"  backbone:    {_backbone_line(entry.get('backbone'))}")
         lines.append(
             f"  dataset:     {data.get('name')}: archive sha256 {data.get('archive_sha256')}, "
             f"class-split hash {data.get('split_hash')}"

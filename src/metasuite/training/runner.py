@@ -278,6 +278,7 @@ def run_experiment(
             return Outcome.DONE
 
         numerics = numerics_of(learner.backend, config.precision, device)
+        backbone = learner.net.describe()
         learner, stop = shared(learner, local_stop, comm)
         builder = builder_class(
             config,
@@ -301,7 +302,9 @@ def run_experiment(
             return builder.test() if config.evaluate_on_test_set_only else builder.run()
         # What the manifest records: each CPU process, or this rank's GPU.
         used = [device] * world.world_size if device.type == "cpu" else [device]
-        return _recorded(builder, payload, devices=used, tasks=tasks, forced=start["forced"])
+        return _recorded(
+            builder, payload, devices=used, tasks=tasks, forced=start["forced"], backbone=backbone
+        )
 
 
 def _tasks(config: ExperimentConfig, *, quiet: bool) -> Any:
@@ -385,6 +388,7 @@ def _recorded(
     devices: list[torch.device],
     tasks: Any,
     forced: list[str],
+    backbone: dict[str, Any],
 ) -> Outcome:
     """The writer's part of the loop (restored from ``payload`` already, if any) as one
     run of the manifest: the test alone (evaluate_on_test_set_only), or training.
@@ -394,7 +398,12 @@ def _recorded(
     exp, config = builder.exp, builder.cfg
     if config.evaluate_on_test_set_only:
         with recorded_run(
-            exp.path, config, devices=devices, tasks=tasks, numerics=builder.numerics
+            exp.path,
+            config,
+            devices=devices,
+            tasks=tasks,
+            numerics=builder.numerics,
+            backbone=backbone,
         ) as run:
             return run.ended_with(builder.test())
     if payload is not None:
@@ -410,6 +419,7 @@ def _recorded(
         resumed_from=resumed,
         numerics=builder.numerics,
         forced_differences=forced,
+        backbone=backbone,
     ) as run:
         return run.ended_with(builder.run())
 

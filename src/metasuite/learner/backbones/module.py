@@ -145,6 +145,7 @@ class ModuleBackbone:
             "name": self.name,
             "kwargs": self.kwargs,
             "head": self.head,
+            "batch_norm_mode": "running" if self.running_at_eval else "transductive",
             "parameters": {n: list(p.shape) for n, p in self.module.named_parameters()},
         }
 
