@@ -4,6 +4,8 @@
                               [--meta-learner maml meta_sgd anil reptile]
                               [--bf16] [--no-memory] [--no-agreement] [--accuracy-iters N]
                               [--group-sizes 1,2,4,8] [--quiet]
+    python bench/meta_step.py --backbone conv conv-module resnet12 resnet12-ckpt
+                              [--resnet-widths 16,32,64,128]
 
 Setting: real Omniglot (the first training meta-batch and the first validation tasks),
 MAML++ as in the reference 1-shot configs: batch 8, 64 filters, 5 inner steps, second
@@ -30,6 +32,12 @@ default; 1 is the task-by-task grouped backend), interleaved the same way.
 meta-iterations in fp32 and in bf16 and reports validation accuracy, the accuracy
 effect of ``precision: bf16``.
 
+``--backbone`` times networks instead (5-way 1-shot, MAML++ second order): the reference
+conv network on its fast path (grouped) and on the per-task loop, the same network
+written as an ``nn.Module`` and run through the generic path (``functional_call``,
+per-step BN kept outside; the goal is within 1.5x of the loop's time), a small
+ResNet-12, and the ResNet-12 with activation checkpointing (time against memory).
+
 Writes ``bench/results/meta_step-<UTC time>.json`` and prints a table.
 """
 
@@ -50,7 +58,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from metasuite.config import REPO_ROOT, ExperimentConfig, replace
+from metasuite.config import REPO_ROOT, ExperimentConfig, from_dict, replace, to_json
 from metasuite.data.batch import TaskBatch
 from metasuite.data.tasks import FewShotTasks, train_indices
 from metasuite.learner.backends import AUTO_BACKEND, BACKENDS, TASKS_PER_GROUP, grouped_backend
@@ -156,20 +164,33 @@ def timings(
         v.name: build_learner(bench_config(ways, v.precision, v.learner), backend=v.backend)
         for v in variants
     }
+    return time_systems(systems, train, val, reps, f"{ways}-way", quiet)
+
+
+def time_systems(
+    systems: dict[str, MamlSystem],
+    train: TaskBatch,
+    val: TaskBatch,
+    reps: int,
+    desc: str,
+    quiet: bool,
+) -> dict[str, dict[str, float]]:
+    """Median wall/CPU seconds per meta-iteration and per evaluation batch of each
+    system, one step of each in turn ``reps`` times (load hits them alike)."""
     for system in systems.values():  # warm-up: thread pools, allocator, kernels
         system.train_step(train, epoch=0)
         system.evaluate(val)
     samples: dict[str, dict[str, list[float]]] = {
-        v.name: {"wall": [], "cpu": [], "eval_wall": []} for v in variants
+        name: {"wall": [], "cpu": [], "eval_wall": []} for name in systems
     }
-    steps = tqdm(total=reps * len(variants), desc=f"{cfg.num_classes_per_set}-way", disable=quiet)
+    steps = tqdm(total=reps * len(systems), desc=desc, disable=quiet)
     for _ in range(reps):
-        for v in variants:
-            wall, cpu = _timed(lambda s=systems[v.name]: s.train_step(train, epoch=0))
-            samples[v.name]["wall"].append(wall)
-            samples[v.name]["cpu"].append(cpu)
-            wall, _ = _timed(lambda s=systems[v.name]: s.evaluate(val))
-            samples[v.name]["eval_wall"].append(wall)
+        for name, system in systems.items():
+            wall, cpu = _timed(lambda s=system: s.train_step(train, epoch=0))
+            samples[name]["wall"].append(wall)
+            samples[name]["cpu"].append(cpu)
+            wall, _ = _timed(lambda s=system: s.evaluate(val))
+            samples[name]["eval_wall"].append(wall)
             steps.update()
     steps.close()
     out = {}
@@ -222,7 +243,11 @@ def _rss_kib(field: str) -> int:
 
 def child_memory(ways: int, backend: str, precision: str, learner: str) -> None:
     """Subprocess: peak resident memory added by one training step (after a warm-up)."""
-    cfg = bench_config(ways, precision, learner)
+    child_memory_of(bench_config(ways, precision, learner), backend)
+
+
+def child_memory_of(cfg: ExperimentConfig, backend: str) -> None:
+    """Subprocess: peak resident memory added by one training step of ``cfg``."""
     train, _ = _batches(cfg, 1)
     system = build_learner(cfg, backend=backend)
     system.train_step(train, epoch=0)
@@ -234,7 +259,15 @@ def child_memory(ways: int, backend: str, precision: str, learner: str) -> None:
 
 def memory(ways: int, variant: Variant) -> float | None:
     cmd = [sys.executable, __file__, "--child-memory", str(ways), variant.backend]
-    cmd += [variant.precision, variant.learner]
+    return _child_peak([*cmd, variant.precision, variant.learner])
+
+
+def memory_of(cfg: ExperimentConfig, backend: str) -> float | None:
+    """Peak resident memory of one training step of ``cfg`` (fresh subprocess)."""
+    return _child_peak([sys.executable, __file__, "--child-config", to_json(cfg), backend])
+
+
+def _child_peak(cmd: list[str]) -> float | None:
     # A fixed mmap threshold stops glibc from keeping freed tensors in the heap, so the
     # resident-set peak follows the live tensors.
     env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536"}
@@ -269,6 +302,64 @@ def bf16_accuracy(iters: int, quiet: bool) -> dict[str, float]:
     return out
 
 
+# ---------------------------------------------------------------------------- backbones
+# The reference network written as an nn.Module (the tests' copy, tests/backbone_helpers.py)
+# runs through the generic path as a user's factory would.
+CONV_MODULE = "backbone_helpers:reference_conv"
+BACKBONE_SETTING = "Omniglot 5-way 1-shot, batch 8, 5 inner steps, MAML++ second order"
+
+
+def backbone_variants(spec: str, widths: list[int]) -> list[tuple[str, ExperimentConfig, str]]:
+    """(label, config, backend) rows for one ``--backbone`` name."""
+    base = replace(ExperimentConfig(), num_classes_per_set=5)
+    resnet = {"backbone": "resnet12", "backbone_kwargs": {"widths": widths}}
+    if spec == "conv":
+        return [("conv fast path (grouped)", base, "grouped"), ("conv loop", base, "loop")]
+    if spec == "conv-module":
+        module = {"filters": 64, "stages": 4}
+        cfg = replace(base, backbone=CONV_MODULE, backbone_kwargs=module)
+        return [("conv as nn.Module, generic path", cfg, "loop")]
+    if spec == "resnet12":
+        return [(f"resnet12 {widths}", replace(base, **resnet), "loop")]
+    if spec == "resnet12-ckpt":
+        cfg = replace(base, activation_checkpointing=True, **resnet)
+        return [(f"resnet12 {widths}, activation checkpointing", cfg, "loop")]
+    raise SystemExit(f"--backbone: unknown {spec!r} (conv, conv-module, resnet12, resnet12-ckpt)")
+
+
+def backbone_report(args: argparse.Namespace) -> dict:
+    """Meta-it/s, CPU s/it and peak step memory of each backbone, interleaved."""
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    widths = [int(w) for w in args.resnet_widths.split(",")]
+    rows = [row for spec in args.backbone for row in backbone_variants(spec, widths)]
+    cfg = rows[0][1]
+    train, val = _batches(cfg, args.eval_tasks)
+    systems = {label: build_learner(c, backend=b) for label, c, b in rows}
+    times = time_systems(systems, train, val, args.reps, "backbones", args.quiet)
+    loop = times.get("conv loop")
+    out = []
+    for label, c, backend in rows:
+        row = {"backbone": label, "backend": backend, **times[label]}
+        row["vs_conv_loop"] = loop and row["wall_s_per_iter"] / loop["wall_s_per_iter"]
+        row["parameters"] = sum(p.numel() for p in systems[label].params.values())
+        row["peak_step_mib"] = None if args.no_memory else memory_of(c, backend)
+        out.append(row)
+    return {"setting": BACKBONE_SETTING, "resnet_widths": widths, "rows": out}
+
+
+def _print_backbones(report: dict) -> None:
+    head = f"{'backbone':<44} {'it/s':>6} {'time vs loop':>12} {'cpu s/it':>8} {'peak MiB':>8}"
+    print(head)
+    print("-" * len(head))
+    for r in report["rows"]:
+        ratio = f"{r['vs_conv_loop']:.2f}x" if r["vs_conv_loop"] else "-"
+        peak = f"{r['peak_step_mib']:.0f}" if r["peak_step_mib"] is not None else "-"
+        print(
+            f"{r['backbone']:<44} {r['meta_iters_per_s']:>6.3f} {ratio:>12} "
+            f"{r['cpu_s_per_iter']:>8.2f} {peak:>8}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ways", type=int, nargs="+", default=[5, 20])
@@ -287,7 +378,28 @@ def main() -> None:
     parser.add_argument(
         "--child-memory", nargs=4, metavar=("WAYS", "BACKEND", "PRECISION", "LEARNER")
     )
+    parser.add_argument(
+        "--backbone",
+        nargs="+",
+        help="time networks instead: conv (fast path and loop), conv-module (the reference "
+        "net as an nn.Module on the generic path), resnet12, resnet12-ckpt",
+    )
+    parser.add_argument("--resnet-widths", default="16,32,64,128")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="intra-op threads (0: torch's default); on a loaded machine 1 avoids thread "
+        "barriers that dominate small kernels",
+    )
+    parser.add_argument("--child-config", nargs=2, metavar=("CONFIG_JSON", "BACKEND"))
     args = parser.parse_args()
+    if args.child_config:
+        sys.path.insert(0, str(REPO_ROOT / "tests"))
+        child_memory_of(from_dict(json.loads(args.child_config[0])), args.child_config[1])
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child_memory:
         ways, backend, precision, learner = args.child_memory
         child_memory(int(ways), backend, precision, learner)
@@ -321,6 +433,13 @@ def main() -> None:
         },
         "rows": [],
     }
+    if args.backbone:
+        report["backbones"] = backbone_report(args)
+        report["machine"]["load_average_end"] = os.getloadavg()
+        path = _write(report)
+        _print_backbones(report["backbones"])
+        print(f"\nwritten: {path.relative_to(REPO_ROOT)}")
+        return
     for ways in args.ways:
         cfg = bench_config(ways)
         train, val = _batches(cfg, args.eval_tasks)
@@ -351,12 +470,17 @@ def main() -> None:
             **bf16_accuracy(args.accuracy_iters, args.quiet),
         }
     report["machine"]["load_average_end"] = os.getloadavg()
+    path = _write(report)
+    _print_table(report)
+    print(f"\nwritten: {path.relative_to(REPO_ROOT)}")
+
+
+def _write(report: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = RESULTS / f"meta_step-{stamp}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
-    _print_table(report)
-    print(f"\nwritten: {path.relative_to(REPO_ROOT)}")
+    return path
 
 
 def _print_table(report: dict) -> None:

@@ -206,6 +206,29 @@ def test_committed_methods_suite_is_up_to_date_and_apart_from_the_paper_suite(ca
         assert str(REPO_ROOT) not in script.read_text(), script
 
 
+def test_committed_backbones_suite_is_up_to_date_and_names_both_networks(capsys):
+    """experiment_template_config/backbones.toml: {conv, resnet12} x {MAML++, FOMAML,
+    ANIL} on Omniglot 5/20-way 1-shot and mini-ImageNet 5-way 1/5-shot, 3 seeds."""
+    suite_file = REPO_ROOT / "experiment_template_config" / "backbones.toml"
+    code = main(["generate", "--suite", str(suite_file), "--check"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
+    assert "72 experiments, 216 files up to date" in captured.out
+    suite = load_suite(suite_file)
+    seen = set()
+    for e in expand(suite):
+        cfg = load_config(e.config_path)
+        assert cfg == e.config
+        seen.add((cfg.backbone, cfg.meta_learner, cfg.second_order, cfg.per_step_bn_statistics))
+        if cfg.backbone == "resnet12":
+            assert dict(cfg.backbone_kwargs) == {"widths": (64, 160, 320, 640)}
+    assert seen == {
+        (b, m, so, pp)
+        for b in ("conv", "resnet12")
+        for m, so, pp in (("maml", True, True), ("maml", False, False), ("anil", True, False))
+    }
+
+
 @pytest.mark.parametrize("tool", ["generate_configs.py", "generate_scripts.py"])
 def test_reference_style_entry_points(tool, tmp_path):
     """script_generation_tools/*.py run from their own folder, as reference users do."""

@@ -355,7 +355,7 @@ BAD = {
     "not a module": ({"backbone": "backbone_helpers:not_a_module"}, "expected a torch.nn.Module"),
     "wrong logits": (
         {"backbone": "backbone_helpers:wrong_logits"},
-        r"logits \[6, 3\].*got \[6, 4\]",
+        r"logits \[3, 3\].*got \[3, 4\]",
     ),
     "pattern": (
         {"backbone": "backbone_helpers:tiny_net", "inner_loop_parameters": ["fc.*"]},

@@ -209,8 +209,8 @@ def probe(net: ModuleBackbone, cfg: ExperimentConfig) -> None:
     ways = cfg.num_classes_per_set
     generator = torch.Generator().manual_seed(0)
     shape = (cfg.image_channels, cfg.image_height, cfg.image_width)
-    x = torch.rand((2 * ways, *shape), generator=generator)
-    y = torch.arange(ways).repeat(2)
+    x = torch.rand((ways, *shape), generator=generator)  # one image per class
+    y = torch.arange(ways)
     params = {k: v.requires_grad_() for k, v in net.init_params().items()}
     adapted = list(net.adaptable_parameter_names(cfg.enable_inner_loop_optimizable_bn_params))
     second = cfg.second_order and cfg.meta_learner != "reptile"
