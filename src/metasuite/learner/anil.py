@@ -9,18 +9,14 @@ at the features instead of running through every convolution.
 
 from __future__ import annotations
 
-from metasuite.learner.models import Backbone
+from metasuite.learner.models import HEAD_NAMES, Backbone
 from metasuite.learner.system import MamlSystem
-
-HEAD_NAMES: tuple[str, ...] = ("linear.weight", "linear.bias")
-"""The classifier: the only tensors ANIL adapts."""
 
 
 def head_parameter_names(net: Backbone) -> tuple[str, ...]:
-    """The classifier's weight and bias. Every :class:`Backbone` ends in one linear
-    layer (there is no head-less network option), so this is always defined."""
-    del net  # the same names for every architecture metasuite builds
-    return HEAD_NAMES
+    """The classifier's weight and bias (:attr:`Backbone.head_names`). Every backbone
+    ends in one linear layer (there is no head-less network option)."""
+    return net.head_names
 
 
 class AnilSystem(MamlSystem):
