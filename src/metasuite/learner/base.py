@@ -94,6 +94,23 @@ def build_network(cfg: ExperimentConfig) -> Backbone:
     return Backbone.from_config(cfg)
 
 
+NO_INNER_LOOP_BACKEND = "loop"
+"""What the runner records as the backend of the learners without an inner loop: their
+tasks run one after the other through the plain network, as the loop backend's do."""
+
+
+def check_backend(cfg: ExperimentConfig, backend: str | None, learner: str) -> str:
+    """The backend of a learner without an inner loop: ``auto`` or ``loop`` only (the
+    others are ways to run an inner loop, which it does not have)."""
+    chosen = backend or cfg.backend
+    if chosen not in ("auto", NO_INNER_LOOP_BACKEND):
+        raise ConfigError(
+            f'backend is "{chosen}" but meta_learner "{learner}" has no inner loop to '
+            'batch; use backend "auto" (or "loop")'
+        )
+    return NO_INNER_LOOP_BACKEND
+
+
 class LearnerBase:
     """Meta-parameters, buffers, Adam, the cosine schedule and checkpoint state.
 
@@ -108,6 +125,9 @@ class LearnerBase:
     STATE_GROUPS: ClassVar[tuple[str, ...]] = ("params", "buffers")
     """The tensor dicts saved in checkpoints, in this order."""
     OPTIMIZER_HINT: ClassVar[str] = "was it trained with another config?"
+    USES_SPLIT_LABELS: ClassVar[bool] = False
+    """Whether the constructor needs ``num_labels``, the training split's label count
+    (learners that pre-train a classifier over every training class)."""
     """What to suggest when a checkpoint's optimizer holds another number of tensors."""
 
     def __init__(self, cfg: ExperimentConfig, device: torch.device | str = "cpu") -> None:
@@ -263,11 +283,13 @@ class LearnerBase:
 
 
 __all__ = [
+    "NO_INNER_LOOP_BACKEND",
     "EvalResult",
     "LearnerBase",
     "SyncGradients",
     "SyncStats",
     "build_network",
+    "check_backend",
     "cosine_learning_rate",
     "eval_result",
     "task_accuracy",
