@@ -409,6 +409,26 @@ its default for any other learner, a key is refused."""
 
 def _check_meta_learner(c: ExperimentConfig, source: str) -> None:
     """Switches that mean nothing to the chosen meta-learner: refused, never ignored."""
+    if c.meta_learner == "reptile":
+        meaningless = {
+            "second_order": "Reptile has no meta-gradient through the inner loop, so no "
+            "second-order term",
+            "learnable_per_layer_per_step_inner_loop_learning_rate": "Reptile's update "
+            "has no gradient for the inner learning rates, so they cannot be learned",
+            "use_multi_step_loss_optimization": "Reptile never backpropagates a query "
+            "loss, so there are no per-step query losses to weight",
+        }
+        for key, why in meaningless.items():
+            if getattr(c, key):
+                raise ConfigError(
+                    f'{source}: {key} is true but meta_learner is "reptile": {why}; set '
+                    f"{key} to false"
+                )
+    if c.meta_learner == "anil" and c.enable_inner_loop_optimizable_bn_params:
+        raise ConfigError(
+            f"{source}: enable_inner_loop_optimizable_bn_params is true but meta_learner is "
+            '"anil", whose inner loop adapts only the classifier; set it to false'
+        )
     learner = c.meta_learner
     if learner in NO_INNER_LOOP_LEARNERS:
         for key, why in INNER_LOOP_SWITCHES.items():
