@@ -30,15 +30,34 @@ def plain_config(**changes: object) -> ExperimentConfig:
     return tiny_config(**(base | changes))
 
 
-def plain_logits(params: Params, x: torch.Tensor, stages: int) -> torch.Tensor:
-    """The network's logits for images ``x [n, C, H, W]``."""
+def plain_features(params: Params, x: torch.Tensor, stages: int) -> torch.Tensor:
+    """The network's embedding (everything before the classifier) of images ``x``."""
     for i in range(stages):
         x = F.conv2d(x, params[f"conv{i}.weight"], params[f"conv{i}.bias"], padding=1)
         x = F.batch_norm(
             x, None, None, params[f"norm{i}.weight"], params[f"norm{i}.bias"], True, 0.1, 1e-5
         )
         x = F.max_pool2d(F.leaky_relu(x, 0.01), 2)
-    return F.linear(x.flatten(1), params["linear.weight"], params["linear.bias"])
+    return x.flatten(1)
+
+
+def plain_logits(params: Params, x: torch.Tensor, stages: int) -> torch.Tensor:
+    """The network's logits for images ``x [n, C, H, W]``."""
+    features = plain_features(params, x, stages)
+    return F.linear(features, params["linear.weight"], params["linear.bias"])
+
+
+def no_inner_loop_config(learner: str, **changes: object) -> ExperimentConfig:
+    """plain_config for a learner without an inner loop (ProtoNet, the baselines): every
+    inner-loop switch off and the inner-loop numbers at their defaults."""
+    base: dict[str, object] = {
+        "meta_learner": learner,
+        "second_order": False,
+        "learnable_per_layer_per_step_inner_loop_learning_rate": False,
+        "number_of_training_steps_per_iter": 5,
+        "number_of_evaluation_steps_per_iter": 5,
+    }
+    return plain_config(**(base | changes))
 
 
 def plain_sgd(

@@ -411,4 +411,57 @@ def test_meta_learner_defaults_to_maml_and_is_written_only_when_set() -> None:
     assert json.loads(to_json(anil))["meta_learner"] == "anil"
     assert config_hash(anil) != config_hash(plain)
     with pytest.raises(ConfigError, match=r"meta_learner must be one of \"maml\""):
-        from_dict({"meta_learner": "protonet"})
+        from_dict({"meta_learner": "relation_net"})
+
+
+NO_INNER_LOOP = {
+    "second_order": False,
+    "use_multi_step_loss_optimization": False,
+    "learnable_per_layer_per_step_inner_loop_learning_rate": False,
+    "per_step_bn_statistics": False,
+}
+
+
+@pytest.mark.parametrize("learner", ["protonet", "baseline", "baseline_pp"])
+def test_learners_without_an_inner_loop_refuse_its_keys(learner: str) -> None:
+    base = {"meta_learner": learner, **NO_INNER_LOOP}
+    assert from_dict(base, "c.json").meta_learner == learner
+    for switch in (*NO_INNER_LOOP, "enable_inner_loop_optimizable_bn_params"):
+        with pytest.raises(ConfigError) as err:
+            from_dict({**base, switch: True}, "c.json")
+        assert str(err.value).startswith(f"c.json: {switch} is true but meta_learner is")
+        assert "\n" not in str(err.value)
+    for key, value in {
+        "init_inner_loop_learning_rate": 0.05,
+        "number_of_training_steps_per_iter": 3,
+        "number_of_evaluation_steps_per_iter": 10,
+        "first_order_to_second_order_epoch": 2,
+        "multi_step_loss_num_epochs": 3,
+        "minimum_per_task_contribution": 0.1,
+    }.items():
+        with pytest.raises(ConfigError, match=f"c.json: {key} is {value} but meta_learner is"):
+            from_dict({**base, key: value}, "c.json")
+    # At their defaults the keys are accepted: generated configs write every key.
+    from_dict({**base, "init_inner_loop_learning_rate": 0.1}, "c.json")
+    with pytest.raises(ConfigError, match='backend is "grouped" but meta_learner'):
+        from_dict({**base, "backend": "grouped"}, "c.json")
+
+
+def test_finetune_keys_belong_to_the_baselines_and_are_written_only_when_set() -> None:
+    plain = ExperimentConfig()
+    for key in ("finetune_steps", "finetune_learning_rate", "finetune_body", "cosine_scale"):
+        assert key not in json.loads(to_json(plain))
+    base = {"meta_learner": "baseline_pp", **NO_INNER_LOOP}
+    tuned = from_dict({**base, "finetune_steps": 20, "cosine_scale": 2.0})
+    written = json.loads(to_json(tuned))
+    assert written["finetune_steps"] == 20 and written["cosine_scale"] == 2.0
+    assert "finetune_body" not in written
+    with pytest.raises(ConfigError, match='finetune_steps is 20 but meta_learner is "maml"'):
+        from_dict({"finetune_steps": 20})
+    with pytest.raises(ConfigError, match='only "baseline_pp" use it'):
+        from_dict({**base, "meta_learner": "baseline", "cosine_scale": 2.0})
+    with pytest.raises(ConfigError, match="finetune_body is true but meta_learner is"):
+        from_dict({**NO_INNER_LOOP, "meta_learner": "protonet", "finetune_body": True})
+    for key, bad in (("finetune_steps", 0), ("finetune_learning_rate", 0), ("cosine_scale", -1)):
+        with pytest.raises(ConfigError, match=f"{key} must be"):
+            from_dict({**base, key: bad})

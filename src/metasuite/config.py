@@ -168,11 +168,17 @@ class ExperimentConfig:
     max_images_per_class: int | None = None
     """Class-array data sets (one .npy/.npz per class): read only the first this many
     images of each class (None: all), so a 100k-image class does not fill memory."""
-    meta_learner: Literal["maml", "meta_sgd", "anil", "reptile"] = "maml"
+    meta_learner: Literal[
+        "maml", "meta_sgd", "anil", "reptile", "protonet", "baseline", "baseline_pp"
+    ] = "maml"
     """The meta-learning algorithm. "maml": MAML, FOMAML or MAML++ as the reference keys
     say; "meta_sgd": a learned inner rate per parameter element (Li et al. 2017);
     "anil": the inner loop adapts only the classifier (Raghu et al. 2020); "reptile":
-    theta moves toward the adapted weights (Nichol et al. 2018)."""
+    theta moves toward the adapted weights (Nichol et al. 2018); "protonet": class
+    prototypes and squared Euclidean distances (Snell et al. 2017); "baseline" and
+    "baseline_pp": a classifier pre-trained on all training classes, then a new linear
+    (Baseline) or cosine (Baseline++) head fitted on each task's support set (Chen et
+    al. 2019)."""
     backbone: str = "conv"
     """The network meta-learned: "conv" (the reference network, shaped by cnn_num_filters,
     num_stages, norm_layer, max_pooling, conv_padding), "resnet12" (the few-shot
@@ -199,6 +205,16 @@ class ExperimentConfig:
     tensorboard: bool = True
     """Write TensorBoard event files (``<experiment>/tensorboard/``) beside the metrics log
     when the ``tensorboard`` package is installed; false: never. Changes no number."""
+    finetune_steps: int = 100
+    """Baseline/Baseline++: full-batch gradient steps (SGD, momentum 0.9) fitting the new
+    head on each evaluation task's support set."""
+    finetune_learning_rate: float = 0.01
+    """Baseline/Baseline++: the learning rate of those steps."""
+    finetune_body: bool = False
+    """Baseline/Baseline++: fine-tune the body with the head (default: body frozen)."""
+    cosine_scale: float = 10.0
+    """Baseline++: the scale of its cosine-similarity logits (pre-training and fitted
+    head); Chen et al. use 10 for more than 200 classes."""
 
     # ------------------------------------------------------------------ derived
     @property
@@ -372,7 +388,7 @@ def _check_ranges(c: ExperimentConfig, source: str) -> None:
         "num_stages": 1, "number_of_training_steps_per_iter": 1,
         "number_of_evaluation_steps_per_iter": 1, "cnn_blocks_per_stage": 1,
         "num_classes_per_set": 2, "num_samples_per_class": 1, "num_target_samples": 1,
-        "multi_step_loss_num_epochs": 0, "checkpoint_every_n_iters": 0,
+        "multi_step_loss_num_epochs": 0, "checkpoint_every_n_iters": 0, "finetune_steps": 1,
     }  # fmt: skip
     for key, low in at_least.items():
         if getattr(c, key) < low:
@@ -386,8 +402,9 @@ def _check_ranges(c: ExperimentConfig, source: str) -> None:
     for key in ("init_inner_loop_learning_rate", "weight_decay", "min_learning_rate"):
         if getattr(c, key) < 0:
             fail(key, "a number >= 0")
-    if c.meta_learning_rate <= 0:
-        fail("meta_learning_rate", "a number > 0")
+    for key in ("meta_learning_rate", "finetune_learning_rate", "cosine_scale"):
+        if getattr(c, key) <= 0:
+            fail(key, "a number > 0")
     if c.min_learning_rate > c.meta_learning_rate:
         fail("min_learning_rate", f"<= meta_learning_rate ({c.meta_learning_rate})")
     if not 0 <= c.dropout_rate_value < 1:
@@ -450,6 +467,32 @@ def _check_ranges(c: ExperimentConfig, source: str) -> None:
     _check_meta_learner(c, source)
 
 
+NO_INNER_LOOP_LEARNERS: frozenset[str] = frozenset({"protonet", "baseline", "baseline_pp"})
+"""Learners without an inner loop: every inner-loop key is meaningless to them."""
+INNER_LOOP_SWITCHES: dict[str, str] = {
+    "second_order": "there is no inner loop to differentiate through",
+    "use_multi_step_loss_optimization": "there are no inner steps whose losses to weight",
+    "learnable_per_layer_per_step_inner_loop_learning_rate": "there are no inner "
+    "learning rates to learn",
+    "per_step_bn_statistics": "there are no inner steps to keep batch-norm rows for",
+    "enable_inner_loop_optimizable_bn_params": "there is no inner loop to adapt them",
+}
+INNER_LOOP_SETTINGS: tuple[str, ...] = (
+    "init_inner_loop_learning_rate", "number_of_training_steps_per_iter",
+    "number_of_evaluation_steps_per_iter", "first_order_to_second_order_epoch",
+    "multi_step_loss_num_epochs", "minimum_per_task_contribution",
+)  # fmt: skip
+"""Inner-loop numbers: refused for those learners when set away from their defaults."""
+FINETUNE_KEYS: dict[str, tuple[str, ...]] = {
+    "finetune_steps": ("baseline", "baseline_pp"),
+    "finetune_learning_rate": ("baseline", "baseline_pp"),
+    "finetune_body": ("baseline", "baseline_pp"),
+    "cosine_scale": ("baseline_pp",),
+}
+"""The fine-tuning baselines' own keys and the learners that use them; set away from
+its default for any other learner, a key is refused."""
+
+
 def _check_meta_learner(c: ExperimentConfig, source: str) -> None:
     """Switches that mean nothing to the chosen meta-learner: refused, never ignored."""
     if c.meta_learner == "reptile":
@@ -472,6 +515,33 @@ def _check_meta_learner(c: ExperimentConfig, source: str) -> None:
             f"{source}: enable_inner_loop_optimizable_bn_params is true but meta_learner is "
             '"anil", whose inner loop adapts only the classifier; set it to false'
         )
+    learner = c.meta_learner
+    if learner in NO_INNER_LOOP_LEARNERS:
+        for key, why in INNER_LOOP_SWITCHES.items():
+            if getattr(c, key):
+                raise ConfigError(
+                    f'{source}: {key} is true but meta_learner is "{learner}", which has no '
+                    f"inner loop: {why}; set {key} to false"
+                )
+        if c.backend not in ("auto", "loop"):
+            raise ConfigError(
+                f'{source}: backend is "{c.backend}" but meta_learner is "{learner}", which '
+                'has no inner loop to batch; set backend to "auto" (or "loop")'
+            )
+        for key in INNER_LOOP_SETTINGS:
+            if getattr(c, key) != _DEFAULTS[key]:
+                raise ConfigError(
+                    f"{source}: {key} is {json.dumps(getattr(c, key))} but meta_learner is "
+                    f'"{learner}", which has no inner loop; remove {key} (or set it to its '
+                    f"default, {json.dumps(_DEFAULTS[key])})"
+                )
+    for key, users in FINETUNE_KEYS.items():
+        if learner not in users and getattr(c, key) != _DEFAULTS[key]:
+            named = " or ".join(f'"{name}"' for name in users)
+            raise ConfigError(
+                f"{source}: {key} is {json.dumps(getattr(c, key))} but meta_learner is "
+                f'"{learner}"; only {named} use it; remove {key}'
+            )
 
 
 def load_config(path: str | os.PathLike[str]) -> ExperimentConfig:
@@ -499,7 +569,8 @@ def load_config(path: str | os.PathLike[str]) -> ExperimentConfig:
 OMITTED_AT_DEFAULT: frozenset[str] = frozenset({
     "max_images_per_class", "meta_learner", "backbone", "backbone_kwargs",
     "inner_loop_parameters", "head", "batch_norm_mode", "activation_checkpointing",
-    "tensorboard",
+    "tensorboard", "finetune_steps", "finetune_learning_rate", "finetune_body",
+    "cosine_scale",
 })  # fmt: skip
 
 

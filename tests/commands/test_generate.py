@@ -181,7 +181,7 @@ def test_committed_methods_suite_is_up_to_date_and_apart_from_the_paper_suite(ca
     code = main(["generate", "--suite", str(methods), "--check"])
     captured = capsys.readouterr()
     assert code == 0, captured.out + captured.err
-    assert "36 experiments, 108 files up to date" in captured.out
+    assert "54 experiments, 162 files up to date" in captured.out
     suite, paper = load_suite(methods), load_suite(DEFAULT_SUITE)
     assert suite.config_dir == REPO_ROOT / "methods" / "experiment_config"
     mine = expand(suite)
@@ -200,6 +200,9 @@ def test_committed_methods_suite_is_up_to_date_and_apart_from_the_paper_suite(ca
         "meta_sgd": {("meta_sgd", True, False)},
         "anil": {("anil", True, False)},
         "reptile": {("reptile", False, False)},
+        "protonet": {("protonet", False, False)},
+        "baseline": {("baseline", False, False)},
+        "baseline_pp": {("baseline_pp", False, False)},
     }
     # No script names the checkout it was generated in.
     for script in (REPO_ROOT / "methods" / "experiment_scripts").glob("*.sh"):

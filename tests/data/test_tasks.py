@@ -223,3 +223,29 @@ def test_too_many_ways_or_shots_are_dataset_errors(omniglot_tasks: FewShotTasks)
         TaskSampler(
             omniglot_tasks.val.data, split="val", seed=0, ways=5, shots=1, queries=20, rotate=False
         )
+
+
+def test_batches_carry_each_row_s_label_among_all_the_split_s_labels(
+    omniglot_tasks: FewShotTasks,
+) -> None:
+    """Rotated training tasks: class * 4 + quarter turns (a turned class is a class of
+    its own, as the tasks treat it); unrotated splits: the class in the split."""
+    train, val = omniglot_tasks.train, omniglot_tasks.val
+    assert train.num_labels == 4 * train.num_classes
+    assert val.num_labels == val.num_classes
+    for sampler, turns in ((train, 4), (val, 1)):
+        batch = sampler.batch([3, 11])
+        assert batch.support_classes is not None and batch.query_classes is not None
+        for row, index in enumerate([3, 11]):
+            plan = sampler.plan(index)
+            per_class = [
+                int(c) * turns + int(k) for c, k in zip(plan.classes, plan.rotations, strict=True)
+            ]
+            expected_support = [per_class[int(y)] for y in batch.support_y[row]]
+            expected_query = [per_class[int(y)] for y in batch.query_y[row]]
+            assert batch.support_classes[row].tolist() == expected_support
+            assert batch.query_classes[row].tolist() == expected_query
+        picked = batch.select([1])
+        assert picked.support_classes is not None
+        assert torch.equal(picked.support_classes[0], batch.support_classes[1])
+    assert train.batch(range(40)).support_classes.max() < train.num_labels

@@ -203,3 +203,24 @@ def test_the_reference_network_and_math_do_not_load_the_fast_path():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("max_pooling", [True, False])
+def test_features_are_everything_before_the_classifier(max_pooling):
+    """forward = features then the linear head, exactly; the head is not read."""
+    net = Backbone.from_config(tiny_config(max_pooling=max_pooling))
+    params = net.init_params(torch.Generator().manual_seed(0))
+    x = torch.rand(6, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    features = net.features(params, x, 1)
+    assert features.shape == (6, net.feature_size())
+    logits = F.linear(features, params["linear.weight"], params["linear.bias"])
+    assert torch.equal(net.forward(params, x, 1), logits)
+    assert net.head_names == ("linear.weight", "linear.bias")
+    body = {k: v for k, v in params.items() if k not in net.head_names}
+    assert torch.equal(net.features(body, x, 1), features)
+    # Statistics are recorded by features as by forward.
+    a: list = []
+    b: list = []
+    net.features(params, x, 1, a)
+    net.forward(params, x, 1, b)
+    assert len(a) == len(b) == 1 and a[0][0] == b[0][0]

@@ -164,6 +164,19 @@ def test_only_matching_nothing_says_so(suite, capsys):
     assert "no experiments under" not in err
 
 
+NO_INNER_LOOP = {**MAML, "second_order": False}
+
+
+def test_learners_without_an_inner_loop_are_labelled_by_name_alone():
+    assert report.method_label(make_config("a", 0, **NO_INNER_LOOP, meta_learner="protonet")) == (
+        "ProtoNet"
+    )
+    tuned = make_config("a", 0, **NO_INNER_LOOP, meta_learner="baseline", finetune_body=True)
+    assert report.method_label(tuned) == "Baseline (body fine-tuned)"
+    plus = make_config("a", 0, **NO_INNER_LOOP, meta_learner="baseline_pp")
+    assert report.method_label(plus) == "Baseline++"
+
+
 def test_method_labels_follow_the_paper():
     assert report.method_label(make_config("a", 0)) == "MAML++"
     assert report.method_label(make_config("a", 0, **MAML)) == "MAML"
@@ -387,6 +400,9 @@ def test_meta_learners_are_their_own_groups_in_a_method_by_setting_table(tmp_pat
         "msgd": {**MAML, "meta_learner": "meta_sgd"},
         "anil": {**MAML, "meta_learner": "anil"},
         "reptile": reptile,
+        "protonet": {**NO_INNER_LOOP, "meta_learner": "protonet"},
+        "baseline": {**NO_INNER_LOOP, "meta_learner": "baseline"},
+        "baseline_pp": {**NO_INNER_LOOP, "meta_learner": "baseline_pp"},
     }
     accuracies = {}
     for i, (method, keys) in enumerate(methods.items()):
@@ -404,7 +420,8 @@ def test_meta_learners_are_their_own_groups_in_a_method_by_setting_table(tmp_pat
     assert header == ["Method", "Test model", "5-way 1-shot", "20-way 1-shot"]
     ensemble = [r for r in rows if r[1] == "ensemble"]
     assert [r[0] for r in ensemble] == [
-        "MAML", "MAML (first order)", "MAML++", "Meta-SGD", "ANIL", "Reptile",
+        "MAML", "MAML (first order)", "MAML++", "Meta-SGD", "ANIL", "Reptile", "ProtoNet",
+        "Baseline", "Baseline++",
     ]  # fmt: skip
     for row, method in zip(ensemble, methods, strict=True):
         for col, way in ((2, 5), (3, 20)):

@@ -37,6 +37,16 @@ def build(input_shape, num_classes, width=6, dropout=0.2):
     )
 '''
 
+NO_INNER_LOOP: dict[str, Any] = {
+    "second_order": False,
+    "use_multi_step_loss_optimization": False,
+    "learnable_per_layer_per_step_inner_loop_learning_rate": False,
+    "per_step_bn_statistics": False,
+    "number_of_training_steps_per_iter": 5,
+    "number_of_evaluation_steps_per_iter": 5,
+    "first_order_to_second_order_epoch": -1,
+    "multi_step_loss_num_epochs": 10,
+}
 LEARNERS: dict[str, dict[str, Any]] = {
     "maml": {},
     "meta_sgd": {"meta_learner": "meta_sgd"},
@@ -48,6 +58,7 @@ LEARNERS: dict[str, dict[str, Any]] = {
         "learnable_per_layer_per_step_inner_loop_learning_rate": False,
         "meta_learning_rate": 1.0,
     },
+    "protonet": {"meta_learner": "protonet", **NO_INNER_LOOP},
 }
 BACKBONES: dict[str, dict[str, Any]] = {
     "resnet12": {
@@ -95,7 +106,7 @@ def test_a_checkpoint_round_trip_mid_run_gives_the_uninterrupted_state(
     for it in (1, 2):
         resumed.train_step(random_batch(cfg, seed=it), 0)
     a, b = straight.state_dict(), resumed.state_dict()
-    for group in ("params", "rates", "buffers"):
+    for group in type(straight).STATE_GROUPS:
         for k in a[group]:
             assert torch.equal(a[group][k], b[group][k]), (group, k)
     evaluation = random_batch(cfg, seed=7)
@@ -104,7 +115,15 @@ def test_a_checkpoint_round_trip_mid_run_gives_the_uninterrupted_state(
     )
 
 
-KILLED = [("resnet12", "maml"), ("resnet12", "anil"), ("user", "meta_sgd"), ("user", "reptile")]
+KILLED = [
+    ("resnet12", "maml"),
+    ("resnet12", "anil"),
+    ("user", "meta_sgd"),
+    ("user", "reptile"),
+    ("user", "protonet"),
+    ("resnet12", "baseline_pp"),
+]
+BASELINE_PP = {"meta_learner": "baseline_pp", **NO_INNER_LOOP, "finetune_steps": 5}
 
 
 @pytest.mark.slow
@@ -112,7 +131,8 @@ KILLED = [("resnet12", "maml"), ("resnet12", "anil"), ("user", "meta_sgd"), ("us
 def test_sigkill_resumes_exactly_and_the_manifest_records_the_backbone(
     backbone: str, learner: str, tmp_path: Path, user_module: Path, omniglot_folder: Path
 ) -> None:
-    config = write_config(tmp_path, total_epochs=2, **BACKBONES[backbone], **LEARNERS[learner])
+    changes = BASELINE_PP if learner == "baseline_pp" else LEARNERS[learner]
+    config = write_config(tmp_path, total_epochs=2, **BACKBONES[backbone], **changes)
     reference_root, root = tmp_path / "reference", tmp_path / "killed"
     done = train(config, reference_root)
     assert done.returncode == 0, done.stderr
@@ -129,6 +149,7 @@ def test_sigkill_resumes_exactly_and_the_manifest_records_the_backbone(
     described = runs[-1]["backbone"]
     assert described["name"] == BACKBONES[backbone]["backbone"]
     assert described["batch_norm_mode"] == "transductive"
+    assert runs[-1]["meta_learner"] == changes.get("meta_learner", "maml")
     assert described["parameters"]  # every tensor's name and shape
     assert all(run["backbone"] == described for run in runs)
 

@@ -15,6 +15,19 @@ from builder_helpers import read_json, summary_rows, train, write_config
 
 pytestmark = pytest.mark.slow
 
+# The tiny config's inner-loop settings, turned off or back to their defaults for the
+# learners without an inner loop (which refuse them).
+NO_INNER_LOOP: dict[str, Any] = {
+    "second_order": False,
+    "use_multi_step_loss_optimization": False,
+    "learnable_per_layer_per_step_inner_loop_learning_rate": False,
+    "per_step_bn_statistics": False,
+    "number_of_training_steps_per_iter": 5,
+    "number_of_evaluation_steps_per_iter": 5,
+    "multi_step_loss_num_epochs": 10,
+    "first_order_to_second_order_epoch": -1,
+}
+
 LEARNERS: dict[str, dict[str, Any]] = {
     "meta_sgd": {"meta_learner": "meta_sgd"},
     "anil": {"meta_learner": "anil"},
@@ -24,6 +37,15 @@ LEARNERS: dict[str, dict[str, Any]] = {
         "use_multi_step_loss_optimization": False,
         "learnable_per_layer_per_step_inner_loop_learning_rate": False,
         "meta_learning_rate": 1.0,
+    },
+    "protonet": {"meta_learner": "protonet", **NO_INNER_LOOP},
+    "baseline": {"meta_learner": "baseline", **NO_INNER_LOOP, "finetune_steps": 10},
+    # Baseline++ with the body fine-tuned too: every evaluation path resumes exactly.
+    "baseline_pp": {
+        "meta_learner": "baseline_pp",
+        **NO_INNER_LOOP,
+        "finetune_steps": 5,
+        "finetune_body": True,
     },
 }
 
@@ -83,4 +105,15 @@ def test_reptile_with_second_order_is_one_line(tmp_path: Path, omniglot_folder: 
     assert result.returncode == 2
     (error,) = error_lines(result.stderr)
     assert 'second_order is true but meta_learner is "reptile"' in error
+    assert not (tmp_path / "experiments" / "tiny").exists()
+
+
+def test_protonet_with_an_inner_loop_key_is_one_line(tmp_path: Path, omniglot_folder: Path) -> None:
+    config = write_config(
+        tmp_path, **{**LEARNERS["protonet"], "number_of_training_steps_per_iter": 3}
+    )
+    result = train(config, tmp_path / "experiments")
+    assert result.returncode == 2
+    (error,) = error_lines(result.stderr)
+    assert 'number_of_training_steps_per_iter is 3 but meta_learner is "protonet"' in error
     assert not (tmp_path / "experiments" / "tiny").exists()

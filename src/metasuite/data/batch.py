@@ -20,6 +20,12 @@ class TaskBatch:
     query_x: torch.Tensor  # float32 [T, N*Q, C, H, W]
     query_y: torch.Tensor  # int64   [T, N*Q]
     task_ids: tuple[int, ...]
+    support_classes: torch.Tensor | None = None
+    """int64 ``[T, N*K]``: each support row's label among all the split's labels (its
+    class in the split, times 4 plus its quarter turns where the split is rotated), for
+    learners that pre-train a classifier over every training class; None when unknown."""
+    query_classes: torch.Tensor | None = None
+    """int64 ``[T, N*Q]``: the same for the query rows."""
 
     def __len__(self) -> int:
         return self.support_x.shape[0]
@@ -31,6 +37,8 @@ class TaskBatch:
             self.query_x.to(device, non_blocking=True),
             self.query_y.to(device, non_blocking=True),
             self.task_ids,
+            _to(self.support_classes, device),
+            _to(self.query_classes, device),
         )
 
     def select(self, rows: slice | list[int]) -> TaskBatch:
@@ -41,5 +49,15 @@ class TaskBatch:
             else tuple(self.task_ids[i] for i in rows)
         )
         return TaskBatch(
-            self.support_x[rows], self.support_y[rows], self.query_x[rows], self.query_y[rows], ids
+            self.support_x[rows],
+            self.support_y[rows],
+            self.query_x[rows],
+            self.query_y[rows],
+            ids,
+            None if self.support_classes is None else self.support_classes[rows],
+            None if self.query_classes is None else self.query_classes[rows],
         )
+
+
+def _to(tensor: torch.Tensor | None, device: torch.device | str) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(device, non_blocking=True)

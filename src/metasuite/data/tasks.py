@@ -98,6 +98,18 @@ class TaskSampler:
     def num_classes(self) -> int:
         return self.data.num_classes
 
+    @property
+    def turns_per_class(self) -> int:
+        """4 where each quarter turn of a class is a class of its own (rotated Omniglot
+        training tasks, as in the reference), else 1."""
+        return 4 if self.rotate else 1
+
+    @property
+    def num_labels(self) -> int:
+        """How many distinct labels a classifier over all of this split's classes needs
+        (the range of :attr:`TaskBatch.support_classes`)."""
+        return self.num_classes * self.turns_per_class
+
     def plan(self, index: int) -> TaskPlan:
         """The classes, images and rotations of task ``index`` — a pure function of it."""
         if index < 0:
@@ -142,7 +154,19 @@ class TaskSampler:
         labels = torch.arange(ways, dtype=torch.int64)
         support_y = labels.repeat_interleave(shots).expand(len(plans), -1).contiguous()
         query_y = labels.repeat_interleave(queries).expand(len(plans), -1).contiguous()
-        return TaskBatch(support_x, support_y, query_x, query_y, tuple(p.index for p in plans))
+        # Each task class's label among all the split's labels: class * turns + its turns.
+        classes = torch.from_numpy(
+            np.stack([p.classes * self.turns_per_class + p.rotations for p in plans])
+        )
+        return TaskBatch(
+            support_x,
+            support_y,
+            query_x,
+            query_y,
+            tuple(p.index for p in plans),
+            classes.repeat_interleave(shots, dim=1),
+            classes.repeat_interleave(queries, dim=1),
+        )
 
     def task(self, index: int) -> TaskBatch:
         """Task ``index`` alone (a batch of one)."""

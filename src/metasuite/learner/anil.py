@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from metasuite.errors import ConfigError
 from metasuite.learner.backbones import MetaBackbone
+from metasuite.learner.models import HEAD_NAMES
 from metasuite.learner.system import MamlSystem
-
-HEAD_NAMES: tuple[str, ...] = ("linear.weight", "linear.bias")
-"""The reference network's classifier."""
 
 
 def head_parameter_names(net: MetaBackbone) -> tuple[str, ...]:

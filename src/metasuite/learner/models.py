@@ -37,6 +37,8 @@ from metasuite.errors import ConfigError
 
 NEGATIVE_SLOPE = 0.01
 """F.leaky_relu's default, which the reference network uses."""
+HEAD_NAMES: tuple[str, ...] = ("linear.weight", "linear.bias")
+"""The classifier's parameter names (:attr:`Backbone.head_names`)."""
 
 Params = dict[str, torch.Tensor]
 # Detached batch statistics of one forward pass: (norm-step row, [(mean, unbiased var)]).
@@ -161,11 +163,6 @@ class Backbone:
         names += list(self.head_names)
         return tuple(names)
 
-    @property
-    def head_names(self) -> tuple[str, ...]:
-        """The classifier's tensors (what ANIL adapts)."""
-        return ("linear.weight", "linear.bias")
-
     def parameter_names(self) -> tuple[str, ...]:
         """Every meta-parameter's name, in :meth:`init_params` order."""
         return tuple(self.init_params(torch.Generator().manual_seed(0)))
@@ -243,6 +240,12 @@ class Backbone:
             beta = None if beta is None else beta[row]
         return gamma, beta
 
+    @property
+    def head_names(self) -> tuple[str, ...]:
+        """The final classifier's tensors: what :meth:`features` leaves out (ANIL adapts
+        only these; ProtoNet and the fine-tuning baselines replace them)."""
+        return HEAD_NAMES
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,
@@ -256,6 +259,20 @@ class Backbone:
         ``step`` selects the per-step norm row. When ``stats`` is a list, the detached
         batch statistics of every batch-norm layer are appended to it (for the running
         statistics, which never influence the output).
+        """
+        out = self.features(params, x, step, stats)
+        return F.linear(out, params["linear.weight"], params["linear.bias"])
+
+    def features(
+        self,
+        params: Params,
+        x: torch.Tensor,
+        step: int,
+        stats: StatsRecord | None = None,
+    ) -> torch.Tensor:
+        """The embedding ``[n, feature_size()]``: everything before the classifier, so
+        metric learners (ProtoNet) and fitted heads (the baselines) share the body.
+        Arguments as :meth:`forward`; the head tensors are not read.
         """
         record: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if stats is not None else None
         out = x
@@ -271,7 +288,7 @@ class Backbone:
             out = out.mean(dim=(2, 3))  # global average pool
         if stats is not None and record:
             stats.append((self.norm_step(step), record))
-        return F.linear(out.flatten(1), params["linear.weight"], params["linear.bias"])
+        return out.flatten(1)
 
     def normalise(
         self,
@@ -329,4 +346,4 @@ def batch_norm(
     return out
 
 
-__all__ = ["NEGATIVE_SLOPE", "Backbone", "Params", "StatsRecord", "batch_norm"]
+__all__ = ["HEAD_NAMES", "NEGATIVE_SLOPE", "Backbone", "Params", "StatsRecord", "batch_norm"]

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from metasuite.config import ExperimentConfig, load_config, to_dict
+from metasuite.config import NO_INNER_LOOP_LEARNERS, ExperimentConfig, load_config, to_dict
 from metasuite.errors import UserError
 from metasuite.fsutil import make_dirs, write_text_atomic
 from metasuite.progress import progress_bar
@@ -191,7 +191,14 @@ def dataset_title(dataset_name: str) -> str:
     return dataset_name
 
 
-LEARNER_TITLES: dict[str, str] = {"meta_sgd": "Meta-SGD", "anil": "ANIL", "reptile": "Reptile"}
+LEARNER_TITLES: dict[str, str] = {
+    "meta_sgd": "Meta-SGD",
+    "anil": "ANIL",
+    "reptile": "Reptile",
+    "protonet": "ProtoNet",
+    "baseline": "Baseline",
+    "baseline_pp": "Baseline++",
+}
 """Table names of the meta-learners other than MAML (``meta_learner`` values)."""
 
 
@@ -215,8 +222,13 @@ def method_label(config: ExperimentConfig) -> str:
         parts.append("DA")
     if config.meta_learner != "maml":
         label = LEARNER_TITLES[config.meta_learner] + "".join(f" + {p}" for p in parts)
-        if not config.second_order and config.meta_learner != "reptile":
+        first_order_means_something = config.meta_learner != "reptile" and (
+            config.meta_learner not in NO_INNER_LOOP_LEARNERS
+        )
+        if not config.second_order and first_order_means_something:
             label += " (first order)"
+        if config.meta_learner in ("baseline", "baseline_pp") and config.finetune_body:
+            label += " (body fine-tuned)"
         return label
     core = {"MSL", "LSLR", "BNRS+BNWB"}
     if core.issubset(parts):

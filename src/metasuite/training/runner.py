@@ -272,7 +272,7 @@ def run_experiment(
                 raise UserError(f"rank {world.rank}: rank 0 stopped: {start['error']}")
             if tasks is None:
                 tasks = _tasks(config, quiet=True)
-            learner = _learner(config, device)
+            learner = _learner(config, device, tasks)
         if start["done"]:
             log.info("experiment already done; test results in %s", exp.test_summary_path)
             return Outcome.DONE
@@ -313,13 +313,14 @@ def _tasks(config: ExperimentConfig, *, quiet: bool) -> Any:
     return FewShotTasks.from_config(config, quiet=quiet)
 
 
-def _learner(config: ExperimentConfig, device: torch.device) -> Any:
+def _learner(config: ExperimentConfig, device: torch.device, tasks: Any) -> Any:
     """The learner, seeded so that a fresh start is reproducible (a resume overwrites
-    it all); the same on every rank."""
+    it all); the same on every rank. ``tasks`` gives the training split's label count
+    to the learners that classify every training class (the baselines)."""
     from metasuite.learner.learners import build_learner
 
     seed_everything(config.train_seed)
-    return build_learner(config, device)
+    return build_learner(config, device, num_labels=getattr(tasks.train, "num_labels", None))
 
 
 def _open_as_writer(
@@ -340,7 +341,7 @@ def _open_as_writer(
     if tasks is None:
         tasks = _tasks(config, quiet=quiet)
     # Built before the folder is touched: a setting the learner refuses is a user error.
-    learner = _learner(config, device)
+    learner = _learner(config, device, tasks)
     numerics = numerics_of(learner.backend, config.precision, device)
     store = CheckpointStore(exp.checkpoints)
     if not exp.path.exists():

@@ -35,6 +35,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
+from metasuite.errors import ConfigError
 from metasuite.learner.models import Params, StatsRecord
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -255,6 +256,33 @@ class ModuleBackbone:
         if stats is not None and scratch:
             stats.append((row, scratch))
         return out
+
+    def features(
+        self, params: Params, x: Any, step: int, stats: StatsRecord | None = None
+    ) -> torch.Tensor:
+        """The embedding ``[n, D]``: what the module feeds its head (ProtoNet and the
+        fine-tuning baselines replace the head). The head's input is caught by a hook,
+        so the module is still not rewritten."""
+        if not self.head:
+            raise ConfigError(
+                f"head: backbone {self.name!r} has no classifier layer to take the "
+                "embedding before; name it in 'head'"
+            )
+        caught: list[torch.Tensor] = []
+
+        def catch(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            caught.append(args[0])
+
+        # The head runs on the module's own tensors: a learner's tensors of the same
+        # name (a classifier over other labels) need not fit it.
+        prefix = f"{self.head}."
+        body = {k: v for k, v in params.items() if not k.startswith(prefix)}
+        handle = self.module.get_submodule(self.head).register_forward_pre_hook(catch)
+        try:
+            self.forward(body, x, step, stats)
+        finally:
+            handle.remove()
+        return caught[-1].flatten(1)
 
     def update_running_stats(self, buffers: Params, records: list[StatsRecord]) -> None:
         """Fold recorded batch statistics into the per-step running statistics, task by
