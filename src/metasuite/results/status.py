@@ -13,7 +13,6 @@ resumable, not that it is still busy.
 from __future__ import annotations
 
 import csv
-import json
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from metasuite import jsontext
 from metasuite.config import ExperimentConfig, load_config
 from metasuite.errors import ConfigError, UserError
 from metasuite.selection import matches
@@ -102,9 +102,9 @@ def read_json(path: Path) -> Any:
     except FileNotFoundError:
         return None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        return jsontext.loads(text)
+    except jsontext.JsonTextError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def read_summary_statistics(path: Path) -> list[dict[str, float]]:

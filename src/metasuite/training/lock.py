@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from metasuite import jsontext
 from metasuite.errors import UserError
 from metasuite.fsutil import flocked
 
@@ -85,7 +86,7 @@ class ExperimentLock:
 
     def _owner(self) -> dict[str, Any] | None:
         try:
-            return json.loads(self.path.read_text())
+            return jsontext.loads(self.path.read_text())
         except FileNotFoundError:
             return None
         except (OSError, ValueError):

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from metasuite import __version__
+from metasuite import __version__, jsontext
 from metasuite.config import REPO_ROOT, ExperimentConfig, config_hash, resolve_dataset_path
 from metasuite.fsutil import write_text_atomic
 from metasuite.training.experiment_dir import ExperimentDir, utc_now
@@ -253,11 +253,11 @@ def read_manifest(exp_dir: Path) -> dict[str, Any] | None:
     """The manifest, or None when there is none. ValueError naming the file if corrupt."""
     path = manifest_path(exp_dir)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = jsontext.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except jsontext.JsonTextError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
         raise ValueError(f'{path}: expected an object with a "runs" list')
     if not all(isinstance(run, dict) for run in data["runs"]):
@@ -559,7 +559,7 @@ def _normalised_config_lines(path: Path) -> tuple[list[str], str | None]:
     from metasuite.errors import ConfigError
 
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = jsontext.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8
         return [], f"{path}: cannot read ({exc})"
     try:
@@ -579,7 +579,7 @@ def _generated_config(name: str, configs: Path) -> Path | None:
     if configs.is_dir():
         for path in sorted(configs.glob("*.json")):
             try:
-                if json.loads(path.read_text(encoding="utf-8")).get("experiment_name") == name:
+                if jsontext.loads(path.read_text(encoding="utf-8")).get("experiment_name") == name:
                     return path
             except (OSError, ValueError, AttributeError):
                 continue
