@@ -396,10 +396,10 @@ def _check_ranges(c: ExperimentConfig, source: str) -> None:
     if len(split) != 3 or any(p < 0 for p in split) or abs(sum(split) - 1) > 1e-2:
         fail("train_val_test_split", "three non-negative fractions (train, val, test) summing to 1")
     idx = c.indexes_of_folders_indicating_class
-    if not idx or any(i >= 0 for i in idx) or len(set(idx)) != len(idx):
+    if not idx or any(not -64 <= i < 0 for i in idx) or len(set(idx)) != len(idx):
         fail(
             "indexes_of_folders_indicating_class",
-            "a non-empty list of distinct negative folder indexes (e.g. [-3, -2])",
+            "a non-empty list of distinct negative folder indexes >= -64 (e.g. [-3, -2])",
         )
     if isinstance(c.continue_from_epoch, int) and c.continue_from_epoch < -2:
         fail("continue_from_epoch", '"from_scratch", "latest", -2, -1 or an epoch number >= 0')

@@ -228,3 +228,25 @@ def test_world_size_of_the_latest_run_is_shown(suite):
     cells = {line.split()[0]: line[start:].split()[0] for line in lines[1:-1]}
     assert cells["exp_interrupted"] == "4" and cells["exp_running"] == "2"
     assert cells["exp_paused"] == "-"
+
+
+def test_status_and_report_list_a_deep_or_doubled_json_file_not_a_traceback(tmp_path, capsys):
+    """Issue 29: a 100,000-level config among the configs (and a state.json that names a
+    key twice) are each shown as what is wrong with them; the other rows still show."""
+    root, configs = tmp_path / "exp", tmp_path / "cfg"
+    write_experiment(root, make_config("fine", 0), generated=configs, status="done", curves=CURVES)
+    write_experiment(root, make_config("twice", 1), status="done", curves=CURVES)
+    state = root / "twice" / "state.json"
+    state.write_text(state.read_text().replace("{", '{"status": "done", ', 1))
+    (configs / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    got = statuses(root, configs)
+    assert got["fine"].state == st.DONE
+    assert got["deep"].state == st.INVALID_CONFIG
+    assert "nested 100,000 levels deep" in got["deep"].detail
+    assert got["twice"].state == st.UNREADABLE
+    assert "key 'status' appears twice" in got["twice"].detail
+    args = ["--experiments-root", str(root), "--configs", str(configs)]
+    assert main(["status", *args]) == 0
+    assert main(["report", *args, "--out", str(tmp_path / "report")]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "RecursionError" not in err

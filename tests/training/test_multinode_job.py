@@ -3,9 +3,10 @@
 localhost only) train on the real Omniglot data.
 
 Two nodes against one process: the first meta-gradient (Adam's first moment after one
-step is 0.1 g) within 1e-6 (tests/tolerances.py), and every tensor of the learner (weights, rates, BN
-buffers, Adam state) within float summation order after each epoch (a process sums its
-tasks' gradients inside autograd, ranks through an all-reduce). Task ids per rank are
+step is 0.1 g) within 1e-6, and every tensor of the learner (weights, rates, BN buffers,
+Adam state) and every summary row within float32 summation order (tests/tolerances.py)
+after each epoch (a process sums its tasks' gradients inside autograd, ranks through an
+all-reduce). Task ids per rank are
 checked in-process in tests/training/test_distributed.py; equal meta-gradients here mean
 the same task set. Resume after a killed node is compared exactly with the same job
 left alone.
