@@ -249,3 +249,18 @@ def test_suite_root_whose_parent_is_missing_is_refused(tmp_path, capsys):
     # The root itself may be new: generate creates that one folder.
     assert main(["generate", "--suite", str(suite), "--suite-root", str(tmp_path / "new")]) == 0
     assert (tmp_path / "new" / "experiment_config").is_dir()
+
+
+def test_suite_root_naming_a_file_is_one_line(tmp_path, capsys):
+    """Issue 29: NotADirectoryError / FileExistsError tracebacks before."""
+    suite = write_suite(tmp_path)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine")
+    assert main(["generate", "--suite", str(suite), "--suite-root", str(blocker)]) == 2
+    err = capsys.readouterr().err
+    (line,) = err.strip().splitlines()
+    assert line == (
+        f"metasuite generate: error: {blocker}: is a file, not a folder; name a folder "
+        "(or a path that does not exist yet)"
+    )
+    assert blocker.read_text() == "mine"

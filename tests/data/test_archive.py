@@ -417,3 +417,23 @@ def test_unpacking_leaves_no_lock_file_beside_the_archive(
     archive = _copy(small_archive, tmp_path)
     unpack(archive, expected_files=240, quiet=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([archive.name, "omniglot_dataset"])
+
+
+def test_a_read_only_data_folder_holding_only_the_archive_is_one_line(
+    small_archive: Path, tmp_path: Path
+) -> None:
+    """Issue 29: an EROFS traceback before. Nothing can be unpacked beside the archive:
+    one line naming the folder (exit 2)."""
+    from disk_helpers import small_tmpfs
+    from metasuite.fsutil import NotWritableError
+
+    with small_tmpfs(tmp_path / "ro", "4m") as folder:
+        archive = _copy(small_archive, folder)
+        remount = subprocess.run(
+            ["mount", "-o", "remount,ro", str(folder)], capture_output=True, text=True
+        )
+        if remount.returncode != 0:
+            pytest.skip(f"cannot remount read-only here: {remount.stderr.strip()}")
+        with pytest.raises(NotWritableError, match=rf"^{folder}: cannot write here \(Read-only"):
+            unpack(archive, expected_files=240, quiet=True)
+        assert [p.name for p in folder.iterdir()] == [archive.name]

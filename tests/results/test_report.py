@@ -316,6 +316,20 @@ def test_read_only_experiments_root_is_one_line_naming_it(tmp_path, capsys):
         assert (tmp_path / "elsewhere" / "index.md").is_file()
 
 
+def test_report_out_naming_a_file_is_one_line(tmp_path, capsys):
+    """Issue 29: a FileExistsError traceback before."""
+    configs = tmp_path / "experiment_config"
+    cfg = make_config("omni_plus_5w1s_s0", 0)
+    write_experiment(tmp_path / "exp", cfg, status="paused", curves=[(0.5, 0.4)], generated=configs)
+    blocker = tmp_path / "results.md"
+    blocker.write_text("my notes")
+    args = ["report", "--experiments-root", str(tmp_path / "exp"), "--configs", str(configs)]
+    assert main([*args, "--quiet", "--out", str(blocker)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"metasuite report: error: {blocker}: is a file, not a folder")
+    assert blocker.read_text() == "my notes"
+
+
 def test_report_removes_only_its_own_stale_files(suite, tmp_path):
     """--out EXISTING: a re-run removes the plot and table of a group and data set that
     vanished (the report wrote them), and never a file the user put there."""

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
 from metasuite.errors import DatasetError
-from metasuite.fsutil import disk_full, flocked, fsync_dir, is_disk_full
+from metasuite.fsutil import disk_full, flocked, fsync_dir, is_disk_full, writing
 from metasuite.progress import progress_bar
 
 KNOWN_FILE_COUNTS: dict[str, int] = {
@@ -375,7 +375,9 @@ def unpack(
     if expected_files is None:
         expected_files = KNOWN_FILE_COUNTS.get(archive.name)
     fast = pbzip2_available() if use_pbzip2 is None else use_pbzip2
-    with _locked(archive):
+    # Every write of the unpack (lock, temp folder, files, rename) beside the archive:
+    # a read-only or full data folder is one line, not an OS traceback.
+    with writing(archive.parent), _locked(archive):
         for name in existing_names:
             if (archive.parent / name).is_dir():
                 return archive.parent / name

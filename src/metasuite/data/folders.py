@@ -40,7 +40,7 @@ from metasuite.data.images import IMAGE_SUFFIXES, RESAMPLE_NAME, decode_images
 from metasuite.data.layouts import Listing, detect_layout
 from metasuite.data.pickles import scan_pickles
 from metasuite.errors import ConfigError, DatasetError, DiskFullError
-from metasuite.fsutil import write_with_atomic
+from metasuite.fsutil import NotWritableError, write_with_atomic
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 CACHE_FORMAT = 1
@@ -466,8 +466,9 @@ def load_dataset(
 
     try:
         write_with_atomic(path, write)
-    except (OSError, DiskFullError) as exc:  # a read-only or full data folder still works,
-        # just slower next time: the pixels are in memory already
+    except (OSError, DiskFullError, NotWritableError) as exc:
+        # A read-only or full data folder still works, just slower next time: the pixels
+        # are in memory already.
         warnings.warn(f"{path}: cannot write the image cache ({exc})", UserWarning, stacklevel=2)
         state = f"not written ({getattr(exc, 'strerror', None) or exc})"
     return LoadedData(images, offsets, names, listing, path, state)
