@@ -249,6 +249,45 @@ def manifest_path(exp_dir: Path) -> Path:
     return Path(exp_dir) / MANIFEST_FILE
 
 
+_RUN_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "git": (dict,), "software": (dict,), "command": (dict,), "dataset": (dict,),
+    "seeds": (dict,), "resumed_from": (dict,), "devices": (list,), "warnings": (list,),
+    "notes": (list,), "changes_since_previous_run": (list,),
+    "run": (int,), "world_size": (int,), "pid": (int,),
+    "started": (str,), "ended": (str,), "status": (str,), "message": (str,),
+    "host": (str,), "config_hash": (str,), "meta_learner": (str,), "numerics": (dict,),
+    "forced_differences": (list,),
+}  # fmt: skip
+"""What each run's fields must be (None, or absent, is always allowed): a manifest edited
+by hand or written by something else is refused on reading, in one place, instead of
+crashing whichever reader (``show``, ``status``, a resume) touches the field first."""
+_RUN_ITEM_TYPES: dict[str, type] = {"devices": dict}
+_COMMAND_FIELD_TYPES: dict[str, tuple[type, ...]] = {"argv": (list,), "gpu_ids": (list,)}
+
+
+def _check_run_fields(runs: list[dict[str, Any]], path: Path) -> None:
+    """ValueError naming the run and field whose type is not the manifest's."""
+    for i, entry in enumerate(runs, 1):
+        for key, types in _RUN_FIELD_TYPES.items():
+            value = entry.get(key)
+            if value is not None and (
+                not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+            ):
+                raise ValueError(
+                    f"{path}: run #{i}: {key!r} must be {' or '.join(t.__name__ for t in types)}, "
+                    f"got {type(value).__name__}"
+                )
+        for key, item in _RUN_ITEM_TYPES.items():
+            if any(not isinstance(x, item) for x in entry.get(key) or []):
+                raise ValueError(f"{path}: run #{i}: every {key!r} entry must be {item.__name__}")
+        for key, types in _COMMAND_FIELD_TYPES.items():
+            value = (entry.get("command") or {}).get(key)
+            if value is not None and not isinstance(value, types):
+                raise ValueError(
+                    f"{path}: run #{i}: command {key!r} must be a list, got {type(value).__name__}"
+                )
+
+
 def read_manifest(exp_dir: Path) -> dict[str, Any] | None:
     """The manifest, or None when there is none. ValueError naming the file if corrupt."""
     path = manifest_path(exp_dir)
@@ -262,6 +301,7 @@ def read_manifest(exp_dir: Path) -> dict[str, Any] | None:
         raise ValueError(f'{path}: expected an object with a "runs" list')
     if not all(isinstance(run, dict) for run in data["runs"]):
         raise ValueError(f'{path}: every entry of "runs" must be an object')
+    _check_run_fields(data["runs"], path)
     return data
 
 
