@@ -201,6 +201,36 @@ def test_sigterm_checkpoints_and_exits_4(reference: dict[str, Any], tmp_path: Pa
     assert_same_as_reference(folder, reference)
 
 
+@pytest.mark.parametrize("site", ["validation", "test"])
+def test_a_stop_between_evaluation_batches_is_honoured_at_once_and_resumes_exactly(
+    reference: dict[str, Any], tmp_path: Path, site: str
+) -> None:
+    """Issue 29: a SIGTERM during validation or the test waited for the whole split (24-60
+    s seen; forever with a huge num_evaluation_tasks), and one during the test threw the
+    finished part away only after that. The SIGTERM arrives after the first batch (of
+    epoch 1's validation, of the first test model): the stop is honoured before the
+    second batch, and the rerun ends exactly as the uninterrupted run."""
+    config, root = write_config(tmp_path), tmp_path / "experiments"
+    folder = root / "tiny"
+    stopped = train(config, root, METASUITE_FAULT_TERM=f"{site}:1")
+    assert stopped.returncode == 4, stopped.stderr
+    state = read_json(folder / "state.json")
+    assert state["status"] == "interrupted" and "stopped by SIGTERM" in state["message"]
+    if site == "validation":
+        # Epoch 1's training is kept (a checkpoint at its last iteration), its validation
+        # was cut: no summary row yet, no epoch-end checkpoint.
+        assert summary_rows(folder) == []
+        newest = CheckpointStore(folder / "checkpoints").files()[-1]
+        assert newest.iteration == 6 and not newest.is_epoch_end
+    else:
+        assert "during the test" in state["message"] and "test again" in state["message"]
+        assert not (folder / "test_summary.json").exists()
+        assert summary_rows(folder) == reference["rows"]
+    resumed = train(config, root)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_as_reference(folder, reference)
+
+
 def test_pause_fallback_config_check_and_continue(
     reference: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -350,7 +380,7 @@ def test_damaged_older_epoch_checkpoint_is_recorded_as_an_incomplete_ensemble(
     assert ensemble["epochs"] == [best] and ensemble["left_out_epochs"] == [second]
     assert damaged.name in ensemble["left_out_reasons"][0]
     last = result.stderr.strip().splitlines()[-1]
-    assert "ENSEMBLE INCOMPLETE" in last and f"[{second}]" in last
+    assert "ENSEMBLE INCOMPLETE" in last and f"epochs [{second + 1}] left out" in last  # 1-based
     assert read_json(folder / "state.json")["ensemble_left_out"] == [second]
 
     env = train_env()
@@ -359,7 +389,7 @@ def test_damaged_older_epoch_checkpoint_is_recorded_as_an_incomplete_ensemble(
          str(root)], env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert status.returncode == 0, status.stderr
-    assert f"ensemble incomplete: epochs [{second}] left out" in status.stdout
+    assert f"ensemble incomplete: epochs [{second + 1}] left out" in status.stdout
     out = tmp_path / "report"
     report = subprocess.run(
         [*train_command(config=Path("-"), root=root)[:3], "report", "--experiments-root",
@@ -367,7 +397,7 @@ def test_damaged_older_epoch_checkpoint_is_recorded_as_an_incomplete_ensemble(
     )  # fmt: skip
     assert report.returncode == 0, report.stderr
     tables = "".join(p.read_text() for p in out.rglob("*.md"))
-    assert f"(incomplete: epochs [{second}] left out)" in tables
+    assert f"(incomplete: epochs [{second + 1}] left out)" in tables
 
 
 @pytest.mark.parametrize("after_s", [0.3, 1.5])

@@ -449,7 +449,7 @@ def paper_tables(groups: list[Group]) -> dict[str, tuple[list[str], list[list[st
 def _ensemble_text(score: TestScore | None) -> str:
     text = score_text(score)
     if score is not None and score.left_out:
-        text += f" (incomplete: epochs {list(score.left_out)} left out)"
+        text += f" (incomplete: epochs {[shown_epoch(e) for e in score.left_out]} left out)"
     return text
 
 

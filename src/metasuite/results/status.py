@@ -242,7 +242,8 @@ def read_status(
     message = "" if status == "done" else state.get("message") or ""
     left_out = state.get("ensemble_left_out")
     if status == "done" and isinstance(left_out, list) and left_out:
-        message = f"ensemble incomplete: epochs {left_out} left out (damaged checkpoints)"
+        shown = [shown_epoch(e) if isinstance(e, int) else e for e in left_out]
+        message = f"ensemble incomplete: epochs {shown} left out (damaged checkpoints)"
     pid = _int_or_none(state.get("pid"))
     state_host = state.get("host")
     detail = str(message)
