@@ -250,3 +250,24 @@ def test_status_and_report_list_a_deep_or_doubled_json_file_not_a_traceback(tmp_
     assert main(["report", *args, "--out", str(tmp_path / "report")]) == 0
     err = capsys.readouterr().err
     assert "Traceback" not in err and "RecursionError" not in err
+
+
+def test_left_out_ensemble_epochs_are_shown_1_based(tmp_path):
+    """Issue 29: "epochs [1]" (stored, 0-based) was shown beside the log's 1-based
+    "epoch 2 left out"; everything read by people counts from 1."""
+    from metasuite.results import report
+
+    root, configs = tmp_path / "exp", tmp_path / "cfg"
+    folder = write_experiment(
+        root, make_config("omni_s0", 0), status="done", curves=CURVES, test=TEST, generated=configs
+    )
+    state = json.loads((folder / "state.json").read_text())
+    (folder / "state.json").write_text(json.dumps({**state, "ensemble_left_out": [1]}))
+    summary = json.loads((folder / "test_summary.json").read_text())
+    summary["ensemble"]["left_out_epochs"] = [1]
+    (folder / "test_summary.json").write_text(json.dumps(summary))
+    assert "epochs [2] left out" in statuses(root, configs)["omni_s0"].detail
+    files = report.write_report(root, configs, tmp_path / "r", quiet=True)
+    tables = files.index.read_text() + (tmp_path / "r" / "results.md").read_text()
+    assert "(incomplete: epochs [2] left out)" in tables
+    assert "epochs [1] left out" not in tables
