@@ -84,7 +84,9 @@ class ExperimentLock:
         self.held = False
         self.took_over: dict[str, Any] | None = None
 
-    def _owner(self) -> dict[str, Any] | None:
+    def owner(self) -> dict[str, Any] | None:
+        """The lock file's record of its holder (pid, host, start time, since); None when
+        there is no lock, {} when it cannot be read."""
         try:
             return jsontext.loads(self.path.read_text())
         except FileNotFoundError:
@@ -102,7 +104,7 @@ class ExperimentLock:
             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         with flocked(self.folder, self.folder / GUARD_NAME):
-            owner = self._owner()
+            owner = self.owner()
             if owner is not None:
                 self._refuse_or_take_over(owner)
             tmp = self.folder / f".lock.{os.getpid()}.tmp"
@@ -134,7 +136,7 @@ class ExperimentLock:
         """Remove the lock if this process still owns it."""
         if not self.held:
             return
-        owner = self._owner()
+        owner = self.owner()
         if owner and owner.get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)
         self.held = False
