@@ -271,3 +271,21 @@ def test_left_out_ensemble_epochs_are_shown_1_based(tmp_path):
     tables = files.index.read_text() + (tmp_path / "r" / "results.md").read_text()
     assert "(incomplete: epochs [2] left out)" in tables
     assert "epochs [1] left out" not in tables
+
+
+def test_a_regenerated_config_that_differs_from_a_started_run_is_said(tmp_path, capsys):
+    """Issue 29: generate over a running or finished experiment's config changed
+    nothing visibly (run-suite skips a done one; the run keeps its config.json)."""
+    from metasuite.config import replace, save_config
+
+    root, configs = tmp_path / "exp", tmp_path / "cfg"
+    config = make_config("omni_s0", 0)
+    write_experiment(root, config, status="done", curves=CURVES, test=TEST, generated=configs)
+    assert statuses(root, configs)["omni_s0"].detail == ""
+    save_config(replace(config, meta_learning_rate=0.01), configs / "omni_s0.json")
+    got = statuses(root, configs)["omni_s0"]
+    assert got.state == st.DONE
+    assert got.detail.startswith("generated config differs from this run's config.json (")
+    assert "meta_learning_rate: 0.001 -> 0.01" in got.detail
+    assert main(["status", "--experiments-root", str(root), "--configs", str(configs)]) == 0
+    assert "generated config differs" in capsys.readouterr().out
