@@ -252,7 +252,7 @@ def manifest_path(exp_dir: Path) -> Path:
 _RUN_FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "git": (dict,), "software": (dict,), "command": (dict,), "dataset": (dict,),
     "seeds": (dict,), "resumed_from": (dict,), "devices": (list,), "warnings": (list,),
-    "notes": (list,), "changes_since_previous_run": (list,),
+    "notes": (list,), "changes_since_previous_run": (list,), "execution_changes": (list,),
     "run": (int,), "world_size": (int,), "pid": (int,),
     "started": (str,), "ended": (str,), "status": (str,), "message": (str,),
     "host": (str,), "config_hash": (str,), "meta_learner": (str,), "numerics": (dict,),
@@ -316,9 +316,12 @@ _COMPARED: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("cuDNN version", ("software", "cudnn"), True),
     ("dataset archive sha256", ("dataset", "archive_sha256"), True),
     ("class-split hash", ("dataset", "split_hash"), True),
-    ("backend (resolved)", ("numerics", "backend"), True),
-    ("precision", ("numerics", "precision"), True),
-    ("CPU thread count", ("numerics", "num_threads"), True),
+    # Said once by the resume itself (metasuite.training.runner.say_execution_changes);
+    # recorded here too, quietly.
+    ("backend (resolved)", ("numerics", "backend"), False),
+    ("precision", ("numerics", "precision"), False),
+    ("CPU thread count", ("numerics", "num_threads"), False),
+    ("world size", ("numerics", "world_size"), False),
     ("config hash", ("config_hash",), False),
     ("Python version", ("software", "python"), False),
     ("numpy version", ("software", "numpy"), False),
@@ -357,6 +360,7 @@ def start_run(
     resumed_from: Mapping[str, int] | None = None,
     numerics: Mapping[str, Any] | None = None,
     forced_differences: Sequence[str] = (),
+    execution_changes: Sequence[str] = (),
 ) -> RunRecord:
     """Append a run to ``exp_dir/manifest.json`` (creating it) and return it.
 
@@ -365,7 +369,9 @@ def start_run(
     ``{"epoch": 3, "iteration": 1500}`` (or a checkpoint's whole ``progress``) when
     continuing from a checkpoint. ``numerics``: the resolved backend, precision and
     thread count (:func:`metasuite.training.runtime.numerics`); ``forced_differences``:
-    what ``--force`` let differ from the run resumed. A previous run
+    what ``--force`` let differ from the run resumed; ``execution_changes``: how the
+    execution differs from the checkpoint resumed (backend, threads, world size: the
+    resume policy, :func:`metasuite.training.runtime.execution_changes`). A previous run
     that never finished (the process was killed) is marked ``"killed"``.
     """
     exp_dir = Path(exp_dir)
@@ -421,6 +427,7 @@ def start_run(
         else {k: int(resumed_from[k]) for k in ("epoch", "iteration") if k in resumed_from},
         "numerics": None if numerics is None else dict(numerics),
         "forced_differences": list(forced_differences),
+        "execution_changes": list(execution_changes),
         "changes_since_previous_run": [],
         "warnings": [],
         "notes": notes,
@@ -480,6 +487,7 @@ def recorded_run(
     argv: Sequence[str] | None = None,
     numerics: Mapping[str, Any] | None = None,
     forced_differences: Sequence[str] = (),
+    execution_changes: Sequence[str] = (),
 ) -> Iterator[RunRecord]:
     """Start a run, and make sure it gets an end: the block calls ``run.finish(status)``
     with its outcome; an exception records "failed" (or "interrupted" for Ctrl-C) with
@@ -493,6 +501,7 @@ def recorded_run(
         resumed_from=resumed_from,
         numerics=numerics,
         forced_differences=forced_differences,
+        execution_changes=execution_changes,
     )
     try:
         yield record

@@ -26,7 +26,6 @@ locks, decides and writes; the decision reaches the other ranks by broadcast.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sys
 import tempfile
@@ -56,7 +55,7 @@ from metasuite.training.lock import ExperimentLock
 from metasuite.training.manifest import recorded_run
 from metasuite.training.runtime import (
     configure,
-    numerics_differences,
+    execution_changes,
     seed_everything,
 )
 from metasuite.training.runtime import numerics as numerics_of
@@ -152,17 +151,32 @@ def _wipe(exp: ExperimentDir, store: CheckpointStore) -> None:
 def resume_differences(
     payload: dict[str, Any], config: ExperimentConfig, numerics: dict[str, Any] | None, source: str
 ) -> list[str]:
-    """Why ``config`` on this process would not continue the run saved in ``payload``:
-    changed training settings, and a changed resolved backend, precision or thread
-    count (:func:`~metasuite.training.runtime.numerics`). A checkpoint from before the
-    numerics were recorded is compared on the config's ``backend`` alone."""
+    """Why ``config`` would not continue the run saved in ``payload``: changed training
+    settings (refused without ``--force``). How the run is executed may change: see
+    :func:`say_execution_changes` (``numerics`` is accepted for the callers' symmetry)."""
     old = from_dict(payload["config"], source=source)
-    differences = training_differences(old, config)
-    if numerics is not None and payload.get("numerics"):
-        differences += numerics_differences(payload["numerics"], numerics)
-    elif old.backend != config.backend:
-        differences.append(f"backend: {json.dumps(old.backend)} -> {json.dumps(config.backend)}")
-    return differences
+    return training_differences(old, config)
+
+
+def say_execution_changes(
+    payload: dict[str, Any], numerics: dict[str, Any] | None, changed: list[str] | None
+) -> None:
+    """The one place the resume policy (:func:`~metasuite.training.runtime.execution_changes`)
+    is applied to how a run is executed: each change from the checkpoint is said once,
+    and appended to ``changed`` for the manifest."""
+    if numerics is None:
+        return
+    changes = execution_changes(payload.get("numerics"), numerics)
+    if not changes:
+        return
+    log.warning(
+        "resuming with other execution settings than the checkpoint: %s; they change the "
+        "order of float summation, so the results will match an uninterrupted run to float "
+        "precision, not bit for bit (recorded in manifest.json)",
+        "; ".join(changes),
+    )
+    if changed is not None:
+        changed.extend(changes)
 
 
 def choose_start(
@@ -173,11 +187,14 @@ def choose_start(
     force: bool,
     numerics: dict[str, Any] | None = None,
     forced: list[str] | None = None,
+    changed: list[str] | None = None,
 ) -> dict[str, Any] | None:
     """The checkpoint payload to resume from, or None for a fresh start (see module doc).
 
     ``numerics``: this process's (:func:`~metasuite.training.runtime.numerics`); the
-    differences ``force`` overrides are appended to ``forced`` for the manifest."""
+    differences ``force`` overrides are appended to ``forced``, the execution settings
+    that changed (:func:`~metasuite.training.runtime.execution_changes`) to ``changed``, for
+    the manifest."""
     mode = config.continue_from_epoch
     payload: dict[str, Any] | None = None
     source = ""
@@ -200,6 +217,7 @@ def choose_start(
         ckpt, payload = store.load_epoch(int(mode))
         source = ckpt.path.name
     differences = resume_differences(payload, config, numerics, f"{ckpt.path}")
+    say_execution_changes(payload, numerics, changed)
     if differences:
         listing = "; ".join(differences)
         if forced is not None:
@@ -277,7 +295,7 @@ def run_experiment(
             log.info("experiment already done; test results in %s", exp.test_summary_path)
             return Outcome.DONE
 
-        numerics = numerics_of(learner.backend, config.precision, device)
+        numerics = numerics_of(learner.backend, config.precision, device, world.world_size)
         learner, stop = shared(learner, local_stop, comm)
         builder = builder_class(
             config,
@@ -301,7 +319,14 @@ def run_experiment(
             return builder.test() if config.evaluate_on_test_set_only else builder.run()
         # What the manifest records: each CPU process, or this rank's GPU.
         used = [device] * world.world_size if device.type == "cpu" else [device]
-        return _recorded(builder, payload, devices=used, tasks=tasks, forced=start["forced"])
+        return _recorded(
+            builder,
+            payload,
+            devices=used,
+            tasks=tasks,
+            forced=start["forced"],
+            changed=start["changed"],
+        )
 
 
 def _tasks(config: ExperimentConfig, *, quiet: bool) -> Any:
@@ -338,7 +363,7 @@ def _open_as_writer(
         tasks = _tasks(config, quiet=quiet)
     # Built before the folder is touched: a setting the learner refuses is a user error.
     learner = _learner(config, device)
-    numerics = numerics_of(learner.backend, config.precision, device)
+    numerics = numerics_of(learner.backend, config.precision, device, comm.ctx.world_size)
     store = CheckpointStore(exp.checkpoints)
     if not exp.path.exists():
         # Nothing to resume or test yet: a start that needs a checkpoint (a test-only
@@ -354,12 +379,13 @@ def _open_as_writer(
     if comm.ctx.world_size > 1:
         where = f"{comm.ctx.world_size} processes ({device}, {comm.backend})"
     log.info("experiment %s in %s on %s", config.experiment_name, exp.path, where)
-    payload, forced = _decide_start(config, exp, store, force=force, numerics=numerics)
+    payload, forced, changed = _decide_start(config, exp, store, force=force, numerics=numerics)
+    start = {"payload": payload, "done": False, "forced": forced, "changed": changed}
     if config.evaluate_on_test_set_only:
         log.info("evaluate_on_test_set_only: testing checkpoints of %s", exp.path)
-        return {"payload": payload, "done": False, "forced": forced}, tasks, learner
-    done = payload is not None and _already_done(exp, payload, config)
-    return {"payload": payload, "done": done, "forced": forced}, tasks, learner
+        return start, tasks, learner
+    start["done"] = payload is not None and _already_done(exp, payload, config)
+    return start, tasks, learner
 
 
 def _decide_start(
@@ -369,13 +395,20 @@ def _decide_start(
     *,
     force: bool,
     numerics: dict[str, Any],
-) -> tuple[dict[str, Any] | None, list[str]]:
-    """The payload to start from and the differences ``force`` let through."""
+) -> tuple[dict[str, Any] | None, list[str], list[str]]:
+    """The payload to start from, the differences ``force`` let through and the
+    execution settings that changed (:func:`~metasuite.training.runtime.execution_changes`)."""
     forced: list[str] = []
+    changed: list[str] = []
     if config.evaluate_on_test_set_only:
-        return checkpoint_to_test(config, exp, store, force=force, numerics=numerics), forced
-    payload = choose_start(config, exp, store, force=force, numerics=numerics, forced=forced)
-    return payload, forced
+        payload = checkpoint_to_test(
+            config, exp, store, force=force, numerics=numerics, changed=changed
+        )
+        return payload, forced, changed
+    payload = choose_start(
+        config, exp, store, force=force, numerics=numerics, forced=forced, changed=changed
+    )
+    return payload, forced, changed
 
 
 def _recorded(
@@ -385,6 +418,7 @@ def _recorded(
     devices: list[torch.device],
     tasks: Any,
     forced: list[str],
+    changed: list[str],
 ) -> Outcome:
     """The writer's part of the loop (restored from ``payload`` already, if any) as one
     run of the manifest: the test alone (evaluate_on_test_set_only), or training.
@@ -394,7 +428,12 @@ def _recorded(
     exp, config = builder.exp, builder.cfg
     if config.evaluate_on_test_set_only:
         with recorded_run(
-            exp.path, config, devices=devices, tasks=tasks, numerics=builder.numerics
+            exp.path,
+            config,
+            devices=devices,
+            tasks=tasks,
+            numerics=builder.numerics,
+            execution_changes=changed,
         ) as run:
             return run.ended_with(builder.test())
     if payload is not None:
@@ -410,6 +449,7 @@ def _recorded(
         resumed_from=resumed,
         numerics=builder.numerics,
         forced_differences=forced,
+        execution_changes=changed,
     ) as run:
         return run.ended_with(builder.run())
 
@@ -448,6 +488,7 @@ def checkpoint_to_test(
     *,
     force: bool,
     numerics: dict[str, Any] | None = None,
+    changed: list[str] | None = None,
 ) -> dict[str, Any]:
     """evaluate_on_test_set_only: the newest checkpoint, whose training settings must
     match ``config`` (unless ``force``); a user error when nothing was trained yet."""
@@ -456,6 +497,7 @@ def checkpoint_to_test(
         raise UserError(f"evaluate_on_test_set_only: no checkpoints in {store.folder}; train first")
     ckpt, payload = found
     differences = resume_differences(payload, config, numerics, str(ckpt.path))
+    say_execution_changes(payload, numerics, changed)
     if differences and not force:
         raise UserError(
             f"{exp.path}: the config differs from the trained run in: "
