@@ -422,3 +422,19 @@ def test_sigterm_during_start_up_stops_cleanly_with_exit_4(
     assert "stopped by SIGTERM" in stderr
     state = read_json(root / "tiny" / "state.json")
     assert state["status"] == "interrupted" and "during start-up" in state["message"]
+
+
+def test_a_warning_on_resume_is_printed_once_and_kept_in_the_log(
+    tmp_path: Path, omniglot_folder: Path
+) -> None:
+    """Issue 29: a damaged manifest on resume (and a changed class split, through the
+    same path) was printed twice: as a Python warning and as a log line."""
+    root = tmp_path / "experiments"
+    folder = root / "tiny"
+    config = write_config(tmp_path, total_epochs_before_pause=1, total_epochs=2)
+    assert train(config, root).returncode == 3
+    (folder / "manifest.json").write_text("{broken")
+    resumed = train(config, root)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stderr.count("previous manifest unreadable") == 1, resumed.stderr
+    assert (folder / "logs" / "train.log").read_text().count("previous manifest unreadable") == 1

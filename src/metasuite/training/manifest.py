@@ -349,6 +349,18 @@ def compare_runs(previous: Mapping[str, Any], current: Mapping[str, Any]) -> lis
     return out
 
 
+FILE_ONLY = "metasuite_file_only"
+"""A log record carrying this attribute (``extra={FILE_ONLY: True}``) goes to the
+experiment's log file only: its text already reached the console another way."""
+
+
+def _warn(message: str) -> None:
+    """Once on the console (a Python warning: callers and tests can catch it) and once
+    in the experiment's log file, never twice on the console."""
+    warnings.warn(message, ReproducibilityWarning, stacklevel=3)
+    log.warning(message, extra={FILE_ONLY: True})
+
+
 def start_run(
     exp_dir: Path,
     config: ExperimentConfig,
@@ -384,8 +396,7 @@ def start_run(
         )
         os.replace(manifest_path(exp_dir), kept)
         notes.append(f"previous manifest unreadable ({exc}); kept as {kept.name}")
-        warnings.warn(notes[-1], ReproducibilityWarning, stacklevel=2)
-        log.warning(notes[-1])
+        _warn(notes[-1])
         manifest = None
     if manifest is None:
         manifest = {"format": FORMAT, "experiment_name": config.experiment_name, "runs": []}
@@ -448,8 +459,7 @@ def start_run(
             "uninterrupted run (recorded in manifest.json)"
         )
         entry["warnings"].append(message)
-        warnings.warn(message, ReproducibilityWarning, stacklevel=2)
-        log.warning(message)
+        _warn(message)
     runs.append(entry)
     _write(exp_dir, manifest)
     return RunRecord(exp_dir, len(runs) - 1, entry, list(entry["warnings"]))

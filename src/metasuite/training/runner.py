@@ -52,7 +52,7 @@ from metasuite.training.distributed import (
 )
 from metasuite.training.experiment_dir import ExperimentDir
 from metasuite.training.lock import ExperimentLock
-from metasuite.training.manifest import recorded_run
+from metasuite.training.manifest import FILE_ONLY, recorded_run
 from metasuite.training.runtime import (
     configure,
     execution_changes,
@@ -70,6 +70,8 @@ class _TqdmHandler(logging.Handler):
     """Log lines on stderr that do not tear progress bars apart."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, FILE_ONLY, False):
+            return  # shown on the console already, as a warning
         try:
             progress.write(self.format(record), file=sys.stderr)
         except Exception:  # pragma: no cover - logging must never raise
