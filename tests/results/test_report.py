@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from metasuite.cli import main
+from metasuite.errors import UserError
 from metasuite.results import report
 from synthetic_experiments import MAML, dead_pid, make_config, write_experiment
 
@@ -423,3 +424,21 @@ def test_meta_learners_are_their_own_groups_in_a_method_by_setting_table(tmp_pat
     for row, method in zip(ensemble, methods, strict=True):
         for col, way in ((2, 5), (3, 20)):
             assert row[col].startswith(f"{100 * accuracies[(method, way)]:.2f}%"), (method, way)
+
+
+def test_report_out_overwrites_only_what_a_report_wrote(suite, tmp_path):
+    """Issue 29: a user's own results.md in --out was overwritten (other files were
+    kept). Refused up front, one line, nothing written; a report's own files are
+    rewritten as before."""
+    root, configs = suite
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "results.md").write_text("my notes")
+    with pytest.raises(UserError, match=r"results\.md: not written by metasuite report"):
+        report.write_report(root, configs, out, quiet=True)
+    assert sorted(p.name for p in out.iterdir()) == ["results.md"]
+    assert (out / "results.md").read_text() == "my notes"
+    (out / "results.md").unlink()
+    first = report.write_report(root, configs, out, quiet=True)
+    again = report.write_report(root, configs, out, quiet=True)  # its own files: rewritten
+    assert again.results_md.read_text() == first.results_md.read_text() != "my notes"
