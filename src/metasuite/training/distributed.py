@@ -70,6 +70,7 @@ from metasuite.training.nodes import (
     ONE_NODE,
     RDZV_TIMEOUT_ENV,
     Nodes,
+    check_host_resolves,
     rdzv_timeout_seconds,
     torchrun_options,
 )
@@ -494,6 +495,7 @@ def launch(
         return ExitCode.STOPPED
     multi = nodes.count > 1
     rdzv_timeout = rdzv_timeout_seconds() if multi else 0
+    check_host_resolves(nodes)
     with tempfile.TemporaryDirectory(prefix="metasuite-launch-") as tmp:
         folder = Path(tmp)
         env = dict(os.environ, **{LAUNCH_DIR_ENV: tmp})
