@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -30,8 +31,11 @@ EXTRACTORS = [
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
+    """The unpacked files, less the record the unpack adds (archive_mod.UNPACKED_RECORD)."""
     return {
-        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != archive_mod.UNPACKED_RECORD
     }
 
 
@@ -59,6 +63,8 @@ def test_both_extractors_give_the_same_tree(
     tree = _tree(folder)
     assert len(tree) == 240
     assert all(data == (omniglot_folder / rel).read_bytes() for rel, data in tree.items())
+    record = (folder / archive_mod.UNPACKED_RECORD).read_text()
+    assert json.loads(record) == {"archive": "small.tar.bz2", "files": 240}
     visible = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
     assert visible == ["omniglot_dataset", "small.tar.bz2"]
 
@@ -244,6 +250,8 @@ def test_every_format_unpacks_to_the_same_tree_named_after_the_archive(
     tree = _tree(folder)
     assert len(tree) == 240
     assert all(data == (omniglot_folder / rel).read_bytes() for rel, data in tree.items())
+    record = (folder / archive_mod.UNPACKED_RECORD).read_text()
+    assert json.loads(record) == {"archive": archive.name, "files": 240}
     assert not list(tmp_path.glob(".mine*.unpacking"))
 
 
