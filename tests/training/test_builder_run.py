@@ -438,3 +438,49 @@ def test_a_warning_on_resume_is_printed_once_and_kept_in_the_log(
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stderr.count("previous manifest unreadable") == 1, resumed.stderr
     assert (folder / "logs" / "train.log").read_text().count("previous manifest unreadable") == 1
+
+
+def test_resuming_an_unknown_data_set_with_other_classes_is_refused(tmp_path: Path) -> None:
+    """Issue 29: an unknown data set (no archive, no known size) that lost a class
+    between a pause and the resume trained on with exit 0; its class split must match
+    the one the manifest recorded. --force lets it through, recorded."""
+    import json
+    import sys
+
+    from data_helpers import class_arrays
+
+    data_root = tmp_path / "data"
+    class_arrays(data_root / "quickdraw", 12, per_class=6)
+    config = {
+        "experiment_name": "qd_tiny", "dataset_name": "quickdraw", "dataset_path": "quickdraw",
+        "image_height": 28, "image_width": 28, "image_channels": 1,
+        "train_val_test_split": [0.5, 0.25, 0.25], "num_classes_per_set": 3,
+        "num_samples_per_class": 1, "num_target_samples": 1, "cnn_num_filters": 4,
+        "number_of_training_steps_per_iter": 1, "number_of_evaluation_steps_per_iter": 1,
+        "total_epochs": 2, "total_epochs_before_pause": 1, "total_iter_per_epoch": 2,
+        "num_evaluation_tasks": 2, "batch_size": 2, "backend": "loop",
+        "num_dataprovider_workers": 0,
+    }  # fmt: skip
+    path = tmp_path / "qd.json"
+    path.write_text(json.dumps(config))
+    root = tmp_path / "exp"
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "metasuite", "train", "--config", str(path), "--gpus",
+             "cpu", "--experiments-root", str(root), "--quiet", *extra],
+            capture_output=True, text=True, timeout=300,
+            env=train_env(DATASET_DIR=str(data_root)),
+        )  # fmt: skip
+
+    assert run().returncode == 3
+    next(iter(sorted((data_root / "quickdraw").glob("*.np*")))).unlink()
+    refused = run()
+    assert refused.returncode == 2, refused.stderr
+    (line,) = [x for x in refused.stderr.splitlines() if "error:" in x]
+    assert "the data set's classes differ from those of the run being resumed" in line
+    assert read_json(root / "qd_tiny" / "state.json")["status"] == "paused"
+    forced = run("--force")
+    assert forced.returncode == 0, forced.stderr
+    last = read_json(root / "qd_tiny" / "manifest.json")["runs"][-1]
+    assert any(d.startswith("class-split hash: ") for d in last["forced_differences"])

@@ -218,6 +218,25 @@ def dataset_info(config: ExperimentConfig, tasks: Any = None) -> DatasetInfo:
     )
 
 
+def class_split_change(exp_dir: Path, tasks: Any) -> str | None:
+    """``"class-split hash X -> Y"`` when the data's class split (``tasks.split_hash``)
+    differs from the one the manifest's last run recorded; None when equal or unknown.
+    An unknown data set has no archive to be checked against, so what it held when the
+    run began (the manifest) is what a resume must find again."""
+    current = getattr(tasks, "split_hash", None)
+    try:
+        manifest = read_manifest(Path(exp_dir))
+    except ValueError:
+        return None
+    if not current or manifest is None:
+        return None
+    for run in reversed(manifest["runs"]):
+        recorded = (run.get("dataset") or {}).get("split_hash")
+        if recorded:
+            return None if recorded == current else f"class-split hash: {recorded} -> {current}"
+    return None
+
+
 # ------------------------------------------------------------------ the manifest
 
 
@@ -715,6 +734,7 @@ __all__ = [
     "DatasetInfo",
     "ReproducibilityWarning",
     "RunRecord",
+    "class_split_change",
     "config_diff",
     "dataset_info",
     "finish_run",

@@ -37,7 +37,7 @@ import torch
 
 from metasuite import progress
 from metasuite.config import ExperimentConfig, from_dict, training_differences
-from metasuite.errors import UserError
+from metasuite.errors import DatasetError, UserError
 from metasuite.fsutil import is_disk_full
 from metasuite.training.builder import Builder, Outcome
 from metasuite.training.checkpoint import CheckpointStore
@@ -52,7 +52,7 @@ from metasuite.training.distributed import (
 )
 from metasuite.training.experiment_dir import ExperimentDir
 from metasuite.training.lock import ExperimentLock
-from metasuite.training.manifest import FILE_ONLY, recorded_run
+from metasuite.training.manifest import FILE_ONLY, class_split_change, recorded_run
 from metasuite.training.runtime import (
     configure,
     execution_changes,
@@ -382,12 +382,31 @@ def _open_as_writer(
         where = f"{comm.ctx.world_size} processes ({device}, {comm.backend})"
     log.info("experiment %s in %s on %s", config.experiment_name, exp.path, where)
     payload, forced, changed = _decide_start(config, exp, store, force=force, numerics=numerics)
+    if payload is not None:
+        _check_same_classes(exp, tasks, force=force, forced=forced)
     start = {"payload": payload, "done": False, "forced": forced, "changed": changed}
     if config.evaluate_on_test_set_only:
         log.info("evaluate_on_test_set_only: testing checkpoints of %s", exp.path)
         return start, tasks, learner
     start["done"] = payload is not None and _already_done(exp, payload, config)
     return start, tasks, learner
+
+
+def _check_same_classes(exp: ExperimentDir, tasks: Any, *, force: bool, forced: list[str]) -> None:
+    """A resume must find the classes the run began with (class folders added or removed
+    change the split and every task): refused unless ``force``, which is recorded."""
+    change = class_split_change(exp.path, tasks)
+    if change is None:
+        return
+    if not force:
+        raise DatasetError(
+            f"{exp.path}: the data set's classes differ from those of the run being resumed "
+            f"({change}, recorded in manifest.json): a class folder added or removed changes "
+            "every task; restore the data set, start from scratch (continue_from_epoch "
+            '"from_scratch") or use --force'
+        )
+    log.warning("--force: resuming on other classes than the run began with (%s)", change)
+    forced.append(change)
 
 
 def _decide_start(
