@@ -435,16 +435,19 @@ def test_colour_omniglot_is_refused_before_decoding(omniglot_config: ExperimentC
         load_splits(replace(omniglot_config, image_channels=3))
 
 
+@pytest.mark.parametrize("left", [0, 60_000], ids=["full", "full-mid-write"])
 def test_a_cache_that_does_not_fit_on_the_disk_is_a_warning(
-    omniglot_folder: Path, omniglot_config: ExperimentConfig, tmp_path: Path
+    omniglot_folder: Path, omniglot_config: ExperimentConfig, tmp_path: Path, left: int
 ) -> None:
     """The pixels are decoded already: a full disk costs the cache (a warning saying so),
-    not the run."""
+    not the run. Filling up mid-write, torch.save raises RuntimeError, not OSError (issue
+    29: a 50-line traceback): the one classification of write faults still says "no
+    space left"."""
     from disk_helpers import fill, small_tmpfs
 
     with small_tmpfs(tmp_path / "small", "2m") as root:
         count = omniglot_subset(omniglot_folder, root / "omniglot_dataset")
-        fill(root)
+        fill(root, leave_bytes=left)
         config = replace(omniglot_config, num_dataprovider_workers=0)
         with pytest.warns(UserWarning, match="cannot write the image cache .*no space left"):
             images, _, _ = load_images(config, root / "omniglot_dataset", quiet=True)
