@@ -329,11 +329,12 @@ def _check_size(c: ExperimentConfig, source: str) -> None:
         c.num_stages * c.cnn_blocks_per_stage,
         c.num_classes_per_set,
     )
-    h, w = c.image_height, c.image_width
-    if c.max_pooling:
-        h, w = h >> c.num_stages, w >> c.num_stages
     conv = 9 * c.image_channels * f + 9 * f * f * (blocks - 1)
-    head = f * max(h, 1) * max(w, 1) * ways
+    if c.max_pooling:  # the head sees the map left after one 2x2 pooling per stage
+        head = f * max(c.image_height >> c.num_stages, 1) * max(c.image_width >> c.num_stages, 1)
+    else:  # strided convolutions, then a global average pool
+        head = f
+    head *= ways
     parameters = conv + head + 2 * f * blocks
     if parameters > MAX_PARAMETERS:
         raise ConfigError(
