@@ -261,3 +261,9 @@ def test_a_naming_pattern_giving_long_names_is_refused(tmp_path):
     text = TINY_SUITE.replace('naming = "{{ method }}', "naming = \"{{ 'x' * 300 }}{{ method }}")
     with pytest.raises(ConfigError, match=r"suite.naming gives 'x+.*must be at most 128"):
         expand(load_suite(write_suite(tmp_path, text)))
+
+
+def test_a_deeply_nested_suite_file_is_one_line(tmp_path):
+    text = TINY_SUITE.replace("shot = [1]", "shot = " + "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match=r"suite\.toml: arrays or tables nested too deeply"):
+        load_suite(write_suite(tmp_path, text))

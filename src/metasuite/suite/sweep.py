@@ -252,6 +252,8 @@ def load_suite(path: str | Path | None = None, root: str | Path | None = None) -
         raise ConfigError(f"{src}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{src}: not valid TOML ({exc})") from None
+    except RecursionError:  # tomllib parses nested arrays recursively
+        raise ConfigError(f"{src}: arrays or tables nested too deeply to read") from None
     for key in raw:
         if key not in _TOP_KEYS:
             raise ConfigError(
