@@ -285,3 +285,17 @@ def test_a_manifest_field_of_the_wrong_type_is_a_corrupt_manifest(
     with pytest.warns(mf.ReproducibilityWarning, match="previous manifest unreadable"):
         record = _start(folder, make_config("omni_s0", 0))
     assert record.entry["run"] == 1
+
+
+def test_show_lists_what_a_resume_changed_and_what_force_let_through(shown, capsys):
+    root, configs, folder = shown
+    record = _start(folder, make_config("omni_s0", 0))
+    record.finish("paused", "")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["runs"][-1]["execution_changes"] = ["world_size: 1 -> 2"]
+    manifest["runs"][-1]["forced_differences"] = ["meta_learning_rate: 0.001 -> 0.002"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert _show("omni_s0", root, configs) == 0
+    out = capsys.readouterr().out
+    assert "resumed on:  world_size: 1 -> 2 (execution" in out
+    assert "--force:     meta_learning_rate: 0.001 -> 0.002" in out

@@ -623,6 +623,10 @@ def format_manifest(manifest: Mapping[str, Any]) -> str:
         )
         for change in entry.get("changes_since_previous_run") or []:
             lines.append(f"  changed:     {change}")
+        for change in entry.get("execution_changes") or []:
+            lines.append(f"  resumed on:  {change} (execution; float summation order)")
+        for change in entry.get("forced_differences") or []:
+            lines.append(f"  --force:     {change}")
         for warning in entry.get("warnings") or []:
             lines.append(f"  WARNING:     {warning}")
         for note in entry.get("notes") or []:
