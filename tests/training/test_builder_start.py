@@ -328,6 +328,20 @@ def test_a_resume_may_change_how_the_run_executes_and_says_so_once(
     assert unchanged == [] and not caplog.records
 
 
+def test_an_older_checkpoint_without_numerics_is_compared_on_the_config_backend(
+    folder, caplog
+) -> None:
+    exp, store = folder
+    changed: list[str] = []
+    grouped = _numerics(backend="grouped")
+    with caplog.at_level("WARNING", logger="metasuite"):
+        payload = choose_start(
+            _config(backend="grouped"), exp, store, force=False, numerics=grouped, changed=changed
+        )
+    assert payload is not None and changed == ["backend: loop -> grouped"]
+    assert any("backend: loop -> grouped" in r.getMessage() for r in caplog.records)
+
+
 def test_a_changed_precision_is_a_training_setting_refused_unless_forced(folder) -> None:
     exp, store = folder
     with pytest.raises(UserError, match=r'precision: "fp32" -> "bf16"\. Use --force'):

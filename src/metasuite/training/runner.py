@@ -150,25 +150,30 @@ def _wipe(exp: ExperimentDir, store: CheckpointStore) -> None:
         log.info("starting from scratch: deleted %d old checkpoints", removed)
 
 
-def resume_differences(
-    payload: dict[str, Any], config: ExperimentConfig, numerics: dict[str, Any] | None, source: str
-) -> list[str]:
-    """Why ``config`` would not continue the run saved in ``payload``: changed training
-    settings (refused without ``--force``). How the run is executed may change: see
-    :func:`say_execution_changes` (``numerics`` is accepted for the callers' symmetry)."""
-    old = from_dict(payload["config"], source=source)
-    return training_differences(old, config)
+def resume_differences(payload: dict[str, Any], config: ExperimentConfig, source: str) -> list[str]:
+    """Why ``config`` would not continue the run saved in ``payload``: its changed
+    training settings (refused without ``--force``). How the run is executed may change:
+    :func:`say_execution_changes`."""
+    return training_differences(from_dict(payload["config"], source=source), config)
 
 
 def say_execution_changes(
-    payload: dict[str, Any], numerics: dict[str, Any] | None, changed: list[str] | None
+    payload: dict[str, Any],
+    config: ExperimentConfig,
+    numerics: dict[str, Any] | None,
+    changed: list[str] | None,
 ) -> None:
     """The one place the resume policy (:func:`~metasuite.training.runtime.execution_changes`)
     is applied to how a run is executed: each change from the checkpoint is said once,
-    and appended to ``changed`` for the manifest."""
+    and appended to ``changed`` for the manifest. A checkpoint from before the numerics
+    were recorded is compared on the config's ``backend``."""
     if numerics is None:
         return
-    changes = execution_changes(payload.get("numerics"), numerics)
+    if payload.get("numerics"):
+        changes = execution_changes(payload["numerics"], numerics)
+    else:
+        old = from_dict(payload["config"], source="checkpoint").backend
+        changes = [] if old == config.backend else [f"backend: {old} -> {config.backend}"]
     if not changes:
         return
     log.warning(
@@ -218,8 +223,8 @@ def choose_start(
     else:
         ckpt, payload = store.load_epoch(int(mode))
         source = ckpt.path.name
-    differences = resume_differences(payload, config, numerics, f"{ckpt.path}")
-    say_execution_changes(payload, numerics, changed)
+    differences = resume_differences(payload, config, f"{ckpt.path}")
+    say_execution_changes(payload, config, numerics, changed)
     if differences:
         listing = "; ".join(differences)
         if forced is not None:
@@ -517,8 +522,8 @@ def checkpoint_to_test(
     if found is None:
         raise UserError(f"evaluate_on_test_set_only: no checkpoints in {store.folder}; train first")
     ckpt, payload = found
-    differences = resume_differences(payload, config, numerics, str(ckpt.path))
-    say_execution_changes(payload, numerics, changed)
+    differences = resume_differences(payload, config, str(ckpt.path))
+    say_execution_changes(payload, config, numerics, changed)
     if differences and not force:
         raise UserError(
             f"{exp.path}: the config differs from the trained run in: "
