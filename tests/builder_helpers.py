@@ -55,7 +55,7 @@ def train_env(**extra: str) -> dict[str, str]:
     """One intra-op thread: runs being compared must use the same thread count, and the
     CI machine is shared."""
     env = dict(os.environ, METASUITE_NUM_THREADS="1")
-    for key in ("METASUITE_FAULT", "METASUITE_FAULT_SLEEP"):
+    for key in ("METASUITE_FAULT", "METASUITE_FAULT_SLEEP", "METASUITE_FAULT_TERM"):
         env.pop(key, None)
     env.update(extra)
     return env

@@ -149,6 +149,10 @@ def test_wrong_type_names_file_key_and_expectation(
         ({"image_channels": 2}, "image_channels"),
         ({"indexes_of_folders_indicating_class": [2]}, "indexes_of_folders_indicating_class"),
         ({"indexes_of_folders_indicating_class": []}, "indexes_of_folders_indicating_class"),
+        (
+            {"indexes_of_folders_indicating_class": [-(10**9)]},
+            "indexes_of_folders_indicating_class",
+        ),
         ({"continue_from_epoch": -3}, "continue_from_epoch"),
         ({"image_height": 8, "image_width": 8}, "num_stages"),
         ({"experiment_name": "a/b"}, "experiment_name"),
@@ -465,3 +469,94 @@ def test_finetune_keys_belong_to_the_baselines_and_are_written_only_when_set() -
     for key, bad in (("finetune_steps", 0), ("finetune_learning_rate", 0), ("cosine_scale", -1)):
         with pytest.raises(ConfigError, match=f"{key} must be"):
             from_dict({**base, key: bad})
+
+
+# ------------------------------------------------------------------ limits (issue 29)
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("total_epochs", 10**30),
+        ("num_evaluation_tasks", 10**12),
+        ("cnn_num_filters", 10**9),
+        ("total_iter_per_epoch", 10**12),
+        ("batch_size", 10**6),
+        ("number_of_training_steps_per_iter", 10**6),
+        ("num_classes_per_set", 10**7),
+        ("max_images_per_class", 10**12),
+        ("continue_from_epoch", 10**18),
+    ],
+)
+def test_every_count_has_an_upper_bound(tmp_path: Path, key: str, value: int) -> None:
+    path = _write(tmp_path, {key: value})
+    with pytest.raises(ConfigError, match=rf"^{path}: {key} must be an integer <= [\d,]+, got"):
+        load_config(path)
+
+
+def test_every_integer_field_is_bounded_above() -> None:
+    """A new count without an upper bound fails here, not in a user's allocation."""
+    from metasuite.config import _HINTS, AT_MOST
+
+    # Bounded by their own rules: seeds in [0, 2**63), channels 1 or 3, folder indexes
+    # in [-64, 0).
+    own_rule = {"train_seed", "val_seed", "test_seed", "image_channels"}
+    own_rule.add("indexes_of_folders_indicating_class")
+    counts = {
+        f.name
+        for f in fields(ExperimentConfig)
+        if f.name not in own_rule and "int" in str(_HINTS[f.name]) and f.name in _HINTS
+    }
+    assert counts - set(AT_MOST) == set()
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"cnn_num_filters": 8192, "num_stages": 4}, r"network of about [\d,]+ parameters"),
+        (
+            {"batch_size": 4096, "num_classes_per_set": 1000, "num_samples_per_class": 100},
+            r"values per meta-batch; at most",
+        ),
+    ],
+)
+def test_counts_that_multiply_past_memory_are_refused_up_front(
+    tmp_path: Path, changes: dict, words: str
+) -> None:
+    path = _write(tmp_path, changes)
+    with pytest.raises(ConfigError, match=rf"^{path}: .*{words}"):
+        load_config(path)
+
+
+def test_the_largest_published_settings_stay_accepted() -> None:
+    # mini-ImageNet 84x84x3, 48 filters, 5-way 5-shot 15 queries, batch 4; Omniglot
+    # 20-way with 64 filters and 600 evaluation tasks; 150 epochs of 500 iterations.
+    for changes in (
+        dict(image_height=84, image_width=84, image_channels=3, cnn_num_filters=48,
+             num_samples_per_class=5, num_target_samples=15, batch_size=4),
+        dict(num_classes_per_set=20, cnn_num_filters=64, num_evaluation_tasks=600,
+             total_epochs=150, total_iter_per_epoch=500, batch_size=16),
+    ):  # fmt: skip
+        from_dict(changes)
+
+
+# ------------------------------------------------------------------ strict JSON (issue 29)
+def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "twice.json"
+    path.write_text('{"batch_size": 2, "train_seed": 1, "batch_size": 8}')
+    with pytest.raises(ConfigError, match=rf"^{path}: key 'batch_size' appears twice"):
+        load_config(path)
+
+
+def test_deep_nesting_is_one_line_not_a_recursion_error(tmp_path: Path) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match=rf"^{path}: nested 100,000 levels deep; at most"):
+        load_config(path)
+
+
+def test_long_experiment_names_are_refused_where_names_are_checked() -> None:
+    from metasuite.config import MAX_EXPERIMENT_NAME_LENGTH, is_experiment_name
+
+    assert is_experiment_name("a" * MAX_EXPERIMENT_NAME_LENGTH)
+    assert not is_experiment_name("a" * (MAX_EXPERIMENT_NAME_LENGTH + 1))
+    with pytest.raises(ConfigError, match=r"experiment_name must be at most 128 letters"):
+        from_dict({"experiment_name": "x" * 256})

@@ -1,7 +1,7 @@
 """The package's layers, guarded: every module imports on its own, no import cycles, and
 imports run only down the layer order.
 
-    base (errors, config, fsutil, progress, selection, stats, text, the package itself)
+    base (errors, config, fsutil, jsontext, progress, selection, stats, text, the package)
       <- data <- learner <- training <- {suite, results} <- commands <- entry (cli, __main__)
 
 suite and results sit side by side and do not import each other; base modules import
@@ -32,7 +32,9 @@ import metasuite
 PACKAGE = "metasuite"
 SRC = Path(metasuite.__file__).parent
 
-BASE_MODULES = frozenset({"errors", "config", "fsutil", "progress", "selection", "stats", "text"})
+BASE_MODULES = frozenset(
+    {"errors", "config", "fsutil", "jsontext", "progress", "selection", "stats", "text"}
+)
 PACKAGE_LAYERS = {"data": 1, "learner": 2, "training": 3, "suite": 4, "results": 4, "commands": 5}
 ENTRY_MODULES = frozenset({"cli", "__main__"})
 ENTRY_LAYER = 6

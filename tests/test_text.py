@@ -17,6 +17,7 @@ from metasuite.text import plural
         (2, "class", "2 classes"),
         (2, "GPU", "2 GPUs"),
         (2, "batch", "2 batches"),
+        (2, "epoch", "2 epochs"),  # issue 29: was "2 epoches"
     ],
 )
 def test_plural(count, noun, expected):

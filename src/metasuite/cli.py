@@ -17,6 +17,7 @@ import warnings
 
 from metasuite import __version__
 from metasuite.errors import UserError
+from metasuite.fsutil import environment_fault
 
 COMMANDS: dict[str, str] = {
     "generate": "metasuite.commands.generate",
@@ -83,6 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"metasuite {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except (OSError, RuntimeError) as exc:
+        # The last resort of the one classification of environment faults: a write
+        # path that did not name its file still ends in one line, never a traceback.
+        fault = environment_fault(exc)
+        if fault is None:
+            raise
+        print(f"metasuite {args.command}: error: {fault}", file=sys.stderr)
+        return fault.exit_code
     except KeyboardInterrupt:
         print(f"metasuite {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from metasuite import jsontext
 from metasuite.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -366,15 +367,82 @@ def from_dict(raw: Mapping[str, Any], source: str = "<config>") -> ExperimentCon
 
 
 EXPERIMENT_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
+MAX_EXPERIMENT_NAME_LENGTH = 128
+"""Names become file names with suffixes (``<name>.json``, ``<name>.sh``, Slurm's
+``<name>.sbatch`` and log names), and most file systems stop at 255 bytes."""
 EXPERIMENT_NAME_RULE = (
-    "letters, digits and . _ + = - starting with a letter or digit (names become file and "
-    "folder names and one line of the status table)"
+    f"at most {MAX_EXPERIMENT_NAME_LENGTH} letters, digits and . _ + = - starting with a "
+    "letter or digit (names become file and folder names and one line of the status table)"
 )
 """The one rule for experiment names, used by configs (``train``) and the generator."""
 
 
 def is_experiment_name(name: str) -> bool:
-    return EXPERIMENT_NAME_PATTERN.fullmatch(name) is not None
+    return (
+        len(name) <= MAX_EXPERIMENT_NAME_LENGTH
+        and EXPERIMENT_NAME_PATTERN.fullmatch(name) is not None
+    )
+
+
+AT_MOST: dict[str, int] = {
+    "batch_size": 4096, "image_height": 4096, "image_width": 4096,
+    "num_dataprovider_workers": 1024, "max_models_to_save": 1000,
+    "num_evaluation_tasks": 1_000_000, "total_epochs": 1_000_000,
+    "total_iter_per_epoch": 10_000_000, "total_epochs_before_pause": 1_000_000,
+    "multi_step_loss_num_epochs": 1_000_000, "first_order_to_second_order_epoch": 1_000_000,
+    "continue_from_epoch": 1_000_000, "checkpoint_every_n_iters": 10_000_000,
+    "cnn_num_filters": 8192, "num_stages": 64, "cnn_blocks_per_stage": 64,
+    "number_of_training_steps_per_iter": 1000, "number_of_evaluation_steps_per_iter": 1000,
+    "num_classes_per_set": 10_000, "num_samples_per_class": 10_000,
+    "num_target_samples": 10_000, "max_images_per_class": 100_000_000,
+    "finetune_steps": 1_000_000,
+}  # fmt: skip
+"""Upper bounds on every count, far above any published few-shot setting (the paper's
+largest: 600 evaluation tasks, 150 epochs, 64 filters, 20-way), so that a typo such as
+1e30 epochs or 1e12 evaluation tasks is one line at load time, not a run that never ends
+or an allocation traceback. Products of counts are held by :func:`_check_size`."""
+
+MAX_PARAMETERS = 1_000_000_000
+"""The most network parameters a config may ask for: 4 GB of float32 weights, before
+the gradients, Adam's two moments and the inner loop's copies multiply them."""
+
+MAX_META_BATCH_PIXELS = 2**34
+"""The most image values (pixels x channels) one meta-batch may hold: 64 GiB as float32
+before a single activation, well past any machine this runs on."""
+
+
+def _check_size(c: ExperimentConfig, source: str) -> None:
+    """Refuse, up front and on one line, a config whose network or meta-batch cannot
+    fit any machine: counts that each pass :data:`AT_MOST` can still multiply to that."""
+    f, blocks, ways = (
+        c.cnn_num_filters,
+        c.num_stages * c.cnn_blocks_per_stage,
+        c.num_classes_per_set,
+    )
+    conv = 9 * c.image_channels * f + 9 * f * f * (blocks - 1)
+    if c.backbone != "conv":  # another network's size is its factory's (checked there)
+        conv = f = 0
+    if c.max_pooling:  # the head sees the map left after one 2x2 pooling per stage
+        head = f * max(c.image_height >> c.num_stages, 1) * max(c.image_width >> c.num_stages, 1)
+    else:  # strided convolutions, then a global average pool
+        head = f
+    head *= ways
+    parameters = conv + head + 2 * f * blocks
+    if parameters > MAX_PARAMETERS:
+        raise ConfigError(
+            f"{source}: cnn_num_filters {f:,}, num_stages x cnn_blocks_per_stage {blocks}, "
+            f"{c.image_height}x{c.image_width} images and {ways} ways make a network of about "
+            f"{parameters:,} parameters; at most {MAX_PARAMETERS:,} fit in memory"
+        )
+    images = c.batch_size * ways * (c.num_samples_per_class + c.num_target_samples)
+    pixels = images * c.image_height * c.image_width * c.image_channels
+    if pixels > MAX_META_BATCH_PIXELS:
+        raise ConfigError(
+            f"{source}: batch_size {c.batch_size} x {ways} ways x "
+            f"({c.num_samples_per_class} + {c.num_target_samples}) images of "
+            f"{c.image_height}x{c.image_width}x{c.image_channels} make {pixels:,} values per "
+            f"meta-batch; at most {MAX_META_BATCH_PIXELS:,} fit in memory"
+        )
 
 
 def _check_ranges(c: ExperimentConfig, source: str) -> None:
@@ -393,6 +461,10 @@ def _check_ranges(c: ExperimentConfig, source: str) -> None:
     for key, low in at_least.items():
         if getattr(c, key) < low:
             fail(key, f"an integer >= {low}")
+    for key, high in AT_MOST.items():
+        value = getattr(c, key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > high:
+            fail(key, f"an integer <= {high:,}")
     if c.max_images_per_class is not None and c.max_images_per_class < 1:
         fail("max_images_per_class", "an integer >= 1 or null (every image)")
     for key in ("train_seed", "val_seed", "test_seed"):
@@ -418,10 +490,10 @@ def _check_ranges(c: ExperimentConfig, source: str) -> None:
     if len(split) != 3 or any(p < 0 for p in split) or abs(sum(split) - 1) > 1e-2:
         fail("train_val_test_split", "three non-negative fractions (train, val, test) summing to 1")
     idx = c.indexes_of_folders_indicating_class
-    if not idx or any(i >= 0 for i in idx) or len(set(idx)) != len(idx):
+    if not idx or any(not -64 <= i < 0 for i in idx) or len(set(idx)) != len(idx):
         fail(
             "indexes_of_folders_indicating_class",
-            "a non-empty list of distinct negative folder indexes (e.g. [-3, -2])",
+            "a non-empty list of distinct negative folder indexes >= -64 (e.g. [-3, -2])",
         )
     if isinstance(c.continue_from_epoch, int) and c.continue_from_epoch < -2:
         fail("continue_from_epoch", '"from_scratch", "latest", -2, -1 or an epoch number >= 0')
@@ -437,6 +509,7 @@ def _check_ranges(c: ExperimentConfig, source: str) -> None:
         )
     if not is_experiment_name(c.experiment_name):
         fail("experiment_name", EXPERIMENT_NAME_RULE)
+    _check_size(c, source)
     # Contradictions: settings that cannot all hold at once.
     if c.per_step_bn_statistics and c.norm_layer != "batch_norm":
         raise ConfigError(
@@ -558,9 +631,9 @@ def load_config(path: str | os.PathLike[str]) -> ExperimentConfig:
             f"{path}: not UTF-8 text (byte {exc.start}); is this a JSON config file?"
         ) from None
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        raw = jsontext.loads(text)
+    except jsontext.JsonTextError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     return from_dict(raw, source=str(path))
 
 

@@ -9,8 +9,16 @@ Write to a temporary file in the same folder, fsync it, ``os.replace`` it over t
 target, then fsync the folder so the rename itself survives a power cut.
 
 A location the user pointed at that cannot be written (a read-only mount, a folder
-without write permission) is the user's to fix: :func:`writable` turns it into one
-:class:`NotWritableError` line naming the folder, for every write made through here.
+without write permission, a file where a folder should be) is the user's to fix.
+
+:func:`write_fault` is the one classification of what goes wrong while writing, used by
+every write path (the atomic writes here, :func:`writing` around writes made elsewhere,
+and the command line's last resort): it looks through the exception and what caused it
+(``torch.save`` on a full disk raises a ``RuntimeError`` whose context is the
+``OSError``) and returns one line: disk full (:class:`DiskFullError`, exit 1), not
+writable or a file in the way (:class:`NotWritableError`, exit 2), another I/O fault of
+the machine (:class:`~metasuite.errors.EnvironmentFault`, exit 1); or None for a bug,
+which keeps its traceback.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from metasuite.errors import DiskFullError, UserError
+from metasuite.errors import DiskFullError, EnvironmentFault, UserError
 
 NOT_WRITABLE_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 """A location that refuses writes: read-only file system, permission denied."""
@@ -42,24 +50,109 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
+NOT_A_FOLDER_ERRNOS = frozenset({errno.ENOTDIR, errno.EEXIST})
+"""A file stands where a folder is wanted (``mkdir -p`` over a file, a path through one)."""
+
+MACHINE_FAULT_ERRNOS = frozenset({errno.EIO, errno.ENXIO, errno.ESTALE, errno.ENODEV})
+"""The storage itself failed (an I/O error, a vanished NFS handle): the machine's fault."""
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """``exc`` or the first ``OSError`` among its causes (``raise ... from``, or the
+    exception being handled when it was raised, as torch's writers do)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno is not None:
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
+    return None
+
+
+def _no_space_at(path: Path) -> bool:
+    """Whether the file system holding ``path`` has no block left for this user."""
+    try:
+        stats = os.statvfs(_existing_ancestor(path))
+    except OSError:
+        return False
+    return stats.f_bavail == 0
+
+
+def _file_in_the_way(path: Path) -> Path:
+    """The first component of ``path`` that exists and is not a folder (else ``path``)."""
+    path = Path(os.path.abspath(path))
+    for part in [*reversed(path.parents), path]:
+        if part.exists() and not part.is_dir():
+            return part
+    return path
+
+
+def write_fault(exc: BaseException, path: Path) -> UserError | None:
+    """The one-line error for ``exc``, raised while writing ``path`` (a file, or the
+    folder being written into), or None when it is not the environment's doing (a bug:
+    let it raise). An error that is already a :class:`UserError` is left as it is."""
+    if isinstance(exc, UserError):
+        return None
+    error = _os_error_in(exc)
+    if error is None:
+        # torch's zip writer reports a short write as a RuntimeError ("unexpected pos")
+        # without the OSError when its own buffer, not Python's, hit the full disk.
+        if isinstance(exc, RuntimeError) and _no_space_at(path):
+            return disk_full(path)
+        return None
+    target = Path(error.filename) if isinstance(error.filename, str) else Path(path)
+    reason = error.strerror or str(error)
+    if error.errno in DISK_FULL_ERRNOS:
+        return disk_full(path)
+    if error.errno in NOT_WRITABLE_ERRNOS:
+        where = _existing_ancestor(target)
+        return NotWritableError(f"{where}: cannot write here ({reason}); choose a writable folder")
+    if error.errno in NOT_A_FOLDER_ERRNOS:
+        blocker = _file_in_the_way(target)
+        if blocker.exists() and not blocker.is_dir():
+            return NotWritableError(
+                f"{blocker}: is a file, not a folder; name a folder (or a path that does not "
+                "exist yet)"
+            )
+        return None
+    if error.errno in MACHINE_FAULT_ERRNOS:
+        return EnvironmentFault(f"cannot write {path}: {reason}; check the storage and rerun")
+    return None
+
+
+def environment_fault(exc: BaseException) -> UserError | None:
+    """:func:`write_fault` where the path is unknown: the file named by the ``OSError``
+    behind ``exc`` (None when there is none, or it is not the environment's fault)."""
+    error = _os_error_in(exc)
+    if error is None or not isinstance(error.filename, str):
+        return None
+    return write_fault(exc, Path(error.filename))
+
+
 @contextlib.contextmanager
-def writable(folder: Path) -> Iterator[None]:
-    """Writes into ``folder`` inside this block that the location refuses become one
-    :class:`NotWritableError` naming the folder (other OS errors pass unchanged)."""
+def writing(path: Path) -> Iterator[None]:
+    """Writes to ``path`` (or into the folder ``path``) inside this block that fail for
+    the environment's reasons become :func:`write_fault`'s one line; bugs pass unchanged."""
     try:
         yield
-    except OSError as exc:
-        if exc.errno not in NOT_WRITABLE_ERRNOS:
+    except Exception as exc:
+        fault = write_fault(exc, path)
+        if fault is None:
             raise
-        where = _existing_ancestor(folder)
-        raise NotWritableError(
-            f"{where}: cannot write here ({exc.strerror or exc}); choose a writable folder"
-        ) from None
+        raise fault from None
+
+
+writable = writing
+"""The older name of :func:`writing`."""
 
 
 def make_dirs(folder: Path) -> None:
-    """``mkdir -p`` that names the folder when the location is read-only."""
-    with writable(folder):
+    """``mkdir -p`` that names the folder when the location is read-only or a file is
+    in the way."""
+    with writing(folder):
         Path(folder).mkdir(parents=True, exist_ok=True)
 
 
@@ -120,14 +213,9 @@ def _current_umask() -> int:
 def atomic_open(path: Path) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces ``path`` only when the block ends cleanly."""
     path = Path(path)
-    try:
-        make_dirs(path.parent)
-        with writable(path.parent):
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        if is_disk_full(exc):
-            raise disk_full(path) from None
-        raise
+    make_dirs(path.parent)
+    with writing(path):
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:
         # mkstemp creates 0600 files; give the result the mode a plain open() would, so
@@ -140,9 +228,10 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if is_disk_full(exc):
-            # The previous file is untouched; say so in one line instead of Errno 28.
-            raise disk_full(path) from None
+        # The previous file is untouched; a fault of the environment is one line.
+        fault = write_fault(exc, path) if isinstance(exc, Exception) else None
+        if fault is not None:
+            raise fault from None
         raise
     fsync_dir(path.parent)
 

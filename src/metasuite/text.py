@@ -11,6 +11,8 @@ from typing import TypeVar
 Number = TypeVar("Number", int, float)
 
 _ES_ENDINGS = ("s", "x", "z", "ch", "sh")
+_HARD_CH = ("epoch", "stomach", "monarch", "patriarch", "tech")
+"""Nouns whose "ch" sounds as k: plural with a plain "s" ("2 epochs", not "epoches")."""
 
 
 def plural(count: int, noun: str, many: str | None = None) -> str:
@@ -21,7 +23,8 @@ def plural(count: int, noun: str, many: str | None = None) -> str:
     if count == 1:
         return f"{count} {noun}"
     if many is None:
-        many = noun + ("es" if noun.endswith(_ES_ENDINGS) else "s")
+        hard = noun.lower().endswith(_HARD_CH)
+        many = noun + ("es" if noun.endswith(_ES_ENDINGS) and not hard else "s")
     return f"{count} {many}"
 
 

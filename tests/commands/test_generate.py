@@ -275,3 +275,39 @@ def test_suite_root_whose_parent_is_missing_is_refused(tmp_path, capsys):
     # The root itself may be new: generate creates that one folder.
     assert main(["generate", "--suite", str(suite), "--suite-root", str(tmp_path / "new")]) == 0
     assert (tmp_path / "new" / "experiment_config").is_dir()
+
+
+def test_suite_root_naming_a_file_is_one_line(tmp_path, capsys):
+    """Issue 29: NotADirectoryError / FileExistsError tracebacks before."""
+    suite = write_suite(tmp_path)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine")
+    assert main(["generate", "--suite", str(suite), "--suite-root", str(blocker)]) == 2
+    err = capsys.readouterr().err
+    (line,) = err.strip().splitlines()
+    assert line == (
+        f"metasuite generate: error: {blocker}: is a file, not a folder; name a folder "
+        "(or a path that does not exist yet)"
+    )
+    assert blocker.read_text() == "mine"
+
+
+@pytest.mark.parametrize("order", [("--root", "--suite-root"), ("--suite-root", "--root")])
+def test_root_and_suite_root_together_are_refused(tmp_path, capsys, order):
+    """Issue 29: one of them was silently ignored."""
+    suite = write_suite(tmp_path)
+    first, second = order
+    argv = [
+        "generate",
+        "--suite",
+        str(suite),
+        first,
+        str(tmp_path / "a"),
+        second,
+        str(tmp_path / "b"),
+    ]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "both name the suite root; give --suite-root only" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -30,8 +31,11 @@ EXTRACTORS = [
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
+    """The unpacked files, less the record the unpack adds (archive_mod.UNPACKED_RECORD)."""
     return {
-        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != archive_mod.UNPACKED_RECORD
     }
 
 
@@ -59,6 +63,8 @@ def test_both_extractors_give_the_same_tree(
     tree = _tree(folder)
     assert len(tree) == 240
     assert all(data == (omniglot_folder / rel).read_bytes() for rel, data in tree.items())
+    record = (folder / archive_mod.UNPACKED_RECORD).read_text()
+    assert json.loads(record) == {"archive": "small.tar.bz2", "files": 240}
     visible = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
     assert visible == ["omniglot_dataset", "small.tar.bz2"]
 
@@ -244,6 +250,8 @@ def test_every_format_unpacks_to_the_same_tree_named_after_the_archive(
     tree = _tree(folder)
     assert len(tree) == 240
     assert all(data == (omniglot_folder / rel).read_bytes() for rel, data in tree.items())
+    record = (folder / archive_mod.UNPACKED_RECORD).read_text()
+    assert json.loads(record) == {"archive": archive.name, "files": 240}
     assert not list(tmp_path.glob(".mine*.unpacking"))
 
 
@@ -417,3 +425,23 @@ def test_unpacking_leaves_no_lock_file_beside_the_archive(
     archive = _copy(small_archive, tmp_path)
     unpack(archive, expected_files=240, quiet=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([archive.name, "omniglot_dataset"])
+
+
+def test_a_read_only_data_folder_holding_only_the_archive_is_one_line(
+    small_archive: Path, tmp_path: Path
+) -> None:
+    """Issue 29: an EROFS traceback before. Nothing can be unpacked beside the archive:
+    one line naming the folder (exit 2)."""
+    from disk_helpers import small_tmpfs
+    from metasuite.fsutil import NotWritableError
+
+    with small_tmpfs(tmp_path / "ro", "4m") as folder:
+        archive = _copy(small_archive, folder)
+        remount = subprocess.run(
+            ["mount", "-o", "remount,ro", str(folder)], capture_output=True, text=True
+        )
+        if remount.returncode != 0:
+            pytest.skip(f"cannot remount read-only here: {remount.stderr.strip()}")
+        with pytest.raises(NotWritableError, match=rf"^{folder}: cannot write here \(Read-only"):
+            unpack(archive, expected_files=240, quiet=True)
+        assert [p.name for p in folder.iterdir()] == [archive.name]

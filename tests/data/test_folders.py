@@ -435,17 +435,49 @@ def test_colour_omniglot_is_refused_before_decoding(omniglot_config: ExperimentC
         load_splits(replace(omniglot_config, image_channels=3))
 
 
+@pytest.mark.parametrize("left", [0, 60_000], ids=["full", "full-mid-write"])
 def test_a_cache_that_does_not_fit_on_the_disk_is_a_warning(
-    omniglot_folder: Path, omniglot_config: ExperimentConfig, tmp_path: Path
+    omniglot_folder: Path, omniglot_config: ExperimentConfig, tmp_path: Path, left: int
 ) -> None:
     """The pixels are decoded already: a full disk costs the cache (a warning saying so),
-    not the run."""
+    not the run. Filling up mid-write, torch.save raises RuntimeError, not OSError (issue
+    29: a 50-line traceback): the one classification of write faults still says "no
+    space left"."""
     from disk_helpers import fill, small_tmpfs
 
     with small_tmpfs(tmp_path / "small", "2m") as root:
         count = omniglot_subset(omniglot_folder, root / "omniglot_dataset")
-        fill(root)
+        fill(root, leave_bytes=left)
         config = replace(omniglot_config, num_dataprovider_workers=0)
         with pytest.warns(UserWarning, match="cannot write the image cache .*no space left"):
             images, _, _ = load_images(config, root / "omniglot_dataset", quiet=True)
         assert images.shape[0] == count and not _caches(root)
+
+
+def test_an_unpacked_known_data_set_is_checked_without_its_archive(
+    omniglot_config: ExperimentConfig,
+    omniglot_folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 29: with the archive gone (moved to save space), a deleted class folder
+    trained on fewer classes with exit 0. The unpack leaves the count in the folder."""
+    from metasuite.data.archive import UNPACKED_RECORD
+
+    count = omniglot_subset(omniglot_folder, tmp_path / "src" / "omniglot_dataset")
+    root = tmp_path / "root"
+    root.mkdir()
+    make_archive(root / "omniglot.tar.bz2", tmp_path / "src" / "omniglot_dataset")
+    monkeypatch.setitem(KNOWN_FILE_COUNTS, "omniglot.tar.bz2", count)
+    config = replace(omniglot_config, dataset_path="omniglot", dataset_name="omniglot")
+    folder = locate_dataset(config, root, quiet=True).folder
+    assert (folder / UNPACKED_RECORD).is_file()
+    (root / "omniglot.tar.bz2").unlink()
+    assert len(load_images(config, folder, quiet=True)[2]) == 12  # complete: loads
+    gone = next(next((folder / "images_background").iterdir()).iterdir())
+    subprocess.run(["rm", "-r", str(gone)], check=True)
+    with pytest.raises(DatasetError) as caught:
+        load_splits(config, root)
+    message = str(caught.value)
+    assert f"{folder}: {count - 20:,} images but omniglot.tar.bz2 (as unpacked" in message
+    assert f"holds {count:,}, so the unpacked data set was changed" in message

@@ -176,6 +176,9 @@ def test_class_arrays_are_resized_and_coloured_like_image_files(tmp_path: Path) 
         (np.zeros((4, 700), np.uint8), r"\[n, 700\], which is not \[n, H\*W\] of square"),
         (np.zeros((4, 28, 28), np.float32), r"images are float32; expected uint8"),
         (np.zeros((4, 2, 28, 28), np.uint8), r"shape \[4, 2, 28, 28\]; expected \[n, H, W\]"),
+        # Another image size than the other classes': refused, not silently rescaled.
+        (np.zeros((4, 32, 32), np.uint8), r"images of 32x32, but \S+ holds 28x28; every class"),
+        (np.zeros((4, 1024), np.uint8), r"images of 32x32, but \S+ holds 28x28; every class"),
     ],
 )
 def test_malformed_class_array_names_the_file(tmp_path: Path, array, message) -> None:

@@ -368,7 +368,11 @@ BAD = {
         "cannot be differentiated twice.*second_order: false",
     ),
     "head": ({"backbone": "backbone_helpers:tiny_net", "head": "fc"}, "no submodule 'fc'"),
-    "widths": ({"backbone": "resnet12", "backbone_kwargs": {"widths": [4, 4]}}, "four positive"),
+    "widths": ({"backbone": "resnet12", "backbone_kwargs": {"widths": [4, 4]}}, "four integers"),
+    "huge widths": (
+        {"backbone": "resnet12", "backbone_kwargs": {"widths": [4, 4, 4, 10**9]}},
+        r"widths must be four integers in \[1, 8192\]",
+    ),
     "conv kwargs": ({"backbone_kwargs": {"widths": [4]}}, "leave backbone_kwargs empty"),
     "vmap": ({"backbone": "backbone_helpers:tiny_net", "backend": "vmap"}, "conv"),
 }

@@ -87,3 +87,43 @@ def test_every_meta_learner_learns_5_way_1_shot_omniglot(omniglot_config, omnigl
     print(f"{learner}: before {before:.3f}, after {after.accuracy:.3f}")
     assert after.accuracy > 0.4, f"validation accuracy {after.accuracy:.3f}"
     assert after.accuracy > before + 0.1, f"before {before:.3f}, after {after.accuracy:.3f}"
+
+
+@pytest.mark.slow
+def test_a_small_resnet12_learns_5_way_1_shot_omniglot(omniglot_config, omniglot_tasks):
+    """The generic nn.Module path learns: ResNet-12 at widths 8-8-16-16, first-order
+    MAML++, 200 meta-iterations of 4 tasks, 2 inner steps, one intra-op thread.
+
+    Measured (100 validation tasks, train_seed 0, 2-core CPU under load 8-10): 0.378
+    before meta-training, 0.660 after 100 iterations, 0.702 after 200 (0.792 after 300,
+    12 min under that load); chance is 0.20.
+    """
+    import torch
+
+    from metasuite.learner.learners import build_learner
+
+    cfg = replace(
+        omniglot_config,
+        backbone="resnet12",
+        backbone_kwargs={"widths": [8, 8, 16, 16]},
+        number_of_training_steps_per_iter=2,
+        number_of_evaluation_steps_per_iter=2,
+        batch_size=4,
+        second_order=False,
+        meta_learning_rate=0.005,
+        multi_step_loss_num_epochs=1,
+        total_iter_per_epoch=300,
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        system = build_learner(cfg)
+        val = omniglot_tasks.val.batch(range(100))
+        before = system.evaluate(val).accuracy
+        for it in range(200):
+            system.train_step(omniglot_tasks.train.batch(train_indices(it, 4)), epoch=0)
+        after = system.evaluate(val).accuracy
+    finally:
+        torch.set_num_threads(threads)
+    assert after > 0.55, f"validation accuracy {after:.3f}"
+    assert after > before + 0.2, f"before {before:.3f}, after {after:.3f}"

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from metasuite.cli import main
+from metasuite.errors import UserError
 from metasuite.results import report
 from synthetic_experiments import MAML, dead_pid, make_config, write_experiment
 
@@ -329,6 +330,20 @@ def test_read_only_experiments_root_is_one_line_naming_it(tmp_path, capsys):
         assert (tmp_path / "elsewhere" / "index.md").is_file()
 
 
+def test_report_out_naming_a_file_is_one_line(tmp_path, capsys):
+    """Issue 29: a FileExistsError traceback before."""
+    configs = tmp_path / "experiment_config"
+    cfg = make_config("omni_plus_5w1s_s0", 0)
+    write_experiment(tmp_path / "exp", cfg, status="paused", curves=[(0.5, 0.4)], generated=configs)
+    blocker = tmp_path / "results.md"
+    blocker.write_text("my notes")
+    args = ["report", "--experiments-root", str(tmp_path / "exp"), "--configs", str(configs)]
+    assert main([*args, "--quiet", "--out", str(blocker)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"metasuite report: error: {blocker}: is a file, not a folder")
+    assert blocker.read_text() == "my notes"
+
+
 def test_report_removes_only_its_own_stale_files(suite, tmp_path):
     """--out EXISTING: a re-run removes the plot and table of a group and data set that
     vanished (the report wrote them), and never a file the user put there."""
@@ -426,3 +441,21 @@ def test_meta_learners_are_their_own_groups_in_a_method_by_setting_table(tmp_pat
     for row, method in zip(ensemble, methods, strict=True):
         for col, way in ((2, 5), (3, 20)):
             assert row[col].startswith(f"{100 * accuracies[(method, way)]:.2f}%"), (method, way)
+
+
+def test_report_out_overwrites_only_what_a_report_wrote(suite, tmp_path):
+    """Issue 29: a user's own results.md in --out was overwritten (other files were
+    kept). Refused up front, one line, nothing written; a report's own files are
+    rewritten as before."""
+    root, configs = suite
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "results.md").write_text("my notes")
+    with pytest.raises(UserError, match=r"results\.md: not written by metasuite report"):
+        report.write_report(root, configs, out, quiet=True)
+    assert sorted(p.name for p in out.iterdir()) == ["results.md"]
+    assert (out / "results.md").read_text() == "my notes"
+    (out / "results.md").unlink()
+    first = report.write_report(root, configs, out, quiet=True)
+    again = report.write_report(root, configs, out, quiet=True)  # its own files: rewritten
+    assert again.results_md.read_text() == first.results_md.read_text() != "my notes"

@@ -228,3 +228,64 @@ def test_world_size_of_the_latest_run_is_shown(suite):
     cells = {line.split()[0]: line[start:].split()[0] for line in lines[1:-1]}
     assert cells["exp_interrupted"] == "4" and cells["exp_running"] == "2"
     assert cells["exp_paused"] == "-"
+
+
+def test_status_and_report_list_a_deep_or_doubled_json_file_not_a_traceback(tmp_path, capsys):
+    """Issue 29: a 100,000-level config among the configs (and a state.json that names a
+    key twice) are each shown as what is wrong with them; the other rows still show."""
+    root, configs = tmp_path / "exp", tmp_path / "cfg"
+    write_experiment(root, make_config("fine", 0), generated=configs, status="done", curves=CURVES)
+    write_experiment(root, make_config("twice", 1), status="done", curves=CURVES)
+    state = root / "twice" / "state.json"
+    state.write_text(state.read_text().replace("{", '{"status": "done", ', 1))
+    (configs / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    got = statuses(root, configs)
+    assert got["fine"].state == st.DONE
+    assert got["deep"].state == st.INVALID_CONFIG
+    assert "nested 100,000 levels deep" in got["deep"].detail
+    assert got["twice"].state == st.UNREADABLE
+    assert "key 'status' appears twice" in got["twice"].detail
+    args = ["--experiments-root", str(root), "--configs", str(configs)]
+    assert main(["status", *args]) == 0
+    assert main(["report", *args, "--out", str(tmp_path / "report")]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "RecursionError" not in err
+
+
+def test_left_out_ensemble_epochs_are_shown_1_based(tmp_path):
+    """Issue 29: "epochs [1]" (stored, 0-based) was shown beside the log's 1-based
+    "epoch 2 left out"; everything read by people counts from 1."""
+    from metasuite.results import report
+
+    root, configs = tmp_path / "exp", tmp_path / "cfg"
+    folder = write_experiment(
+        root, make_config("omni_s0", 0), status="done", curves=CURVES, test=TEST, generated=configs
+    )
+    state = json.loads((folder / "state.json").read_text())
+    (folder / "state.json").write_text(json.dumps({**state, "ensemble_left_out": [1]}))
+    summary = json.loads((folder / "test_summary.json").read_text())
+    summary["ensemble"]["left_out_epochs"] = [1]
+    (folder / "test_summary.json").write_text(json.dumps(summary))
+    assert "epochs [2] left out" in statuses(root, configs)["omni_s0"].detail
+    files = report.write_report(root, configs, tmp_path / "r", quiet=True)
+    tables = files.index.read_text() + (tmp_path / "r" / "results.md").read_text()
+    assert "(incomplete: epochs [2] left out)" in tables
+    assert "epochs [1] left out" not in tables
+
+
+def test_a_regenerated_config_that_differs_from_a_started_run_is_said(tmp_path, capsys):
+    """Issue 29: generate over a running or finished experiment's config changed
+    nothing visibly (run-suite skips a done one; the run keeps its config.json)."""
+    from metasuite.config import replace, save_config
+
+    root, configs = tmp_path / "exp", tmp_path / "cfg"
+    config = make_config("omni_s0", 0)
+    write_experiment(root, config, status="done", curves=CURVES, test=TEST, generated=configs)
+    assert statuses(root, configs)["omni_s0"].detail == ""
+    save_config(replace(config, meta_learning_rate=0.01), configs / "omni_s0.json")
+    got = statuses(root, configs)["omni_s0"]
+    assert got.state == st.DONE
+    assert got.detail.startswith("generated config differs from this run's config.json (")
+    assert "meta_learning_rate: 0.001 -> 0.01" in got.detail
+    assert main(["status", "--experiments-root", str(root), "--configs", str(configs)]) == 0
+    assert "generated config differs" in capsys.readouterr().out

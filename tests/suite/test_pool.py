@@ -314,3 +314,37 @@ def test_gpus_that_do_not_exist_are_refused_once_up_front(
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("metasuite run-suite: error: --gpus 0 3: ") and words in line
     assert fake.calls() == [] and not fake.experiments.exists()
+
+
+def test_a_second_run_suite_on_the_same_suite_is_refused_up_front(fake, capsys):
+    """Issue 29: two run-suite at once both exited 1, each reporting a failure that did
+    not happen (the other's training output as the reason). The second is refused with
+    one line before it starts anything; once the first is gone (even killed), it runs."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from metasuite.suite.pool import one_runner\n"
+            "with one_runner(Path(sys.argv[1]), Path(sys.argv[2])):\n"
+            "    print('held', flush=True)\n"
+            "    time.sleep(120)\n"
+        ), str(fake.experiments), str(fake.suite_path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        fake.plan()
+        assert main(fake.args("--gpus", "0")) == 2
+        err = capsys.readouterr().err
+        (line,) = err.strip().splitlines()
+        assert line.startswith(f"metasuite run-suite: error: another run-suite (pid {holder.pid} ")
+        assert f"is running {fake.suite_path}" in line
+        assert fake.calls() == [] and not any((fake.experiments / n).exists() for n in TINY_NAMES)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(fake.args("--gpus", "0")) == 0  # the killed holder's lock is taken over
+    assert "6 experiments on gpu 0: 6 done" in capsys.readouterr().out

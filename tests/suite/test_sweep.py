@@ -231,3 +231,39 @@ def test_paper_suite_has_the_36_experiments_with_paper_hyper_parameters():
         assert (c.image_height, c.image_width, c.image_channels) == (84, 84, 3)
         assert c.dataset_path == "mini_imagenet_full_size" and not c.is_omniglot
         assert c.sets_are_pre_split and c.num_target_samples == 15
+
+
+def test_a_grid_too_large_is_counted_and_refused_before_expansion(tmp_path, monkeypatch):
+    """Issue 29: 10^8 combinations used to grow memory without end before writing
+    anything; the grid is counted (a product of axis lengths) first."""
+    seeds = "[" + ", ".join(str(i) for i in range(10_000)) + "]"
+    text = TINY_SUITE.replace("seed = [0, 1]", f"seed = {seeds}\nlr = {seeds}")
+    path = write_suite(tmp_path, text)
+
+    def never(*args, **kwargs):
+        raise AssertionError("expanded before counting")
+
+    monkeypatch.setattr("metasuite.suite.sweep.itertools.product", never)
+    with pytest.raises(ConfigError) as info:
+        expand(load_suite(path))
+    message = str(info.value)
+    assert "[grid] has 400,000,000 combinations (2 method/plus_plus x 2 way x 1 shot" in message
+    assert "at most 100,000" in message and "\n" not in message
+
+
+def test_a_rendered_config_naming_a_key_twice_is_refused(tmp_path):
+    template = TINY_TEMPLATE.replace('"batch_size": 2,', '"batch_size": 2,\n  "batch_size": 8,')
+    with pytest.raises(ConfigError, match=r"rendered config is key 'batch_size' appears twice"):
+        expand(load_suite(write_suite(tmp_path, template=template)))
+
+
+def test_a_naming_pattern_giving_long_names_is_refused(tmp_path):
+    text = TINY_SUITE.replace('naming = "{{ method }}', "naming = \"{{ 'x' * 300 }}{{ method }}")
+    with pytest.raises(ConfigError, match=r"suite.naming gives 'x+.*must be at most 128"):
+        expand(load_suite(write_suite(tmp_path, text)))
+
+
+def test_a_deeply_nested_suite_file_is_one_line(tmp_path):
+    text = TINY_SUITE.replace("shot = [1]", "shot = " + "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match=r"suite\.toml: arrays or tables nested too deeply"):
+        load_suite(write_suite(tmp_path, text))

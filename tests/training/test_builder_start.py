@@ -296,35 +296,62 @@ def _numerics(**changes: Any) -> dict[str, Any]:
     ("change", "expected"),
     [
         ({"backend": "grouped"}, "backend: loop -> grouped"),
-        ({"precision": "bf16"}, "precision: fp32 -> bf16"),
         ({"num_threads": 2}, "num_threads: 1 -> 2"),
+        ({"world_size": 2}, "world_size: 1 -> 2"),
+        ({"num_threads": 2, "world_size": 2}, "num_threads: 1 -> 2; world_size: 1 -> 2"),
     ],
 )
-def test_changed_backend_precision_or_threads_is_refused_unless_forced(
-    tmp_path: Path, change: dict[str, Any], expected: str
+def test_a_resume_may_change_how_the_run_executes_and_says_so_once(
+    tmp_path: Path, change: dict[str, Any], expected: str, caplog
 ) -> None:
-    """What decides the numbers beyond the config (the resolved backend, precision, CPU
-    threads) is kept in each checkpoint; a resume that differs is refused like a changed
-    training setting, and --force lets it through, reporting what it let differ."""
+    """Issue 29, one rule: the resolved backend, CPU threads per rank and the world size
+    only reorder float sums, so a resume may change them (a checkpoint resumes on any
+    number of processes); each change is said once and handed to the manifest. Before,
+    threads and backend were refused while the world size changed silently."""
     exp = ExperimentDir(tmp_path / "tiny")
     exp.create()
     store = CheckpointStore(exp.checkpoints)
     cfg = _config()
     store.save(_payload(cfg, 1, 6) | {"numerics": _numerics()}, 6, 0)
-    assert choose_start(cfg, exp, store, force=False, numerics=_numerics()) is not None
-    with pytest.raises(UserError, match="--force") as info:
-        choose_start(cfg, exp, store, force=False, numerics=_numerics(**change))
-    assert expected in str(info.value)
-    forced: list[str] = []
-    payload = choose_start(cfg, exp, store, force=True, numerics=_numerics(**change), forced=forced)
-    assert payload is not None and len(forced) == 1 and expected in forced[0]
+    changed: list[str] = []
+    with caplog.at_level("WARNING", logger="metasuite"):
+        payload = choose_start(
+            cfg, exp, store, force=False, numerics=_numerics(**change), changed=changed
+        )
+    assert payload is not None
+    assert "; ".join(changed) == expected
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert expected in warning and "not bit for bit" in warning
+    caplog.clear()
+    unchanged: list[str] = []
+    choose_start(cfg, exp, store, force=False, numerics=_numerics(), changed=unchanged)
+    assert unchanged == [] and not caplog.records
 
 
-def test_changed_backend_of_an_older_checkpoint_is_refused(folder) -> None:
-    """Checkpoints without recorded numerics are still compared on the config's backend."""
+def test_an_older_checkpoint_without_numerics_is_compared_on_the_config_backend(
+    folder, caplog
+) -> None:
     exp, store = folder
-    with pytest.raises(UserError, match='backend: "loop" -> "grouped"'):
-        choose_start(_config(backend="grouped"), exp, store, force=False, numerics=_numerics())
+    changed: list[str] = []
+    grouped = _numerics(backend="grouped")
+    with caplog.at_level("WARNING", logger="metasuite"):
+        payload = choose_start(
+            _config(backend="grouped"), exp, store, force=False, numerics=grouped, changed=changed
+        )
+    assert payload is not None and changed == ["backend: loop -> grouped"]
+    assert any("backend: loop -> grouped" in r.getMessage() for r in caplog.records)
+
+
+def test_a_changed_precision_is_a_training_setting_refused_unless_forced(folder) -> None:
+    exp, store = folder
+    with pytest.raises(UserError, match=r'precision: "fp32" -> "bf16"\. Use --force'):
+        choose_start(_config(precision="bf16"), exp, store, force=False, numerics=_numerics())
+    forced: list[str] = []
+    bf16 = _numerics(precision="bf16")
+    assert choose_start(
+        _config(precision="bf16"), exp, store, force=True, numerics=bf16, forced=forced
+    )
+    assert forced == ['precision: "fp32" -> "bf16"']
 
 
 @pytest.mark.parametrize(

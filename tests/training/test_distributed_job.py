@@ -144,3 +144,16 @@ def test_results_do_not_depend_on_the_number_of_ranks(tmp_path: Path) -> None:
     # Only rank 0 wrote: one manifest run, one log, one set of checkpoints.
     manifest = json.loads((two / "tiny" / "manifest.json").read_text())
     assert len(manifest["runs"]) == 1
+
+
+def test_a_user_error_inside_the_workers_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """Issue 29: a user error raised by the ranks (here rank 0 finds no data set; the
+    launcher cannot know before starting them) arrived as torchrun's 47-line
+    ChildFailedError traceback. The launcher turns the ranks' status and the first
+    rank's message into the line and exit status of one process."""
+    config = write_config(tmp_path, dataset_path="/nonexistent_metasuite/no_such_dataset")
+    result = run(config, tmp_path / "runs", *nproc(2))
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("metasuite train: error: data set 'omniglot_dataset' not found")
+    assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr

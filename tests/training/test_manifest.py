@@ -256,3 +256,46 @@ def test_show_with_a_config_snapshot_that_is_not_utf8(shown, capsys):
     (folder / "config.json").write_bytes(b"\xff\xfe garbage")
     assert _show("omni_s0", root, configs) == 0
     assert "config.json: cannot read" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("git", ["abc"], "'git' must be dict, got list"),
+        ("devices", "cpu", "'devices' must be list, got str"),
+        ("devices", ["cpu"], "every 'devices' entry must be dict"),
+        ("seeds", 3, "'seeds' must be dict, got int"),
+        ("run", "one", "'run' must be int, got str"),
+        ("command", {"argv": "train"}, "command 'argv' must be a list, got str"),
+    ],
+)
+def test_a_manifest_field_of_the_wrong_type_is_a_corrupt_manifest(
+    shown, capsys, field, value, words
+):
+    """Issue 29: such a manifest crashed `show` with a traceback; it is read (and
+    refused) in one place, so show says what is wrong and a resume keeps it aside."""
+    root, configs, folder = shown
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["runs"][0][field] = value
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert _show("omni_s0", root, configs) == 0
+    captured = capsys.readouterr()
+    assert f"manifest: {folder / 'manifest.json'}: run #1: {words}" in captured.out
+    assert "Traceback" not in captured.err
+    with pytest.warns(mf.ReproducibilityWarning, match="previous manifest unreadable"):
+        record = _start(folder, make_config("omni_s0", 0))
+    assert record.entry["run"] == 1
+
+
+def test_show_lists_what_a_resume_changed_and_what_force_let_through(shown, capsys):
+    root, configs, folder = shown
+    record = _start(folder, make_config("omni_s0", 0))
+    record.finish("paused", "")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["runs"][-1]["execution_changes"] = ["world_size: 1 -> 2"]
+    manifest["runs"][-1]["forced_differences"] = ["meta_learning_rate: 0.001 -> 0.002"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert _show("omni_s0", root, configs) == 0
+    out = capsys.readouterr().out
+    assert "resumed on:  world_size: 1 -> 2 (execution" in out
+    assert "--force:     meta_learning_rate: 0.001 -> 0.002" in out

@@ -134,3 +134,23 @@ def test_rendezvous_timeout_from_the_environment() -> None:
     for bad in ("0", "x", "-3"):
         with pytest.raises(UserError, match="METASUITE_RDZV_TIMEOUT_S"):
             nodes.rdzv_timeout_seconds({"METASUITE_RDZV_TIMEOUT_S": bad})
+
+
+def test_an_unknown_rendezvous_host_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 29: it waited the whole rendezvous timeout. `.invalid` never resolves
+    (RFC 2606); the launcher refuses before starting torchrun."""
+    from metasuite.training import distributed
+
+    job = resolve_nodes(2, 1, "no-such-host.invalid:29400")
+    with pytest.raises(UserError, match=r"'no-such-host\.invalid' of no-such-host\.invalid:29400"):
+        nodes.check_host_resolves(job)
+
+    def never(*args, **kwargs):
+        raise AssertionError("torchrun started for a host that does not resolve")
+
+    monkeypatch.setattr(distributed.subprocess, "Popen", never)
+    monkeypatch.setenv("METASUITE_RDZV_TIMEOUT_S", "300")
+    with pytest.raises(UserError, match="does not resolve"):
+        distributed.launch(["--config", "x.json"], 1, job)
+    nodes.check_host_resolves(resolve_nodes(2, 0, "127.0.0.1:29400"))  # resolves: no error
+    nodes.check_host_resolves(nodes.ONE_NODE)

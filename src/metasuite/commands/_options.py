@@ -61,16 +61,25 @@ def add_quiet(parser: argparse.ArgumentParser, help: str = "no progress bar") ->
 # ------------------------------------------------------- commands that expand the suite
 
 
-class _DeprecatedSuiteRoot(argparse.Action):
-    """The older ``--root`` of generate/run-suite/submit: still works, with one warning
-    line, because ``--root`` of status/report/show means the experiments folder."""
+class _SuiteRoot(argparse.Action):
+    """``--suite-root``, or its older name ``--root`` (still works, with one warning line,
+    because ``--root`` of status/report/show means the experiments folder). Both given
+    is refused: one of them would be ignored silently."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        print(
-            f"warning: {option_string} is deprecated here; use --suite-root (the folder of "
-            "the suite's generated files)",
-            file=sys.stderr,
-        )
+        given = getattr(namespace, "_suite_root_option", None)
+        if given is not None and given != option_string:
+            raise argparse.ArgumentError(
+                self,
+                f"{given} and {option_string} both name the suite root; give --suite-root only",
+            )
+        if option_string == "--root":
+            print(
+                f"warning: {option_string} is deprecated here; use --suite-root (the folder "
+                "of the suite's generated files)",
+                file=sys.stderr,
+            )
+        namespace._suite_root_option = option_string
         setattr(namespace, self.dest, values)
 
 
@@ -81,12 +90,11 @@ def add_suite(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--suite-root",
         metavar="DIR",
+        action=_SuiteRoot,
         help="where the suite's experiment_config/ and experiment_scripts/ are "
         "(default: the suite's [suite] root)",
     )
-    parser.add_argument(
-        "--root", dest="suite_root", action=_DeprecatedSuiteRoot, help=argparse.SUPPRESS
-    )
+    parser.add_argument("--root", dest="suite_root", action=_SuiteRoot, help=argparse.SUPPRESS)
 
 
 def selected_experiments(args: argparse.Namespace) -> tuple[Suite, list[Experiment]]:

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     from metasuite import progress
     from metasuite.results.report import write_report
     from metasuite.suite.files import job_environment, suite_files
-    from metasuite.suite.pool import Job, Pool, StopFlag, make_slots
+    from metasuite.suite.pool import Job, Pool, StopFlag, make_slots, one_runner
     from metasuite.suite.sweep import expand
 
     _check_counts(args)
@@ -148,8 +148,9 @@ def run(args: argparse.Namespace) -> int:
     stop = StopFlag()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        pool = Pool(jobs, slots, base, env=env, stop=stop, report=say)
-        results = pool.run()
+        with one_runner(base, suite.path):  # a second quickstart here: one line, refused
+            pool = Pool(jobs, slots, base, env=env, stop=stop, report=say)
+            results = pool.run()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

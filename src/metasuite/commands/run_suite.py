@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from metasuite import progress
     from metasuite.suite.files import config_file, job_environment, refuse_outdated, script_file
-    from metasuite.suite.pool import Job, Pool, Result, StopFlag, make_slots
+    from metasuite.suite.pool import Job, Pool, Result, StopFlag, make_slots, one_runner
     from metasuite.text import plural
 
     try:
@@ -94,8 +94,9 @@ def run(args: argparse.Namespace) -> int:
     stop = StopFlag()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        pool = Pool(jobs, slots, root, env=env, stop=stop, report=report, on_finish=on_finish)
-        results = pool.run()
+        with one_runner(root, suite.path):
+            pool = Pool(jobs, slots, root, env=env, stop=stop, report=report, on_finish=on_finish)
+            results = pool.run()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -164,7 +164,9 @@ def _run_worker(args: argparse.Namespace, config, root: Path, devices: list, ctx
             run_experiment(config, root, devices, ctx=ctx, quiet=args.quiet, force=args.force)
         )
     except UserError as exc:
-        distributed.record_outcome(ctx, exc.exit_code)
+        # Under the launcher: one line from it, not one per rank plus torchrun's pages.
+        if distributed.record_error(ctx, exc):
+            return ExitCode.DONE
         raise
     except BaseException:
         distributed.record_outcome(ctx, ExitCode.FAILED)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -34,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
 from metasuite.errors import DatasetError
-from metasuite.fsutil import disk_full, flocked, fsync_dir, is_disk_full
+from metasuite.fsutil import disk_full, flocked, fsync_dir, is_disk_full, writing
 from metasuite.progress import progress_bar
 
 KNOWN_FILE_COUNTS: dict[str, int] = {
@@ -44,6 +45,10 @@ KNOWN_FILE_COUNTS: dict[str, int] = {
 }
 """Files the real archives hold, by archive file name: a repacked or partial copy of a
 known data set is refused instead of silently training on fewer classes."""
+
+UNPACKED_RECORD = ".metasuite-unpacked.json"
+"""Written into a folder unpacked from an archive of known size: the archive's name and
+file count, so the folder is checked against it even when the archive is gone."""
 
 ARCHIVE_SUFFIX = ".tar.bz2"
 """The reference repository's format (and the only one whose lone top folder keeps its
@@ -375,7 +380,9 @@ def unpack(
     if expected_files is None:
         expected_files = KNOWN_FILE_COUNTS.get(archive.name)
     fast = pbzip2_available() if use_pbzip2 is None else use_pbzip2
-    with _locked(archive):
+    # Every write of the unpack (lock, temp folder, files, rename) beside the archive:
+    # a read-only or full data folder is one line, not an OS traceback.
+    with writing(archive.parent), _locked(archive):
         for name in existing_names:
             if (archive.parent / name).is_dir():
                 return archive.parent / name
@@ -410,6 +417,11 @@ def unpack(
                     f"{archive}: unpacks to {target}, which already exists; "
                     "remove it or point dataset_path at it"
                 )
+            if expected_files is not None:
+                # What the folder must go on holding, readable without the archive
+                # (metasuite.data.folders.check_complete).
+                record = {"archive": archive.name, "files": found}
+                (source / UNPACKED_RECORD).write_text(json.dumps(record) + "\n")
             os.replace(source, target)
             fsync_dir(archive.parent)
         finally:
@@ -421,6 +433,7 @@ def unpack(
 __all__ = [
     "ARCHIVE_SUFFIXES",
     "KNOWN_FILE_COUNTS",
+    "UNPACKED_RECORD",
     "archive_sha256",
     "archive_stem",
     "archive_suffix",

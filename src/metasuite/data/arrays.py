@@ -84,9 +84,20 @@ def scan_arrays(root: Path, max_images_per_class: int | None) -> Listing:
         height: int, width: int, channels: int, workers: int, quiet: bool
     ) -> tuple[np.ndarray, list[int]]:
         parts: list[np.ndarray] = []
+        first: tuple[str, tuple[int, ...]] | None = None
         for name in progress_bar(files, unit="class", desc=f"reading {root.name}", quiet=quiet):
             path = root / name
             images = _as_images(_open_array(path), path)
+            # Every class is resized to the config's size, so a class stored at another
+            # size would be silently rescaled: a data set holds one image size.
+            if first is None:
+                first = (name, images.shape[1:])
+            elif images.shape[1:] != first[1]:
+                raise DatasetError(
+                    f"{path}: images of {images.shape[1]}x{images.shape[2]}, but "
+                    f"{first[0]} holds {first[1][0]}x{first[1][1]}; every class array of a "
+                    "data set must hold images of one size"
+                )
             if max_images_per_class is not None:
                 images = images[:max_images_per_class]
             parts.append(convert_pixels(np.asarray(images), height, width, channels))

@@ -32,15 +32,22 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from metasuite import jsontext
 from metasuite.config import ExperimentConfig, dataset_root, resolve_dataset_path
-from metasuite.data.archive import ARCHIVE_SUFFIX, ARCHIVE_SUFFIXES, KNOWN_FILE_COUNTS, unpack
+from metasuite.data.archive import (
+    ARCHIVE_SUFFIX,
+    ARCHIVE_SUFFIXES,
+    KNOWN_FILE_COUNTS,
+    UNPACKED_RECORD,
+    unpack,
+)
 from metasuite.data.arrays import scan_arrays
 from metasuite.data.csv_split import scan_csv
 from metasuite.data.images import IMAGE_SUFFIXES, RESAMPLE_NAME, decode_images
 from metasuite.data.layouts import Listing, detect_layout
 from metasuite.data.pickles import scan_pickles
 from metasuite.errors import ConfigError, DatasetError, DiskFullError
-from metasuite.fsutil import write_with_atomic
+from metasuite.fsutil import NotWritableError, write_with_atomic
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 CACHE_FORMAT = 1
@@ -362,25 +369,47 @@ class LoadedData:
     cache_state: str  # "loaded", "written", "rebuilt" or "not written (<why>)"
 
 
+def _expected_files(listing: Listing, archive: Path | None) -> tuple[int, str] | None:
+    """(file count, what says so) for a known data set: the archive beside the folder,
+    else the record the unpack left in it (:data:`~metasuite.data.archive.UNPACKED_RECORD`)."""
+    if archive is not None and archive.name in KNOWN_FILE_COUNTS:
+        return KNOWN_FILE_COUNTS[archive.name], archive.name
+    try:
+        record = jsontext.loads((listing.root / UNPACKED_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(files, int) or isinstance(files, bool):
+        return None
+    return files, f"{record.get('archive', 'its archive')} (as unpacked, {UNPACKED_RECORD})"
+
+
 def check_complete(listing: Listing, archive: Path | None) -> None:
-    """An unpacked known data set must still hold every file its archive has.
+    """An unpacked known data set must still hold every file its archive has, whether or
+    not the archive is still beside it.
 
     Checked on every load, not only at unpack time: a class folder deleted later would
     otherwise change the class split (and every task) without a word. Costs nothing
-    when complete (the listing is made anyway); on a mismatch the archive is read once
-    more to name what is missing.
+    when complete (the listing is made anyway); on a mismatch the archive, when there,
+    is read once more to name what is missing.
     """
-    if archive is None or listing.layout != "folders":
+    if listing.layout != "folders":
         return
-    expected = KNOWN_FILE_COUNTS.get(archive.name)
-    if expected is None:
+    known = _expected_files(listing, archive)
+    if known is None:
         return
+    expected, source = known
     found = sum(len(files) for files in listing.key["files"])
     if found == expected:
         return
-    detail = _missing_from(archive, listing) if found < expected else "extra files"
+    if found > expected:
+        detail = "extra files"
+    elif archive is not None and archive.is_file():
+        detail = _missing_from(archive, listing)
+    else:
+        detail = "files are missing"
     raise DatasetError(
-        f"{listing.root}: {found:,} images but {archive.name} holds {expected:,}, so the "
+        f"{listing.root}: {found:,} images but {source} holds {expected:,}, so the "
         f"unpacked data set was changed ({detail}); delete {listing.root} to unpack it again"
     )
 
@@ -466,8 +495,9 @@ def load_dataset(
 
     try:
         write_with_atomic(path, write)
-    except (OSError, DiskFullError) as exc:  # a read-only or full data folder still works,
-        # just slower next time: the pixels are in memory already
+    except (OSError, DiskFullError, NotWritableError) as exc:
+        # A read-only or full data folder still works, just slower next time: the pixels
+        # are in memory already.
         warnings.warn(f"{path}: cannot write the image cache ({exc})", UserWarning, stacklevel=2)
         state = f"not written ({getattr(exc, 'strerror', None) or exc})"
     return LoadedData(images, offsets, names, listing, path, state)

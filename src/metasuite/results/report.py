@@ -468,7 +468,7 @@ def paper_tables(groups: list[Group]) -> dict[str, tuple[list[str], list[list[st
 def _ensemble_text(score: TestScore | None) -> str:
     text = score_text(score)
     if score is not None and score.left_out:
-        text += f" (incomplete: epochs {list(score.left_out)} left out)"
+        text += f" (incomplete: epochs {[shown_epoch(e) for e in score.left_out]} left out)"
     return text
 
 
@@ -612,26 +612,35 @@ def write_report(
         raise UserError(f"no experiments under {root} and no generated configs in {configs}")
     make_dirs(out)
     previous = owned_files(out)
-    results_md = out / "results.md"
+    results_md, summary, per_seed = (
+        out / "results.md",
+        out / "results.csv",
+        out / "results_per_seed.csv",
+    )
+    index = out / "index.md"
+    plot_dir = out / "plots"
+    paper = paper_tables(groups)
+    table_paths = {dataset: out / f"table_{_file_slug(dataset)}.csv" for dataset in paper}
+    _refuse_foreign_files(
+        out,
+        previous,
+        [index, results_md, summary, per_seed, *table_paths.values()]
+        + [plot_dir / f"{g.slug}.png" for g in groups],
+    )
     write_text_atomic(results_md, results_markdown(groups, excluded))
-    summary = out / "results.csv"
     write_text_atomic(summary, summary_csv(groups))
-    per_seed = out / "results_per_seed.csv"
     write_text_atomic(per_seed, per_seed_csv(groups))
     tables = []
-    for dataset, (header, rows) in paper_tables(groups).items():
-        path = out / f"table_{_file_slug(dataset)}.csv"
-        write_text_atomic(path, _csv_text(header, rows))
-        tables.append(path)
+    for dataset, (header, rows) in paper.items():
+        write_text_atomic(table_paths[dataset], _csv_text(header, rows))
+        tables.append(table_paths[dataset])
 
-    plot_dir = out / "plots"
     plots: dict[str, Path] = {}
     for g in progress_bar(groups, quiet=quiet, desc="plots", unit="group", leave=False):
         path = g.plot(plot_dir / f"{g.slug}.png")
         if path is not None:
             plots[g.key] = path
 
-    index = out / "index.md"
     write_text_atomic(index, index_markdown(groups, excluded, plots, out, root))
     written = [index, results_md, summary, per_seed, *tables, *plots.values()]
     _remove_stale(out, previous, written)
@@ -653,6 +662,18 @@ def owned_files(out: Path) -> set[str]:
     if not isinstance(files, list):
         return set()
     return {f for f in files if isinstance(f, str) and _inside(f)}
+
+
+def _refuse_foreign_files(out: Path, previous: set[str], targets: list[Path]) -> None:
+    """A report overwrites only what a report wrote before (its record, :data:`OWNED_FILES`):
+    a user's own ``results.md`` in ``--out`` is refused up front, one line, nothing written."""
+    foreign = [t for t in targets if t.exists() and t.relative_to(out).as_posix() not in previous]
+    if foreign:
+        more = f" (and {plural(len(foreign) - 1, 'other file')})" if len(foreign) > 1 else ""
+        raise UserError(
+            f"{foreign[0]}{more}: not written by metasuite report, which would overwrite it; "
+            "move it or choose another --out"
+        )
 
 
 def _inside(relative: str) -> bool:

@@ -13,15 +13,16 @@ resumable, not that it is still busy.
 from __future__ import annotations
 
 import csv
-import json
 import socket
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from metasuite.config import ExperimentConfig, load_config
+from metasuite import jsontext
+from metasuite.config import ExperimentConfig, load_config, training_differences
 from metasuite.errors import ConfigError, UserError
 from metasuite.selection import matches
 from metasuite.text import plural, shown_epoch
@@ -102,9 +103,9 @@ def read_json(path: Path) -> Any:
     except FileNotFoundError:
         return None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        return jsontext.loads(text)
+    except jsontext.JsonTextError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def read_summary_statistics(path: Path) -> list[dict[str, float]]:
@@ -197,6 +198,32 @@ def _has_checkpoint(folder: Path) -> bool:
     return ckpt.is_dir() and any(p.is_file() for p in ckpt.iterdir())
 
 
+def config_drift(folder: Path, generated: ExperimentConfig | None) -> str:
+    """Say so when the generated config no longer matches the one the run uses: a
+    started run keeps its own ``config.json`` (a finished one is skipped by run-suite, a
+    paused one refuses to resume on changed training settings), so ``generate`` over
+    it changes nothing visibly unless it is said here. "" when they agree."""
+    snapshot = folder / CONFIG_FILE
+    if generated is None or not snapshot.is_file():
+        return ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            used = load_config(snapshot)
+    except UserError:
+        return ""
+    differences = training_differences(used, generated)
+    if not differences:
+        return ""
+    shown = "; ".join(differences[:2]) + (
+        f"; +{len(differences) - 2} more" if len(differences) > 2 else ""
+    )
+    return (
+        f"generated config differs from this run's config.json ({shown}); the run keeps its "
+        f"own (metasuite show {folder.name})"
+    )
+
+
 def read_status(
     experiment: SuiteExperiment, *, host: str | None = None, config: ExperimentConfig | None = None
 ) -> ExperimentStatus:
@@ -242,7 +269,8 @@ def read_status(
     message = "" if status == "done" else state.get("message") or ""
     left_out = state.get("ensemble_left_out")
     if status == "done" and isinstance(left_out, list) and left_out:
-        message = f"ensemble incomplete: epochs {left_out} left out (damaged checkpoints)"
+        shown = [shown_epoch(e) if isinstance(e, int) else e for e in left_out]
+        message = f"ensemble incomplete: epochs {shown} left out (damaged checkpoints)"
     pid = _int_or_none(state.get("pid"))
     state_host = state.get("host")
     detail = str(message)
@@ -265,6 +293,9 @@ def read_status(
         }.get(status, UNREADABLE)
         if label == UNREADABLE:
             detail = f"{folder / STATE_FILE}: unknown status {status!r}"
+    drift = config_drift(folder, config)
+    if drift:
+        detail = f"{detail}; {drift}" if detail else drift
     return ExperimentStatus(
         name=experiment.name,
         folder=folder,

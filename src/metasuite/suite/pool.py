@@ -20,22 +20,23 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from metasuite.errors import RESUMABLE_EXIT_CODES, ExitCode
+from metasuite.errors import RESUMABLE_EXIT_CODES, ExitCode, UserError
 from metasuite.text import plural
 from metasuite.training.devices import CPU, DeviceSpecError, parse_devices
 from metasuite.training.experiment_dir import ExperimentDir
-from metasuite.training.lock import pid_alive
+from metasuite.training.lock import ExperimentLock, pid_alive
 from metasuite.training.signals import parent_death_signal
 
 POLL_SECONDS = 0.2
@@ -146,6 +147,38 @@ class StopFlag:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop waiting
         self.signum = signum
+
+
+RUNNER_LOCKS = ".run_suite"
+"""Folder under the experiments root holding one lock folder per suite being run."""
+
+
+@contextlib.contextmanager
+def one_runner(experiments_root: Path, suite_path: Path) -> Iterator[None]:
+    """Hold the lock of (suite, experiments root) for the block, or raise one line.
+
+    Two pools on one suite would start the same experiments at the same moment: one
+    training wins the experiment's own lock, the other's exits 2 and is reported as a
+    failure whose "reason" is the winner's output in the shared ``run_suite.log``. The
+    second ``run-suite`` is therefore refused up front, by the experiment lock's own
+    mechanism (owner pid, host and start time; a dead owner's lock is taken over).
+    """
+    suite_path = Path(suite_path).resolve()
+    key = hashlib.sha256(str(suite_path).encode()).hexdigest()[:12]
+    lock = ExperimentLock(experiments_root / RUNNER_LOCKS / f"{suite_path.stem}-{key}")
+    try:
+        lock.acquire()
+    except UserError:
+        owner = lock.owner() or {}
+        raise UserError(
+            f"another run-suite (pid {owner.get('pid', '?')} on {owner.get('host', '?')}, "
+            f"since {owner.get('since', '?')}) is running {suite_path} on "
+            f"{experiments_root}; wait for it or stop it (its lock: {lock.path})"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class Pool:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import json
+import math
 import re
 import tomllib
 import warnings
@@ -41,6 +42,7 @@ from typing import Any
 
 import jinja2
 
+from metasuite import jsontext
 from metasuite.config import (
     EXPERIMENT_NAME_RULE,
     REPO_ROOT,
@@ -72,6 +74,12 @@ _TOP_KEYS = ("suite", "constants", "grid", "exclude", "slurm")
 _VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 Scalar = str | int | float | bool
+
+MAX_COMBINATIONS = 100_000
+"""The largest grid a suite may span, counted (a product of axis lengths) before
+anything is expanded: every combination becomes a config and a script, and all are
+rendered and validated before one is written, so a typo'd grid of 10^8 would fill
+memory, not the disk."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +194,13 @@ def _parse_grid(grid: Any, src: str) -> tuple[Axis, ...]:
             if k in seen:
                 raise ConfigError(f"{src}: grid variable {k!r} is given twice")
             seen.add(k)
+    size = math.prod(len(axis.rows) for axis in axes)
+    if size > MAX_COMBINATIONS:
+        shape = " x ".join(f"{len(a.rows)} {'/'.join(a.keys)}" for a in axes)
+        raise ConfigError(
+            f"{src}: [grid] has {size:,} combinations ({shape}) before exclusions; at most "
+            f"{MAX_COMBINATIONS:,} (each is a config and a script); split the suite"
+        )
     return tuple(axes)
 
 
@@ -237,6 +252,8 @@ def load_suite(path: str | Path | None = None, root: str | Path | None = None) -
         raise ConfigError(f"{src}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{src}: not valid TOML ({exc})") from None
+    except RecursionError:  # tomllib parses nested arrays recursively
+        raise ConfigError(f"{src}: arrays or tables nested too deeply to read") from None
     for key in raw:
         if key not in _TOP_KEYS:
             raise ConfigError(
@@ -354,12 +371,12 @@ def _expand_one(suite: Suite, env: jinja2.Environment, values: dict[str, Scalar]
     template_path = _display(suite.path.parent / template, suite.root)
     source = f"{template_path} with {combo}"
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        bad = text.splitlines()[exc.lineno - 1] if exc.lineno <= len(text.splitlines()) else ""
+        raw = jsontext.loads(text)
+    except jsontext.JsonTextError as exc:
+        lines = text.splitlines()
+        bad = lines[exc.lineno - 1] if exc.lineno and exc.lineno <= len(lines) else ""
         raise ConfigError(
-            f"{source}: rendered config is not valid JSON (line {exc.lineno}: {exc.msg}: "
-            f"{bad.strip()!r})"
+            f"{source}: rendered config is {exc}" + (f": {bad.strip()!r}" if bad else "")
         ) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the template must render a JSON object")

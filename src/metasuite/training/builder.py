@@ -155,6 +155,10 @@ class Progress:
         return float(best["accuracy"]), ranked[0]
 
 
+class EvaluationStopped(Exception):
+    """A stop request seen between two evaluation batches (validation or test)."""
+
+
 def _task_losses(result: Any, batch: TaskBatch) -> list[float]:
     """Per-task query loss (cross-entropy of the final step), from the query
     probabilities: the learner's result carries only their mean over tasks."""
@@ -338,7 +342,13 @@ class Builder:
             stopped = self.train_epoch()
             if stopped:
                 return self.interrupted()
-            self.end_epoch()
+            try:
+                self.end_epoch()
+            except EvaluationStopped:
+                # The epoch's training is done, its validation is not: a checkpoint at
+                # the epoch's last iteration resumes straight into that validation.
+                self.save_checkpoint(epoch_end=None)
+                return self.interrupted()
             if self.stop.requested:
                 return self.interrupted()
             self.epochs_this_run += 1
@@ -353,8 +363,15 @@ class Builder:
                 return Outcome.PAUSED
         return Outcome.DONE
 
-    def interrupted(self, *, before_training: bool = False) -> Outcome:
-        if before_training:
+    def interrupted(self, *, before_training: bool = False, during_test: bool = False) -> Outcome:
+        if during_test:
+            # The members are scored from their checkpoint files, which stay: the rerun
+            # tests again from the first member, and gets the same numbers.
+            message = (
+                f"stopped by {self.stop.signal_name} during the test (training is complete); "
+                "run the same command to test again"
+            )
+        elif before_training:
             where = f"epoch {shown_epoch(self.progress.epoch)}, iteration {self.progress.iteration}"
             what = "during start-up, before training in this run (nothing to checkpoint)"
             if self.progress.iteration:
@@ -485,6 +502,11 @@ class Builder:
                 bar.update(len(batch))
                 bar.set_postfix(acc=f"{sum(accs) / len(accs):.4f}")
                 fault_point("validation" if sampler is self.tasks.val else "test")
+                # Between batches, so a stop waits for one batch, not the whole split
+                # (Slurm's SIGKILL follows its SIGTERM by ~30 s). Across ranks the flag
+                # is agreed in the evaluation's collective, so all of them raise here.
+                if self.stop.requested:
+                    raise EvaluationStopped
         finally:
             bar.close()
         return losses, accs, torch.cat(probs), torch.cat(labels)
@@ -531,7 +553,7 @@ class Builder:
         self.write_state("running", "testing")
         for epoch in ranked:
             if self.stop.requested:
-                return self.interrupted()
+                return self.interrupted(during_test=True)
             ckpt = files.get(epoch)
             if ckpt is None:
                 log.warning(
@@ -541,6 +563,8 @@ class Builder:
                 continue
             try:
                 probs, labels = self.evaluate_checkpoint(ckpt.path, epoch)
+            except EvaluationStopped:
+                return self.interrupted(during_test=True)
             except CorruptCheckpointError as exc:
                 log.warning("%s; epoch %d left out of the test ensemble", exc, shown_epoch(epoch))
                 left_out[epoch] = str(exc)
@@ -589,7 +613,8 @@ class Builder:
         )
         if left_out:
             message += (
-                f"; ENSEMBLE INCOMPLETE: epochs {sorted(left_out)} left out (damaged or "
+                f"; ENSEMBLE INCOMPLETE: epochs {[shown_epoch(e) for e in sorted(left_out)]} "
+                "left out (damaged or "
                 f"missing checkpoints), {len(used)} of {len(ranked)} models used"
             )
             log.warning(message)

@@ -65,11 +65,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from metasuite.errors import ExitCode, UserError
+from metasuite.errors import EnvironmentFault, ExitCode, UserError
 from metasuite.training.nodes import (
     ONE_NODE,
     RDZV_TIMEOUT_ENV,
     Nodes,
+    check_host_resolves,
     rdzv_timeout_seconds,
     torchrun_options,
 )
@@ -179,6 +180,38 @@ def record_outcome(ctx: DistContext, code: int) -> bool:
     if ctx.local_rank == 0:
         Path(folder, OUTCOME_FILE).write_text(str(int(code)))
     return True
+
+
+ERROR_FILE_PREFIX = "error."
+"""``error.<rank>``: the one-line message of a user error (or environment fault) a worker
+ended with, for its node's launcher to print once, in place of torchrun's traceback."""
+
+
+def record_error(ctx: DistContext, exc: UserError) -> bool:
+    """Leave ``exc``'s line and exit status for this node's launcher; True if there is
+    one (the worker then ends quietly with status 0, so torchrun reports no failure and
+    the launcher says it once, as a single process would)."""
+    folder = os.environ.get(LAUNCH_DIR_ENV)
+    if not folder:
+        return False
+    Path(folder, f"{ERROR_FILE_PREFIX}{ctx.rank}").write_text(str(exc))
+    record_outcome(ctx, exc.exit_code)
+    return True
+
+
+def _recorded_error(folder: Path, code: int) -> UserError | None:
+    """The first rank's recorded error as the exception a single process would raise."""
+    ranked = []
+    for path in folder.glob(f"{ERROR_FILE_PREFIX}*"):
+        with contextlib.suppress(OSError, ValueError):
+            ranked.append((int(path.name.removeprefix(ERROR_FILE_PREFIX)), path.read_text()))
+    if not ranked:
+        return None
+    error = (
+        EnvironmentFault(min(ranked)[1]) if code == ExitCode.FAILED else UserError(min(ranked)[1])
+    )
+    error.exit_code = code
+    return error
 
 
 # ---------------------------------------------------------------------- collectives
@@ -462,9 +495,14 @@ def launch(
         return ExitCode.STOPPED
     multi = nodes.count > 1
     rdzv_timeout = rdzv_timeout_seconds() if multi else 0
+    check_host_resolves(nodes)
     with tempfile.TemporaryDirectory(prefix="metasuite-launch-") as tmp:
         folder = Path(tmp)
         env = dict(os.environ, **{LAUNCH_DIR_ENV: tmp})
+        if nproc > 1:
+            # What torchrun sets itself when it is unset, minus its banner saying so: the
+            # job's stderr is the workers' lines and the launcher's, nothing else.
+            env.setdefault("OMP_NUM_THREADS", "1")
         command = [
             sys.executable, "-m", "torch.distributed.run",
             *torchrun_options(nodes, rdzv_id, rdzv_timeout),
@@ -518,7 +556,11 @@ def launch(
         outcome = folder / OUTCOME_FILE
         if outcome.exists():
             with contextlib.suppress(ValueError):
-                return int(outcome.read_text())
+                recorded = int(outcome.read_text())
+                error = _recorded_error(folder, recorded)
+                if error is not None:
+                    raise error
+                return recorded
         return code if code >= 0 else 128 - code
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from metasuite import jsontext
 from metasuite.config import REPO_ROOT, ExperimentConfig, save_config
 from metasuite.errors import UserError
 from metasuite.fsutil import write_text_atomic
@@ -150,7 +151,7 @@ class ExperimentDir:
         reads it with :func:`metasuite.results.status.read_json` to say *why* it is unreadable.
         """
         try:
-            state = json.loads(self.state_path.read_text(encoding="utf-8"))
+            state = jsontext.loads(self.state_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
         return state if isinstance(state, dict) else None
@@ -201,7 +202,7 @@ class ExperimentDir:
     def read_live_iteration(self) -> int | None:
         """The iteration in ``logs/live_progress.json``, or None when absent or unreadable."""
         try:
-            value = json.loads(self.live_progress_path.read_text(encoding="utf-8"))
+            value = jsontext.loads(self.live_progress_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
         iteration = value.get("iteration") if isinstance(value, dict) else None
@@ -233,7 +234,7 @@ class ExperimentDir:
 
     def read_test_summary(self) -> dict[str, Any] | None:
         try:
-            return json.loads(self.test_summary_path.read_text())
+            return jsontext.loads(self.test_summary_path.read_text())
         except (OSError, ValueError):
             return None
 

@@ -11,6 +11,8 @@ Unset (the normal case), a fault point costs one dictionary lookup.
   (1-based, counted per process) to ``site``.
 - ``METASUITE_FAULT_SLEEP="site:seconds[,...]"``: sleep at every visit to ``site``,
   widening the window for a kill from outside.
+- ``METASUITE_FAULT_TERM="site:n[,...]"``: send this process a SIGTERM on the n-th visit
+  to ``site`` (as Slurm or a user would), so a test knows the phase a stop arrived in.
 
 Sites used by the builder: ``iteration`` (after a meta-iteration, before any checkpoint
 of it), ``checkpoint-write`` (temporary file written, not yet renamed),
@@ -27,6 +29,7 @@ from collections import Counter
 
 FAULT_ENV = "METASUITE_FAULT"
 SLEEP_ENV = "METASUITE_FAULT_SLEEP"
+TERM_ENV = "METASUITE_FAULT_TERM"
 
 _visits: Counter[str] = Counter()
 
@@ -48,12 +51,16 @@ def fault_point(site: str) -> None:
     """Visit ``site``: sleep and/or SIGKILL this process if the environment asks for it."""
     kills = os.environ.get(FAULT_ENV)
     sleeps = os.environ.get(SLEEP_ENV)
-    if not kills and not sleeps:
+    terms = os.environ.get(TERM_ENV)
+    if not kills and not sleeps and not terms:
         return
     _visits[site] += 1
     pause = _parse(sleeps).get(site)
     if pause:
         time.sleep(pause)
+    term = _parse(terms).get(site)
+    if term is not None and _visits[site] == int(term):
+        os.kill(os.getpid(), signal.SIGTERM)
     target = _parse(kills).get(site)
     if target is not None and _visits[site] == int(target):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from metasuite import jsontext
 from metasuite.errors import UserError
 from metasuite.fsutil import flocked
 
@@ -83,9 +84,11 @@ class ExperimentLock:
         self.held = False
         self.took_over: dict[str, Any] | None = None
 
-    def _owner(self) -> dict[str, Any] | None:
+    def owner(self) -> dict[str, Any] | None:
+        """The lock file's record of its holder (pid, host, start time, since); None when
+        there is no lock, {} when it cannot be read."""
         try:
-            return json.loads(self.path.read_text())
+            return jsontext.loads(self.path.read_text())
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
@@ -101,7 +104,7 @@ class ExperimentLock:
             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         with flocked(self.folder, self.folder / GUARD_NAME):
-            owner = self._owner()
+            owner = self.owner()
             if owner is not None:
                 self._refuse_or_take_over(owner)
             tmp = self.folder / f".lock.{os.getpid()}.tmp"
@@ -133,7 +136,7 @@ class ExperimentLock:
         """Remove the lock if this process still owns it."""
         if not self.held:
             return
-        owner = self._owner()
+        owner = self.owner()
         if owner and owner.get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)
         self.held = False

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from metasuite import __version__
+from metasuite import __version__, jsontext
 from metasuite.config import REPO_ROOT, ExperimentConfig, config_hash, resolve_dataset_path
 from metasuite.fsutil import write_text_atomic
 from metasuite.training.experiment_dir import ExperimentDir, utc_now
@@ -219,6 +219,25 @@ def dataset_info(config: ExperimentConfig, tasks: Any = None) -> DatasetInfo:
     )
 
 
+def class_split_change(exp_dir: Path, tasks: Any) -> str | None:
+    """``"class-split hash X -> Y"`` when the data's class split (``tasks.split_hash``)
+    differs from the one the manifest's last run recorded; None when equal or unknown.
+    An unknown data set has no archive to be checked against, so what it held when the
+    run began (the manifest) is what a resume must find again."""
+    current = getattr(tasks, "split_hash", None)
+    try:
+        manifest = read_manifest(Path(exp_dir))
+    except ValueError:
+        return None
+    if not current or manifest is None:
+        return None
+    for run in reversed(manifest["runs"]):
+        recorded = (run.get("dataset") or {}).get("split_hash")
+        if recorded:
+            return None if recorded == current else f"class-split hash: {recorded} -> {current}"
+    return None
+
+
 # ------------------------------------------------------------------ the manifest
 
 
@@ -250,19 +269,59 @@ def manifest_path(exp_dir: Path) -> Path:
     return Path(exp_dir) / MANIFEST_FILE
 
 
+_RUN_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "git": (dict,), "software": (dict,), "command": (dict,), "dataset": (dict,),
+    "seeds": (dict,), "resumed_from": (dict,), "devices": (list,), "warnings": (list,),
+    "notes": (list,), "changes_since_previous_run": (list,), "execution_changes": (list,),
+    "run": (int,), "world_size": (int,), "pid": (int,),
+    "started": (str,), "ended": (str,), "status": (str,), "message": (str,),
+    "host": (str,), "config_hash": (str,), "meta_learner": (str,), "numerics": (dict,),
+    "forced_differences": (list,),
+}  # fmt: skip
+"""What each run's fields must be (None, or absent, is always allowed): a manifest edited
+by hand or written by something else is refused on reading, in one place, instead of
+crashing whichever reader (``show``, ``status``, a resume) touches the field first."""
+_RUN_ITEM_TYPES: dict[str, type] = {"devices": dict}
+_COMMAND_FIELD_TYPES: dict[str, tuple[type, ...]] = {"argv": (list,), "gpu_ids": (list,)}
+
+
+def _check_run_fields(runs: list[dict[str, Any]], path: Path) -> None:
+    """ValueError naming the run and field whose type is not the manifest's."""
+    for i, entry in enumerate(runs, 1):
+        for key, types in _RUN_FIELD_TYPES.items():
+            value = entry.get(key)
+            if value is not None and (
+                not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+            ):
+                raise ValueError(
+                    f"{path}: run #{i}: {key!r} must be {' or '.join(t.__name__ for t in types)}, "
+                    f"got {type(value).__name__}"
+                )
+        for key, item in _RUN_ITEM_TYPES.items():
+            if any(not isinstance(x, item) for x in entry.get(key) or []):
+                raise ValueError(f"{path}: run #{i}: every {key!r} entry must be {item.__name__}")
+        for key, types in _COMMAND_FIELD_TYPES.items():
+            value = (entry.get("command") or {}).get(key)
+            if value is not None and not isinstance(value, types):
+                raise ValueError(
+                    f"{path}: run #{i}: command {key!r} must be a list, got {type(value).__name__}"
+                )
+
+
 def read_manifest(exp_dir: Path) -> dict[str, Any] | None:
     """The manifest, or None when there is none. ValueError naming the file if corrupt."""
     path = manifest_path(exp_dir)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = jsontext.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except jsontext.JsonTextError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
         raise ValueError(f'{path}: expected an object with a "runs" list')
     if not all(isinstance(run, dict) for run in data["runs"]):
         raise ValueError(f'{path}: every entry of "runs" must be an object')
+    _check_run_fields(data["runs"], path)
     return data
 
 
@@ -277,9 +336,12 @@ _COMPARED: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("cuDNN version", ("software", "cudnn"), True),
     ("dataset archive sha256", ("dataset", "archive_sha256"), True),
     ("class-split hash", ("dataset", "split_hash"), True),
-    ("backend (resolved)", ("numerics", "backend"), True),
-    ("precision", ("numerics", "precision"), True),
-    ("CPU thread count", ("numerics", "num_threads"), True),
+    # Said once by the resume itself (metasuite.training.runner.say_execution_changes);
+    # recorded here too, quietly.
+    ("backend (resolved)", ("numerics", "backend"), False),
+    ("precision", ("numerics", "precision"), False),
+    ("CPU thread count", ("numerics", "num_threads"), False),
+    ("world size", ("numerics", "world_size"), False),
     ("config hash", ("config_hash",), False),
     ("Python version", ("software", "python"), False),
     ("numpy version", ("software", "numpy"), False),
@@ -307,6 +369,18 @@ def compare_runs(previous: Mapping[str, Any], current: Mapping[str, Any]) -> lis
     return out
 
 
+FILE_ONLY = "metasuite_file_only"
+"""A log record carrying this attribute (``extra={FILE_ONLY: True}``) goes to the
+experiment's log file only: its text already reached the console another way."""
+
+
+def _warn(message: str) -> None:
+    """Once on the console (a Python warning: callers and tests can catch it) and once
+    in the experiment's log file, never twice on the console."""
+    warnings.warn(message, ReproducibilityWarning, stacklevel=3)
+    log.warning(message, extra={FILE_ONLY: True})
+
+
 def start_run(
     exp_dir: Path,
     config: ExperimentConfig,
@@ -319,6 +393,7 @@ def start_run(
     numerics: Mapping[str, Any] | None = None,
     forced_differences: Sequence[str] = (),
     backbone: Mapping[str, Any] | None = None,
+    execution_changes: Sequence[str] = (),
 ) -> RunRecord:
     """Append a run to ``exp_dir/manifest.json`` (creating it) and return it.
 
@@ -327,7 +402,9 @@ def start_run(
     ``{"epoch": 3, "iteration": 1500}`` (or a checkpoint's whole ``progress``) when
     continuing from a checkpoint. ``numerics``: the resolved backend, precision and
     thread count (:func:`metasuite.training.runtime.numerics`); ``forced_differences``:
-    what ``--force`` let differ from the run resumed. A previous run
+    what ``--force`` let differ from the run resumed; ``execution_changes``: how the
+    execution differs from the checkpoint resumed (backend, threads, world size: the
+    resume policy, :func:`metasuite.training.runtime.execution_changes`). A previous run
     that never finished (the process was killed) is marked ``"killed"``.
     """
     exp_dir = Path(exp_dir)
@@ -340,8 +417,7 @@ def start_run(
         )
         os.replace(manifest_path(exp_dir), kept)
         notes.append(f"previous manifest unreadable ({exc}); kept as {kept.name}")
-        warnings.warn(notes[-1], ReproducibilityWarning, stacklevel=2)
-        log.warning(notes[-1])
+        _warn(notes[-1])
         manifest = None
     if manifest is None:
         manifest = {"format": FORMAT, "experiment_name": config.experiment_name, "runs": []}
@@ -386,6 +462,7 @@ def start_run(
         else {k: int(resumed_from[k]) for k in ("epoch", "iteration") if k in resumed_from},
         "numerics": None if numerics is None else dict(numerics),
         "forced_differences": list(forced_differences),
+        "execution_changes": list(execution_changes),
         "changes_since_previous_run": [],
         "warnings": [],
         "notes": notes,
@@ -406,8 +483,7 @@ def start_run(
             "uninterrupted run (recorded in manifest.json)"
         )
         entry["warnings"].append(message)
-        warnings.warn(message, ReproducibilityWarning, stacklevel=2)
-        log.warning(message)
+        _warn(message)
     runs.append(entry)
     _write(exp_dir, manifest)
     return RunRecord(exp_dir, len(runs) - 1, entry, list(entry["warnings"]))
@@ -446,6 +522,7 @@ def recorded_run(
     numerics: Mapping[str, Any] | None = None,
     forced_differences: Sequence[str] = (),
     backbone: Mapping[str, Any] | None = None,
+    execution_changes: Sequence[str] = (),
 ) -> Iterator[RunRecord]:
     """Start a run, and make sure it gets an end: the block calls ``run.finish(status)``
     with its outcome; an exception records "failed" (or "interrupted" for Ctrl-C) with
@@ -460,6 +537,7 @@ def recorded_run(
         numerics=numerics,
         forced_differences=forced_differences,
         backbone=backbone,
+        execution_changes=execution_changes,
     )
     try:
         yield record
@@ -570,6 +648,10 @@ def format_manifest(manifest: Mapping[str, Any]) -> str:
         )
         for change in entry.get("changes_since_previous_run") or []:
             lines.append(f"  changed:     {change}")
+        for change in entry.get("execution_changes") or []:
+            lines.append(f"  resumed on:  {change} (execution; float summation order)")
+        for change in entry.get("forced_differences") or []:
+            lines.append(f"  --force:     {change}")
         for warning in entry.get("warnings") or []:
             lines.append(f"  WARNING:     {warning}")
         for note in entry.get("notes") or []:
@@ -584,7 +666,7 @@ def _normalised_config_lines(path: Path) -> tuple[list[str], str | None]:
     from metasuite.errors import ConfigError
 
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = jsontext.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8
         return [], f"{path}: cannot read ({exc})"
     try:
@@ -604,7 +686,7 @@ def _generated_config(name: str, configs: Path) -> Path | None:
     if configs.is_dir():
         for path in sorted(configs.glob("*.json")):
             try:
-                if json.loads(path.read_text(encoding="utf-8")).get("experiment_name") == name:
+                if jsontext.loads(path.read_text(encoding="utf-8")).get("experiment_name") == name:
                     return path
             except (OSError, ValueError, AttributeError):
                 continue
@@ -681,6 +763,7 @@ __all__ = [
     "DatasetInfo",
     "ReproducibilityWarning",
     "RunRecord",
+    "class_split_change",
     "config_diff",
     "dataset_info",
     "finish_run",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -236,6 +237,21 @@ def resolve_nodes(
     return Nodes(count, rank, host, port)
 
 
+def check_host_resolves(nodes: Nodes) -> None:
+    """A rendezvous host whose name does not resolve is one line at once, not a wait of
+    the whole ``$METASUITE_RDZV_TIMEOUT_S`` for a rendezvous that cannot form."""
+    if nodes.count == 1:
+        return
+    try:
+        socket.getaddrinfo(nodes.host, nodes.port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise UserError(
+            f"the rendezvous host {nodes.host!r} of {nodes.endpoint} (from {nodes.source}) "
+            f"does not resolve ({reason}); check --rdzv-endpoint or ${RDZV_HOST_ENV}"
+        ) from None
+
+
 def torchrun_options(nodes: Nodes, run_id: str, timeout_s: int) -> list[str]:
     """torchrun's rendezvous options for one node of ``nodes`` (``--standalone`` for one).
 
@@ -274,6 +290,7 @@ __all__ = [
     "RDZV_PORT_ENV",
     "RDZV_TIMEOUT_ENV",
     "Nodes",
+    "check_host_resolves",
     "expand_hostlist",
     "first_host",
     "parse_endpoint",

@@ -26,7 +26,6 @@ locks, decides and writes; the decision reaches the other ranks by broadcast.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sys
 import tempfile
@@ -38,7 +37,7 @@ import torch
 
 from metasuite import progress
 from metasuite.config import ExperimentConfig, from_dict, training_differences
-from metasuite.errors import UserError
+from metasuite.errors import DatasetError, UserError
 from metasuite.fsutil import is_disk_full
 from metasuite.training.builder import Builder, Outcome
 from metasuite.training.checkpoint import CheckpointStore
@@ -53,10 +52,10 @@ from metasuite.training.distributed import (
 )
 from metasuite.training.experiment_dir import ExperimentDir
 from metasuite.training.lock import ExperimentLock
-from metasuite.training.manifest import recorded_run
+from metasuite.training.manifest import FILE_ONLY, class_split_change, recorded_run
 from metasuite.training.runtime import (
     configure,
-    numerics_differences,
+    execution_changes,
     seed_everything,
 )
 from metasuite.training.runtime import numerics as numerics_of
@@ -71,6 +70,8 @@ class _TqdmHandler(logging.Handler):
     """Log lines on stderr that do not tear progress bars apart."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, FILE_ONLY, False):
+            return  # shown on the console already, as a warning
         try:
             progress.write(self.format(record), file=sys.stderr)
         except Exception:  # pragma: no cover - logging must never raise
@@ -149,20 +150,40 @@ def _wipe(exp: ExperimentDir, store: CheckpointStore) -> None:
         log.info("starting from scratch: deleted %d old checkpoints", removed)
 
 
-def resume_differences(
-    payload: dict[str, Any], config: ExperimentConfig, numerics: dict[str, Any] | None, source: str
-) -> list[str]:
-    """Why ``config`` on this process would not continue the run saved in ``payload``:
-    changed training settings, and a changed resolved backend, precision or thread
-    count (:func:`~metasuite.training.runtime.numerics`). A checkpoint from before the
-    numerics were recorded is compared on the config's ``backend`` alone."""
-    old = from_dict(payload["config"], source=source)
-    differences = training_differences(old, config)
-    if numerics is not None and payload.get("numerics"):
-        differences += numerics_differences(payload["numerics"], numerics)
-    elif old.backend != config.backend:
-        differences.append(f"backend: {json.dumps(old.backend)} -> {json.dumps(config.backend)}")
-    return differences
+def resume_differences(payload: dict[str, Any], config: ExperimentConfig, source: str) -> list[str]:
+    """Why ``config`` would not continue the run saved in ``payload``: its changed
+    training settings (refused without ``--force``). How the run is executed may change:
+    :func:`say_execution_changes`."""
+    return training_differences(from_dict(payload["config"], source=source), config)
+
+
+def say_execution_changes(
+    payload: dict[str, Any],
+    config: ExperimentConfig,
+    numerics: dict[str, Any] | None,
+    changed: list[str] | None,
+) -> None:
+    """The one place the resume policy (:func:`~metasuite.training.runtime.execution_changes`)
+    is applied to how a run is executed: each change from the checkpoint is said once,
+    and appended to ``changed`` for the manifest. A checkpoint from before the numerics
+    were recorded is compared on the config's ``backend``."""
+    if numerics is None:
+        return
+    if payload.get("numerics"):
+        changes = execution_changes(payload["numerics"], numerics)
+    else:
+        old = from_dict(payload["config"], source="checkpoint").backend
+        changes = [] if old == config.backend else [f"backend: {old} -> {config.backend}"]
+    if not changes:
+        return
+    log.warning(
+        "resuming with other execution settings than the checkpoint: %s; they change the "
+        "order of float summation, so the results will match an uninterrupted run to float "
+        "precision, not bit for bit (recorded in manifest.json)",
+        "; ".join(changes),
+    )
+    if changed is not None:
+        changed.extend(changes)
 
 
 def choose_start(
@@ -173,11 +194,14 @@ def choose_start(
     force: bool,
     numerics: dict[str, Any] | None = None,
     forced: list[str] | None = None,
+    changed: list[str] | None = None,
 ) -> dict[str, Any] | None:
     """The checkpoint payload to resume from, or None for a fresh start (see module doc).
 
     ``numerics``: this process's (:func:`~metasuite.training.runtime.numerics`); the
-    differences ``force`` overrides are appended to ``forced`` for the manifest."""
+    differences ``force`` overrides are appended to ``forced``, the execution settings
+    that changed (:func:`~metasuite.training.runtime.execution_changes`) to ``changed``, for
+    the manifest."""
     mode = config.continue_from_epoch
     payload: dict[str, Any] | None = None
     source = ""
@@ -199,7 +223,8 @@ def choose_start(
     else:
         ckpt, payload = store.load_epoch(int(mode))
         source = ckpt.path.name
-    differences = resume_differences(payload, config, numerics, f"{ckpt.path}")
+    differences = resume_differences(payload, config, f"{ckpt.path}")
+    say_execution_changes(payload, config, numerics, changed)
     if differences:
         listing = "; ".join(differences)
         if forced is not None:
@@ -277,7 +302,7 @@ def run_experiment(
             log.info("experiment already done; test results in %s", exp.test_summary_path)
             return Outcome.DONE
 
-        numerics = numerics_of(learner.backend, config.precision, device)
+        numerics = numerics_of(learner.backend, config.precision, device, world.world_size)
         backbone = learner.net.describe()
         learner, stop = shared(learner, local_stop, comm)
         builder = builder_class(
@@ -303,7 +328,13 @@ def run_experiment(
         # What the manifest records: each CPU process, or this rank's GPU.
         used = [device] * world.world_size if device.type == "cpu" else [device]
         return _recorded(
-            builder, payload, devices=used, tasks=tasks, forced=start["forced"], backbone=backbone
+            builder,
+            payload,
+            devices=used,
+            tasks=tasks,
+            forced=start["forced"],
+            changed=start["changed"],
+            backbone=backbone,
         )
 
 
@@ -342,7 +373,7 @@ def _open_as_writer(
         tasks = _tasks(config, quiet=quiet)
     # Built before the folder is touched: a setting the learner refuses is a user error.
     learner = _learner(config, device, tasks)
-    numerics = numerics_of(learner.backend, config.precision, device)
+    numerics = numerics_of(learner.backend, config.precision, device, comm.ctx.world_size)
     store = CheckpointStore(exp.checkpoints)
     if not exp.path.exists():
         # Nothing to resume or test yet: a start that needs a checkpoint (a test-only
@@ -358,12 +389,32 @@ def _open_as_writer(
     if comm.ctx.world_size > 1:
         where = f"{comm.ctx.world_size} processes ({device}, {comm.backend})"
     log.info("experiment %s in %s on %s", config.experiment_name, exp.path, where)
-    payload, forced = _decide_start(config, exp, store, force=force, numerics=numerics)
+    payload, forced, changed = _decide_start(config, exp, store, force=force, numerics=numerics)
+    if payload is not None:
+        _check_same_classes(exp, tasks, force=force, forced=forced)
+    start = {"payload": payload, "done": False, "forced": forced, "changed": changed}
     if config.evaluate_on_test_set_only:
         log.info("evaluate_on_test_set_only: testing checkpoints of %s", exp.path)
-        return {"payload": payload, "done": False, "forced": forced}, tasks, learner
-    done = payload is not None and _already_done(exp, payload, config)
-    return {"payload": payload, "done": done, "forced": forced}, tasks, learner
+        return start, tasks, learner
+    start["done"] = payload is not None and _already_done(exp, payload, config)
+    return start, tasks, learner
+
+
+def _check_same_classes(exp: ExperimentDir, tasks: Any, *, force: bool, forced: list[str]) -> None:
+    """A resume must find the classes the run began with (class folders added or removed
+    change the split and every task): refused unless ``force``, which is recorded."""
+    change = class_split_change(exp.path, tasks)
+    if change is None:
+        return
+    if not force:
+        raise DatasetError(
+            f"{exp.path}: the data set's classes differ from those of the run being resumed "
+            f"({change}, recorded in manifest.json): a class folder added or removed changes "
+            "every task; restore the data set, start from scratch (continue_from_epoch "
+            '"from_scratch") or use --force'
+        )
+    log.warning("--force: resuming on other classes than the run began with (%s)", change)
+    forced.append(change)
 
 
 def _decide_start(
@@ -373,13 +424,20 @@ def _decide_start(
     *,
     force: bool,
     numerics: dict[str, Any],
-) -> tuple[dict[str, Any] | None, list[str]]:
-    """The payload to start from and the differences ``force`` let through."""
+) -> tuple[dict[str, Any] | None, list[str], list[str]]:
+    """The payload to start from, the differences ``force`` let through and the
+    execution settings that changed (:func:`~metasuite.training.runtime.execution_changes`)."""
     forced: list[str] = []
+    changed: list[str] = []
     if config.evaluate_on_test_set_only:
-        return checkpoint_to_test(config, exp, store, force=force, numerics=numerics), forced
-    payload = choose_start(config, exp, store, force=force, numerics=numerics, forced=forced)
-    return payload, forced
+        payload = checkpoint_to_test(
+            config, exp, store, force=force, numerics=numerics, changed=changed
+        )
+        return payload, forced, changed
+    payload = choose_start(
+        config, exp, store, force=force, numerics=numerics, forced=forced, changed=changed
+    )
+    return payload, forced, changed
 
 
 def _recorded(
@@ -389,6 +447,7 @@ def _recorded(
     devices: list[torch.device],
     tasks: Any,
     forced: list[str],
+    changed: list[str],
     backbone: dict[str, Any],
 ) -> Outcome:
     """The writer's part of the loop (restored from ``payload`` already, if any) as one
@@ -404,6 +463,7 @@ def _recorded(
             devices=devices,
             tasks=tasks,
             numerics=builder.numerics,
+            execution_changes=changed,
             backbone=backbone,
         ) as run:
             return run.ended_with(builder.test())
@@ -420,6 +480,7 @@ def _recorded(
         resumed_from=resumed,
         numerics=builder.numerics,
         forced_differences=forced,
+        execution_changes=changed,
         backbone=backbone,
     ) as run:
         return run.ended_with(builder.run())
@@ -459,6 +520,7 @@ def checkpoint_to_test(
     *,
     force: bool,
     numerics: dict[str, Any] | None = None,
+    changed: list[str] | None = None,
 ) -> dict[str, Any]:
     """evaluate_on_test_set_only: the newest checkpoint, whose training settings must
     match ``config`` (unless ``force``); a user error when nothing was trained yet."""
@@ -466,7 +528,8 @@ def checkpoint_to_test(
     if found is None:
         raise UserError(f"evaluate_on_test_set_only: no checkpoints in {store.folder}; train first")
     ckpt, payload = found
-    differences = resume_differences(payload, config, numerics, str(ckpt.path))
+    differences = resume_differences(payload, config, str(ckpt.path))
+    say_execution_changes(payload, config, numerics, changed)
     if differences and not force:
         raise UserError(
             f"{exp.path}: the config differs from the trained run in: "

@@ -113,28 +113,46 @@ def configure(devices: list[torch.device], num_threads: int | None = None) -> No
         torch.backends.cudnn.benchmark = False
 
 
-def numerics(backend: str, precision: str, device: torch.device) -> dict[str, Any]:
+def numerics(
+    backend: str, precision: str, device: torch.device, world_size: int = 1
+) -> dict[str, Any]:
     """What fixes a run's floating-point results besides the config's training settings:
-    the inner-loop backend as resolved for the device (``auto`` is not a backend),
-    the precision, and on the CPU the intra-op thread count (it changes the order of
-    summation). Recorded in every checkpoint and the manifest; a resume that differs
-    is refused like a changed training setting (see :func:`numerics_differences`)."""
+    the inner-loop backend as resolved for the device (``auto`` is not a backend), the
+    precision, on the CPU the intra-op thread count per rank, and the world size (both
+    change the order of summation). Recorded in every checkpoint and the manifest
+    (``world_size`` only when above 1, so a one-process run records what it always did).
+    See :func:`execution_changes` for what a resume may change."""
     out: dict[str, Any] = {"backend": backend, "precision": precision}
     if device.type == "cpu":
         out["num_threads"] = torch.get_num_threads()
+    if world_size > 1:
+        out["world_size"] = world_size
     return out
 
 
-def numerics_differences(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
-    """``"backend: loop -> grouped (resolved)"`` lines; a checkpoint from before these
-    were recorded (``old`` None) has nothing to compare."""
+EXECUTION_KEYS = ("backend", "num_threads", "world_size")
+"""The :func:`numerics` entries a resume may change (precision is a config setting)."""
+
+
+def execution_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """``"world_size: 1 -> 2"`` lines for the :data:`EXECUTION_KEYS` that differ between
+    a checkpoint's numerics (``old``) and this run's; a checkpoint from before they were
+    recorded (``old`` None) has nothing to compare. A missing world size is 1.
+
+    The one rule for what a resume may change: how the run is *executed* (the resolved
+    backend, CPU threads per rank, the world size) may change; each change is said once
+    and recorded in manifest.json, and the run then matches an uninterrupted one to float
+    precision, not bit for bit. A change of a *training setting* (the config, precision
+    included) is refused unless ``--force`` (recorded as well)."""
     if not old:
         return []
-    return [
-        f"{key}: {old[key]} -> {new[key]} (resolved; changes results)"
-        for key in new
-        if key in old and old[key] != new[key]
-    ]
+    defaults = {"world_size": 1}
+    changes = []
+    for key in EXECUTION_KEYS:
+        before, after = old.get(key, defaults.get(key)), new.get(key, defaults.get(key))
+        if before is not None and after is not None and before != after:
+            changes.append(f"{key}: {before} -> {after}")
+    return changes
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -20,6 +20,8 @@ from torch import nn
 from metasuite.errors import ConfigError
 
 DEFAULT_WIDTHS = (64, 160, 320, 640)
+MAX_WIDTH = 8192
+"""As config.AT_MOST's cnn_num_filters: a typo is one line, not an allocation failure."""
 NEGATIVE_SLOPE = 0.1
 
 
@@ -107,9 +109,9 @@ def resnet12(
     """The ``backbone: "resnet12"`` factory (``backbone_kwargs``: ``widths``,
     ``dropblock_rate``, ``dropblock_size``)."""
     channels, height, width = input_shape
-    if len(widths) != 4 or any(not isinstance(w, int) or w < 1 for w in widths):
+    if len(widths) != 4 or any(not isinstance(w, int) or not 1 <= w <= MAX_WIDTH for w in widths):
         raise ConfigError(
-            f"backbone_kwargs: widths must be four positive integers, got {list(widths)}"
+            f"backbone_kwargs: widths must be four integers in [1, {MAX_WIDTH}], got {list(widths)}"
         )
     if not 0.0 <= dropblock_rate < 1.0:
         raise ConfigError(
