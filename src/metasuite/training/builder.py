@@ -62,6 +62,7 @@ class Outcome(IntEnum):
     DONE = ExitCode.DONE
     PAUSED = ExitCode.PAUSED
     INTERRUPTED = ExitCode.STOPPED
+    PRUNED = ExitCode.PRUNED
 
 
 class Sampler(Protocol):
@@ -322,6 +323,8 @@ class Builder:
         self.write_state("running")
         self.report_live_progress(force=True)
         while not self.training_complete:
+            if self.world_size == 1 and (reason := self.exp.end_requested()):
+                return self.pruned(reason)  # at an epoch boundary: the checkpoint is saved
             stopped = self.train_epoch()
             if stopped:
                 return self.interrupted()
@@ -339,6 +342,15 @@ class Builder:
                 self.write_state("paused", message)
                 return Outcome.PAUSED
         return Outcome.DONE
+
+    def pruned(self, reason: str) -> Outcome:
+        """End as asked by the folder's end request (experiment_dir.END_REQUEST_FILE),
+        between epochs: the end-of-epoch checkpoint is already written, nothing is tested.
+        Only single-process runs honour it (ranks would need to agree on reading it)."""
+        message = f"pruned after {self.progress.epoch}/{self.cfg.total_epochs} epochs: {reason}"
+        log.info(message)
+        self.write_state("pruned", message)
+        return Outcome.PRUNED
 
     def interrupted(self, *, before_training: bool = False) -> Outcome:
         if before_training:
