@@ -168,6 +168,8 @@ class Pool:
         """``more_jobs`` (a search's driver) is asked for another job whenever a slot is
         free and ``jobs`` are used up; None means it has no more. ``on_tick`` is called
         with the names of the running jobs at every poll (to watch their progress)."""
+        if not slots:
+            raise ValueError("a pool needs at least one slot")
         self.jobs = list(jobs)
         self.slots = list(slots)
         self.root = experiments_root
