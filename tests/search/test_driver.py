@@ -67,7 +67,7 @@ def test_trial_that_ended_unwatched_is_told_on_restart(tmp_path):
     search = load_search(write_search(tmp_path / "s"))
     search.root.mkdir()
     root = tmp_path / "experiments"
-    number, params = Study(search).claim()
+    _, params = Study(search).claim()
     (root / "tiny_t0").mkdir(parents=True)
     _fake_epochs(root / "tiny_t0", [0.4, 0.6], status="done")
 
