@@ -3,6 +3,7 @@ mid-way, the same command again, then promotion to a suite and the report."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -22,10 +23,8 @@ from search_helpers import write_search
 def _children(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
+        with contextlib.suppress(OSError):
             found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
     return found
 
 
