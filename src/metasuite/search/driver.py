@@ -96,6 +96,11 @@ class Driver:
         """A new trial while the study holds fewer than ``total``; None when it is full."""
         while self.study.count() < self.total and self.stop.signum is None:
             number, params = self.study.claim()
+            if number >= self.total:  # another driver of a shared study took the last one
+                message = f"not run: the study already had {self.total} trials (--trials)"
+                self.study.tell(number, "fail", message=message)
+                self.say(f"trial {number} {message}")
+                return None
             self.summary.started.append(number)
             job = self._prepare(number, params)
             if job is not None:
