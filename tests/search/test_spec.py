@@ -88,3 +88,43 @@ def test_space_keys_are_config_keys_or_constants(tmp_path):
     assert search.suite.config_keys == ("init_inner_loop_learning_rate",)
     assert search.storage == f"sqlite:///{tmp_path / 'out' / 'study.db'}"
     assert search.study_name == "search"
+
+
+def test_optuna_is_imported_by_one_module_only_and_not_for_help():
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import metasuite
+
+    src = Path(metasuite.__file__).parent
+    importers = sorted(
+        p.relative_to(src).as_posix()
+        for p in src.rglob("*.py")
+        if re.search(r"^\s*(import optuna|from optuna)", p.read_text(), re.MULTILINE)
+    )
+    assert importers == ["search/engine.py"]
+    code = (
+        "import sys; from metasuite.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('optuna', 'torch')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_second_driver_on_one_sqlite_study_is_refused(tmp_path, capsys):
+    import fcntl
+    import os
+
+    search = write_search(tmp_path / "s")
+    (tmp_path / "s" / "out").mkdir()
+    fd = os.open(tmp_path / "s" / "out", os.O_RDONLY)  # as a running driver holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        code = main(["tune", str(search), "--experiments-root", str(tmp_path / "e")])
+    finally:
+        os.close(fd)
+    assert code == 2
+    assert "another metasuite tune is running the search" in capsys.readouterr().err
+    assert not (tmp_path / "s" / "out" / "study.db").exists()

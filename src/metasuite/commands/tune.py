@@ -11,9 +11,12 @@ experiment failed, 2 for bad input (nothing started), 128+signal when stopped.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from metasuite.commands import _options
@@ -121,13 +124,9 @@ def _promote(args: argparse.Namespace, search) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from metasuite import progress
     from metasuite.search import engine
-    from metasuite.search.driver import Driver
     from metasuite.search.spec import default_storage, load_search
-    from metasuite.suite.files import job_environment
-    from metasuite.suite.pool import StopFlag, make_slots
-    from metasuite.text import plural
+    from metasuite.suite.pool import make_slots
 
     search = load_search(args.search)
     engine.check(search)
@@ -146,12 +145,47 @@ def run(args: argparse.Namespace) -> int:
         from metasuite.training.runtime import check_gpu_ids
 
         check_gpu_ids(gpu_ids, f"--gpus {' '.join(gpu_words)}")
-    root = _options.experiments_root_of(args)
-    if (args.storage or search.storage) == default_storage(search.root):
+    url = args.storage or search.storage
+    if url == default_storage(search.root):
         from metasuite.fsutil import make_dirs
 
         make_dirs(search.root)  # the study's folder, created only for the default SQLite file
-    study = engine.Study(search, args.storage)
+    with _one_sqlite_driver(search.root, url):
+        return _search(args, search, total, slots, url)
+
+
+@contextlib.contextmanager
+def _one_sqlite_driver(folder: Path, url: str) -> Iterator[None]:
+    """A second driver on one SQLite study would fight over its writes ("database is
+    locked"): refuse it at once. The lock is an flock on the search's folder, released
+    when the driver exits or is killed."""
+    if not url.startswith("sqlite:") or not folder.is_dir():
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"another metasuite tune is running the search in {folder}; with SQLite one "
+                "driver writes the study (share one through PostgreSQL: --storage)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _search(args: argparse.Namespace, search, total: int, slots, url: str) -> int:
+    from metasuite import progress
+    from metasuite.search import engine
+    from metasuite.search.driver import Driver
+    from metasuite.suite.files import job_environment
+    from metasuite.suite.pool import StopFlag
+    from metasuite.text import plural
+
+    root = _options.experiments_root_of(args)
+    study = engine.Study(search, url)
 
     env = job_environment(root)
     if slots[0].devices == ("cpu",) and len(slots) > 1 and THREADS_ENV not in env:
