@@ -77,6 +77,9 @@ def test_sigkill_mid_search_then_the_same_command_finishes_the_study(tmp_path, c
     killed = sorted(n for n, r in before.items() if r.state == "running")
     assert killed, before  # trials were cut off mid-run
     epochs_at_kill = {n: len(validation_curve(root / f"tiny_t{n}")) for n in before}
+    # A trial may be killed still starting up, before its first run was recorded.
+    recorded = {n for n in killed if (root / f"tiny_t{n}" / "manifest.json").exists()}
+    assert recorded  # at least the trial that had validated an epoch
 
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
@@ -97,9 +100,10 @@ def test_sigkill_mid_search_then_the_same_command_finishes_the_study(tmp_path, c
             assert r.value == max(curve) and len(curve) == 3
         if r.number in before:  # re-attached trials keep their sampled values
             assert before[r.number].params == r.params
-    for n in killed:
+    for n in recorded:
         runs = _manifest_runs(root / f"tiny_t{n}")
-        assert runs[0]["status"] == "killed" and len(runs) >= 2
+        # killed; or, if the SIGTERM of its dying driver won the race, checkpointed
+        assert runs[0]["status"] in ("killed", "interrupted") and len(runs) >= 2
         if epochs_at_kill[n]:  # it had an epoch checkpoint: resumed, not restarted
             assert runs[-1]["resumed_from"] is not None
             with (root / f"tiny_t{n}" / "summary_statistics.csv").open() as handle:
