@@ -71,7 +71,7 @@ class Driver:
         self.summary = Summary()
 
     # -------------------------------------------------------------- preparing trials
-    def _prepare(self, number: int, params: dict) -> Job | None:
+    def _prepare(self, number: int, params: dict, *, resumed: bool = False) -> Job | None:
         """Render and write trial ``number``; None when it has ended (told here)."""
         values = ", ".join(f"{k}={v!r}" for k, v in params.items())
         try:
@@ -89,7 +89,8 @@ class Driver:
         if end.status in ("done", "pruned"):  # ended while no driver was watching
             self._tell(number, exp.name, end.status)
             return None
-        self.say(f"trial {number}: {exp.name} ({values})")
+        what = "resuming (from its checkpoint, if any)" if resumed else "starting"
+        self.say(f"trial {number}: {what} {exp.name} ({values})")
         return Job(exp.name, exp.script_path)
 
     def _next(self) -> Job | None:
@@ -174,7 +175,7 @@ class Driver:
         for number in self.study.orphans():
             _, params = self.study.claim(number)
             self.summary.resumed.append(number)
-            job = self._prepare(number, params)
+            job = self._prepare(number, params, resumed=True)
             if job is not None:
                 jobs.append(job)
         pool = Pool(
