@@ -40,3 +40,27 @@ def test_end_request_ends_at_the_epoch_end_with_state_pruned(tmp_path: Path) -> 
     third = train(config, root)  # not resumable: it ends again at once
     assert third.returncode == ExitCode.PRUNED, third.stderr
     assert read_json(folder / "state.json")["iteration"] == 2
+
+
+def test_end_request_after_a_mid_epoch_kill_finishes_that_epoch_first(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        total_epochs=3,
+        total_iter_per_epoch=2,
+        checkpoint_every_n_iters=1,
+        num_evaluation_tasks=4,
+    )
+    root = tmp_path / "experiments"
+    folder = root / "tiny"
+    # SIGKILL after iteration 4 (the end of epoch 2), before its checkpoint: the newest
+    # checkpoint is iteration 3's, in the middle of epoch 2.
+    killed = train(config, root, METASUITE_FAULT="iteration:4")
+    assert killed.returncode == -9, killed.stderr
+    ExperimentDir(folder).request_end("asked mid-epoch")
+
+    resumed = train(config, root)
+    assert resumed.returncode == ExitCode.PRUNED, resumed.stderr
+    state = read_json(folder / "state.json")
+    assert (state["status"], state["epoch"], state["iteration"]) == ("pruned", 2, 4)
+    assert len(summary_rows(folder)) == 2
+    assert (folder / "checkpoints" / "epoch_0001_iter_00000004.pt").is_file()
