@@ -94,3 +94,42 @@ def test_sampled_values_that_make_an_invalid_config_fail_only_that_trial(tmp_pat
     assert [r.state for r in rows] == ["fail", "fail"]
     assert all("invalid config" in r.message and "norm_layer" in r.message for r in rows)
     assert not root.exists()  # nothing was trained
+
+
+def test_restarted_driver_waits_for_the_killed_drivers_trial_process(tmp_path):
+    """The trial of a SIGKILLed driver gets SIGTERM and stops on its own; a driver started
+    at once waits for it instead of skipping the trial as running elsewhere."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    search = load_search(write_search(tmp_path / "s"))
+    search.root.mkdir()
+    root = tmp_path / "experiments"
+    Study(search).claim()  # trial 0, RUNNING, its driver gone
+    folder = root / "tiny_t0"
+    folder.mkdir(parents=True)
+    previous = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    state = {"status": "running", "pid": previous.pid, "host": socket.gethostname()}
+    (folder / "state.json").write_text(json.dumps(state))
+
+    def previous_process_checkpoints_and_exits() -> None:
+        time.sleep(1.5)
+        _fake_epochs(folder, [0.3, 0.7], status="done")  # (here: it had finished)
+        previous.kill()
+        previous.wait()
+
+    threading.Thread(target=previous_process_checkpoints_and_exits).start()
+    study = Study(search)
+    lines: list[str] = []
+    driver = Driver(
+        search, study, 1, [Slot(("cpu",))], root, env={}, stop=StopFlag(), report=lines.append
+    )
+    start = time.monotonic()
+    summary = driver.run()
+    assert time.monotonic() - start >= 1.5, lines
+    assert any(f"waiting for its previous process (pid {previous.pid})" in s for s in lines)
+    assert summary.ended == {0: "complete"}
+    assert study.rows()[0].value == 0.7

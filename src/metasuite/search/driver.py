@@ -18,6 +18,7 @@ exit), so nothing keeps training unwatched.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +27,12 @@ from metasuite.errors import ConfigError
 from metasuite.search.engine import Study
 from metasuite.search.spec import Search
 from metasuite.search.trials import ending, render_trial, validation_curve, write_trial
-from metasuite.suite.pool import Job, Pool, Result, Slot, StopFlag
+from metasuite.suite.pool import Job, Pool, Result, Slot, StopFlag, running_elsewhere
 from metasuite.text import shown_epoch
 from metasuite.training.experiment_dir import ExperimentDir
+
+PREVIOUS_RUN_WAIT_S = 120.0
+"""How long a restarted driver waits for a trial's process left by the killed driver."""
 
 
 @dataclass
@@ -170,6 +174,18 @@ class Driver:
         # "stopped", "running elsewhere": the trial stays RUNNING, to be re-attached
 
     # -------------------------------------------------------------- the loop
+    def _wait_for_previous(self, number: int, name: str) -> None:
+        """A trial of a killed driver gets SIGTERM from the kernel when its driver dies and
+        stops at its next meta-iteration; a driver started at once waits for that, rather
+        than skip the trial as running elsewhere."""
+        deadline = time.monotonic() + PREVIOUS_RUN_WAIT_S
+        pid = running_elsewhere(ExperimentDir(self.root / name).read_state())
+        if pid is not None:
+            self.say(f"trial {number}: waiting for its previous process (pid {pid}) to stop")
+        while pid is not None and time.monotonic() < deadline and self.stop.signum is None:
+            time.sleep(0.5)
+            pid = running_elsewhere(ExperimentDir(self.root / name).read_state())
+
     def run(self) -> Summary:
         jobs = []
         for number in self.study.orphans():
@@ -177,6 +193,7 @@ class Driver:
             self.summary.resumed.append(number)
             job = self._prepare(number, params, resumed=True)
             if job is not None:
+                self._wait_for_previous(number, job.name)
                 jobs.append(job)
         pool = Pool(
             jobs,
