@@ -3,7 +3,8 @@
 #   - system tools through apt when apt is there (see below); carries on without them
 #   - torch: kept when already installed; else torch==2.13.0 (CPU wheel) when no GPU
 #     is visible, or the default (CUDA) build when nvidia-smi sees a GPU
-#   - metasuite itself, editable, with its test and tensorboard extras
+#   - metasuite itself, editable, with its test, tensorboard and tune (optuna,
+#     psycopg2-binary) extras
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 PYTHON="${PYTHON:-python3}"
@@ -17,6 +18,9 @@ PYTHON="${PYTHON:-python3}"
 #              to a throw-away one-node cluster; only in CI or on request
 #              (METASUITE_INSTALL_SLURM=1): on a workstation with systemd, installing the
 #              daemons would also enable them.
+#   PostgreSQL postgresql lets tests/search/test_postgres.py start a throw-away server for a
+#              shared Optuna study; only in CI or on request (METASUITE_INSTALL_POSTGRES=1),
+#              for the same reason (the package starts a system server).
 apt_packages=()
 command -v pbzip2 >/dev/null 2>&1 || apt_packages+=(pbzip2)
 command -v pigz >/dev/null 2>&1 || apt_packages+=(pigz)
@@ -26,13 +30,17 @@ command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>
 if [ -n "${CI:-}${METASUITE_INSTALL_SLURM:-}" ] && ! command -v slurmctld >/dev/null 2>&1; then
     apt_packages+=(slurmctld slurmd slurm-client)
 fi
+if [ -n "${CI:-}${METASUITE_INSTALL_POSTGRES:-}" ] && ! command -v initdb >/dev/null 2>&1 \
+    && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    apt_packages+=(postgresql)
+fi
 if [ "${#apt_packages[@]}" -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
         echo "install.sh: installing ${apt_packages[*]} with apt-get"
         (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
             --no-install-recommends "${apt_packages[@]}" >/dev/null) \
             || echo "install.sh: apt-get could not install ${apt_packages[*]}; carrying on" \
-                "(archives unpack with Python's tarfile; shellcheck/Slurm tests are skipped)"
+                "(archives unpack with Python's tarfile; shellcheck/Slurm/PostgreSQL tests are skipped)"
     else
         echo "install.sh: no apt-get (or not root): ${apt_packages[*]} not installed; carrying on" \
             "(archives unpack with Python's tarfile; shellcheck/Slurm tests are skipped)"
@@ -49,5 +57,5 @@ else
     "$PYTHON" -m pip install -q torch==2.13.0
 fi
 
-"$PYTHON" -m pip install -q -e ".[test,tensorboard]"
+"$PYTHON" -m pip install -q -e ".[test,tensorboard,tune]"
 echo "install.sh: done ($("$PYTHON" -c 'import metasuite, torch; print("metasuite", metasuite.__version__, "torch", torch.__version__)'))"

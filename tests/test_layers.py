@@ -2,7 +2,8 @@
 imports run only down the layer order.
 
     base (errors, config, fsutil, jsontext, progress, selection, stats, text, the package)
-      <- data <- learner <- training <- {suite, results} <- commands <- entry (cli, __main__)
+      <- data <- learner <- training <- {suite, results} <- search <- commands
+      <- entry (cli, __main__)
 
 suite and results sit side by side and do not import each other; base modules import
 only base modules. ``cli`` is the entry point (it finds the sub-commands in
@@ -35,11 +36,19 @@ SRC = Path(metasuite.__file__).parent
 BASE_MODULES = frozenset(
     {"errors", "config", "fsutil", "jsontext", "progress", "selection", "stats", "text"}
 )
-PACKAGE_LAYERS = {"data": 1, "learner": 2, "training": 3, "suite": 4, "results": 4, "commands": 5}
+PACKAGE_LAYERS = {
+    "data": 1,
+    "learner": 2,
+    "training": 3,
+    "suite": 4,
+    "results": 4,
+    "search": 5,
+    "commands": 6,
+}
 ENTRY_MODULES = frozenset({"cli", "__main__"})
-ENTRY_LAYER = 6
+ENTRY_LAYER = 7
 LAYER_PICTURE = (
-    "base <- data <- learner <- training <- {suite, results} <- commands <- cli/__main__"
+    "base <- data <- learner <- training <- {suite, results} <- search <- commands <- cli/__main__"
 )
 
 

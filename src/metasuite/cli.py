@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "generate": "metasuite.commands.generate",
     "train": "metasuite.commands.train",
     "run-suite": "metasuite.commands.run_suite",
+    "tune": "metasuite.commands.tune",
     "submit": "metasuite.commands.submit",
     "status": "metasuite.commands.status",
     "report": "metasuite.commands.report",

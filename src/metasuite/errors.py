@@ -24,6 +24,10 @@ class ExitCode(IntEnum):
     STOPPED = 4
     """Stopped by a signal after checkpointing, or by a SIGTERM during start-up before
     training (nothing new to save): run again to continue."""
+    PRUNED = 5
+    """Ended early at an epoch end because its folder asked it to (``metasuite tune``'s
+    pruner): finished, with a checkpoint, but not trained to the end and not tested.
+    Not resumable: running it again ends it again at once."""
 
 
 RESUMABLE_EXIT_CODES: tuple[ExitCode, ...] = (ExitCode.PAUSED, ExitCode.STOPPED)

@@ -348,3 +348,39 @@ def test_a_second_run_suite_on_the_same_suite_is_refused_up_front(fake, capsys):
         holder.wait()
     assert main(fake.args("--gpus", "0")) == 0  # the killed holder's lock is taken over
     assert "6 experiments on gpu 0: 6 done" in capsys.readouterr().out
+
+
+def test_pool_takes_jobs_from_a_source_watches_them_and_reports_pruned(fake):
+    """What ``metasuite tune`` needs of the pool: jobs asked for one at a time as slots
+    free up, a tick with the running names, and exit 5 (ended on request) as "pruned"."""
+    from metasuite.suite.files import job_environment
+    from metasuite.suite.pool import Job, Pool
+
+    names = TINY_NAMES[:3]
+    fake.plan(**{names[1]: [5]})
+    queue = [Job(n, fake.root / "experiment_scripts" / f"{n}.sh") for n in names]
+    asked: list[int] = []
+
+    def more() -> Job | None:
+        asked.append(len(queue))
+        return queue.pop(0) if queue else None
+
+    ticks: list[list[str]] = []
+    pool = Pool(
+        [],
+        make_slots(["cpu"], jobs=2),
+        fake.experiments,
+        env=job_environment(fake.experiments),
+        report=lambda line: None,
+        more_jobs=more,
+        on_tick=lambda running: ticks.append(list(running)),
+    )
+    results = pool.run()
+    assert [(r.name, r.status) for r in results] == [
+        (names[0], "done"),
+        (names[1], "pruned"),
+        (names[2], "done"),
+    ]
+    assert asked == [3, 2, 1, 0]  # asked again only when a slot was free; once told "no more"
+    assert ticks and all(0 < len(t) <= 2 for t in ticks)
+    assert {n for t in ticks for n in t} == set(names)

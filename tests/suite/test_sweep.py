@@ -148,14 +148,49 @@ def test_experiment_name_in_template_must_match_naming(tmp_path):
         ("seed = [0, 1]", "experiment_name = [0, 1]", r"'experiment_name' is set by the generator"),
         ("epochs = 2", "way = 2", r"'way' is both a constant and a grid variable"),
         ("[grid]", "[grid", r"not valid TOML"),
+        ("plus_plus = [false, true]", "plus_plus = [false, false]", None),
+        (
+            'config_template = "tiny.json.j2"',
+            'config_template = "tiny.json.j2"\nconfig_keys = ["epochs"]',
+            r"config_keys: 'epochs' is not a config key",
+        ),
+        (
+            'config_template = "tiny.json.j2"',
+            'config_template = "tiny.json.j2"\nconfig_keys = ["meta_learning_rate"]',
+            r"'meta_learning_rate' is neither a grid variable nor a constant",
+        ),
     ],
 )
 def test_suite_file_mistakes(tmp_path, old, new, pattern):
     assert old in TINY_SUITE
-    path = write_suite(tmp_path, TINY_SUITE.replace(old, new))
+    if pattern is None:  # zip columns may repeat values; whole rows may not
+        text = TINY_SUITE.replace(old, new).replace('"maml++"]', '"maml"]')
+        pattern = r"grid.method: the zip group holds the same row twice"
+    else:
+        text = TINY_SUITE.replace(old, new)
+    path = write_suite(tmp_path, text)
     with pytest.raises(ConfigError, match=pattern) as info:
         expand(load_suite(path))
     assert str(path) in str(info.value)
+
+
+def test_config_keys_are_set_over_the_template_and_zip_columns_may_repeat(tmp_path):
+    """A promoted search's suite: tuned values (here meta_learning_rate, not in the
+    template) reach the config through [suite] config_keys; two rows of a zip group may
+    share a value in one column."""
+    text = TINY_SUITE.replace(
+        'config_template = "tiny.json.j2"',
+        'config_template = "tiny.json.j2"\nconfig_keys = ["meta_learning_rate"]',
+    ).replace(
+        'method = { method = ["maml", "maml++"], plus_plus = [false, true] }',
+        'method = { method = ["maml", "maml++"], plus_plus = [true, true], '
+        "meta_learning_rate = [0.002, 0.0005] }",
+    )
+    text = text.replace('[[exclude]]\nmethod = "maml"\nway = 20\n', "")
+    experiments = expand(load_suite(write_suite(tmp_path, text)))
+    rates = {e.values["method"]: e.config.meta_learning_rate for e in experiments}
+    assert rates == {"maml": 0.002, "maml++": 0.0005}
+    assert all(e.config.per_step_bn_statistics for e in experiments)
 
 
 def test_only_selects_by_shell_pattern_but_validates_everything(tmp_path):

@@ -134,8 +134,11 @@ def configs_of(args: argparse.Namespace) -> Path:
     if args.suite and args.configs:
         raise UserError("--suite and --configs both name the generated configs; give one")
     if args.suite and not Path(args.suite).expanduser().is_dir():
+        from metasuite.search.spec import is_search_file, load_search
         from metasuite.suite.sweep import load_suite
 
+        if is_search_file(args.suite):  # a search's trials are its generated configs
+            return load_search(args.suite).suite.config_dir
         return load_suite(args.suite).config_dir
     given = args.suite or args.configs
     if not given:

@@ -40,7 +40,17 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser().resolve() if args.out else root / "report"
     if looks_like_experiment(out):
         raise UserError(f"--out {out}: this is an experiment folder; choose another folder")
-    files = write_report(root, configs, out, only=args.only, quiet=args.quiet)
+    extra = None
+    if args.suite and Path(args.suite).expanduser().is_file():
+        from metasuite.search.spec import is_search_file
+
+        if is_search_file(args.suite):  # the trials table and Optuna's plots as well
+            from metasuite.search.report import write_search_section
+            from metasuite.search.spec import load_search
+
+            search = load_search(args.suite)
+            extra = lambda folder: write_search_section(search, folder)  # noqa: E731
+    files = write_report(root, configs, out, only=args.only, quiet=args.quiet, extra=extra)
     print(f"report written: {files.index}")
     print(f"  tables: {files.results_md}, {files.summary_csv}, {files.per_seed_csv}")
     print(f"  {plural(len(files.plots), 'learning-curve plot')} in {out / 'plots'}")
@@ -55,4 +65,6 @@ def run(args: argparse.Namespace) -> int:
         )
         for problem in page.problems:
             print(f"  problem: {problem}")
+    if extra is not None:
+        print(f"  search: trials table and plots in {out / 'search'}")
     return 0

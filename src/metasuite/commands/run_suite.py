@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             progress.write(f"{result.name} failed: {result.message}", file=sys.stderr)
         elif result.status == "done":
             report(f"{result.name} done")
-        if result.status in ("done", "skipped", "failed"):
+        if result.status in ("done", "pruned", "skipped", "failed"):
             bar.update(1)
 
     stop = StopFlag()
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(s, handler)
         bar.close()
 
-    order = ("done", "skipped", "failed", "stopped", "running elsewhere")
+    order = ("done", "pruned", "skipped", "failed", "stopped", "running elsewhere")
     counts = {status: sum(r.status == status for r in results) for status in order}
     summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "nothing to do"
     print(f"{plural(len(results), 'experiment')} on {', '.join(s.label for s in slots)}: {summary}")

@@ -23,7 +23,7 @@ import io
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -602,8 +602,12 @@ def write_report(
     *,
     only: str | Sequence[str] | None = None,
     quiet: bool = False,
+    extra: Callable[[Path], tuple[str, list[Path]]] | None = None,
 ) -> ReportFiles:
-    """Collect the suite under ``root`` and write index.md, tables and plots into ``out``."""
+    """Collect the suite under ``root`` and write index.md, tables and plots into ``out``.
+
+    ``extra(out)`` writes a section of its own (a search's trials and plots) and returns
+    its Markdown, appended to index.md, and its files, owned by the report like the rest."""
     groups, excluded = collect(root, configs, only)
     if not groups and not excluded:
         if only:  # the suite may well be there; the pattern selected nothing of it
@@ -641,8 +645,10 @@ def write_report(
         if path is not None:
             plots[g.key] = path
 
-    write_text_atomic(index, index_markdown(groups, excluded, plots, out, root))
-    written = [index, results_md, summary, per_seed, *tables, *plots.values()]
+    section, extra_files = extra(out) if extra is not None else ("", [])
+    text = index_markdown(groups, excluded, plots, out, root)
+    write_text_atomic(index, text + (f"\n{section}" if section else ""))
+    written = [index, results_md, summary, per_seed, *tables, *plots.values(), *extra_files]
     _remove_stale(out, previous, written)
     return ReportFiles(index, results_md, summary, per_seed, tuple(tables), tuple(plots.values()))
 

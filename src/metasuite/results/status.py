@@ -39,6 +39,7 @@ DONE = "done"
 KILLED = "killed (resumable)"
 KILLED_NO_CHECKPOINT = "killed (no checkpoint)"
 INTERRUPTED = "interrupted (resumable)"
+PRUNED = "pruned"
 UNREADABLE = "unreadable"
 INVALID_CONFIG = "invalid config"
 
@@ -290,6 +291,7 @@ def read_status(
             "paused": PAUSED,
             "failed": FAILED,
             "interrupted": INTERRUPTED,
+            "pruned": PRUNED,
         }.get(status, UNREADABLE)
         if label == UNREADABLE:
             detail = f"{folder / STATE_FILE}: unknown status {status!r}"

@@ -107,7 +107,7 @@ class Result:
     """How one experiment ended in this run of the pool."""
 
     name: str
-    status: str  # "done", "skipped", "failed", "stopped", "running elsewhere"
+    status: str  # "done", "pruned", "skipped", "failed", "stopped", "running elsewhere"
     exit_code: int | None = None
     message: str = ""
     log: Path | None = None
@@ -195,7 +195,14 @@ class Pool:
         stop: StopFlag | None = None,
         report: Callable[[str], None] = print,
         on_finish: Callable[[Result], None] | None = None,
+        more_jobs: Callable[[], Job | None] | None = None,
+        on_tick: Callable[[Sequence[str]], None] | None = None,
     ) -> None:
+        """``more_jobs`` (a search's driver) is asked for another job whenever a slot is
+        free and ``jobs`` are used up; None means it has no more. ``on_tick`` is called
+        with the names of the running jobs at every poll (to watch their progress)."""
+        if not slots:
+            raise ValueError("a pool needs at least one slot")
         self.jobs = list(jobs)
         self.slots = list(slots)
         self.root = experiments_root
@@ -204,6 +211,8 @@ class Pool:
         self.stop = stop or StopFlag()
         self.report = report
         self.on_finish = on_finish
+        self.more_jobs = more_jobs
+        self.on_tick = on_tick
         self.results: dict[str, Result] = {}
         self._preexec = parent_death_signal()
 
@@ -245,6 +254,9 @@ class Pool:
         name = r.job.name
         if code == ExitCode.DONE:
             return Result(name, "done", code, log=log_path, runs=r.runs)
+        if code == ExitCode.PRUNED:
+            state = ExperimentDir(self.root / name).read_state() or {}
+            return Result(name, "pruned", code, str(state.get("message", "")), log_path, r.runs)
         if code == ExitCode.PAUSED and self.stop.signum is None:
             state = ExperimentDir(self.root / name).read_state() or {}
             epoch = state.get("epoch")
@@ -270,31 +282,52 @@ class Pool:
             self.on_finish(result)
 
     # -------------------------------------------------------------------------- loop
-    def run(self) -> list[Result]:
-        pending: collections.deque[tuple[Job, int]] = collections.deque()
-        for job in self.jobs:
-            state = ExperimentDir(self.root / job.name).read_state()
-            if state is not None and state.get("status") == "done":
-                self._record(Result(job.name, "skipped", message="already done"))
-                continue
-            pid = running_elsewhere(state)
-            if pid is not None:
-                self._record(Result(job.name, "running elsewhere", message=f"pid {pid}"))
-                continue
-            pending.append((job, 0))
+    def _startable(self, job: Job) -> bool:
+        """False (recorded as skipped) for a job that is done or running elsewhere."""
+        state = ExperimentDir(self.root / job.name).read_state()
+        if state is not None and state.get("status") == "done":
+            self._record(Result(job.name, "skipped", message="already done"))
+            return False
+        pid = running_elsewhere(state)
+        if pid is not None:
+            self._record(Result(job.name, "running elsewhere", message=f"pid {pid}"))
+            return False
+        return True
 
+    def _next_job(self, pending: collections.deque[tuple[Job, int]]) -> tuple[Job, int] | None:
+        """The next job to launch: a pending one, else one from ``more_jobs``."""
+        while not pending and self.more_jobs is not None:
+            job = self.more_jobs()
+            if job is None:
+                self.more_jobs = None
+                break
+            self.jobs.append(job)
+            if self._startable(job):
+                pending.append((job, 0))
+        return pending.popleft() if pending else None
+
+    def run(self) -> list[Result]:
+        pending: collections.deque[tuple[Job, int]] = collections.deque(
+            (job, 0) for job in self.jobs if self._startable(job)
+        )
         free = list(self.slots)
         running: dict[int, _Running] = {}
         forwarded = False
-        while running or (pending and self.stop.signum is None):
-            while free and pending and self.stop.signum is None:
-                job, runs = pending.popleft()
-                r = self._launch(job, free.pop(0), runs)
+        while running or ((pending or self.more_jobs is not None) and self.stop.signum is None):
+            while free and self.stop.signum is None:
+                nxt = self._next_job(pending)
+                if nxt is None:
+                    break
+                r = self._launch(nxt[0], free.pop(0), nxt[1])
                 running[r.proc.pid] = r
             if self.stop.signum is not None and not forwarded:
                 self._forward_stop(running)
                 forwarded = True
+            if not running:
+                continue
             time.sleep(POLL_SECONDS)
+            if self.on_tick is not None:
+                self.on_tick([r.job.name for r in running.values()])
             for pid, r in list(running.items()):
                 code = r.proc.poll()
                 if code is None:

@@ -44,6 +44,7 @@ import jinja2
 
 from metasuite import jsontext
 from metasuite.config import (
+    CONFIG_FIELDS,
     EXPERIMENT_NAME_RULE,
     REPO_ROOT,
     ExperimentConfig,
@@ -69,6 +70,7 @@ _SUITE_KEYS = {
     "naming": "Jinja pattern of the experiment name",
     "config_template": "Jinja pattern of the config template's file name",
     "script_template": "file name of the script template",
+    "config_keys": "list of variables (grid or constants) set as config keys over the template",
 }
 _TOP_KEYS = ("suite", "constants", "grid", "exclude", "slurm")
 _VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -107,6 +109,9 @@ class Suite:
     description: str = ""
     slurm: SlurmSettings | None = None
     """The ``[slurm]`` table (metasuite.suite.slurm_settings); None: no sbatch files."""
+    config_keys: tuple[str, ...] = ()
+    """``[suite] config_keys``: variables that are also config keys, set over the rendered
+    template (a promoted search's tuned values reach any template this way)."""
 
     @property
     def variables(self) -> tuple[str, ...]:
@@ -149,13 +154,15 @@ def _check_var(name: str, where: str) -> None:
         raise ConfigError(f"{where}: {name!r} is set by the generator; choose another name")
 
 
-def _axis_values(values: Any, where: str) -> tuple[Scalar, ...]:
+def _axis_values(values: Any, where: str, *, unique: bool = True) -> tuple[Scalar, ...]:
+    """An axis' values; ``unique=False`` for a column of a zip group, where only whole
+    rows must differ (two promoted trials may share an inner step count)."""
     if not isinstance(values, list) or not values:
         raise ConfigError(f"{where} must be a non-empty list of values, got {json.dumps(values)}")
     for v in values:
         if not _is_scalar(v):
             raise ConfigError(f"{where}: values must be strings, numbers or booleans, got {v!r}")
-    if len(set(map(_value_key, values))) != len(values):
+    if unique and len(set(map(_value_key, values))) != len(values):
         raise ConfigError(f"{where} lists a value twice: {json.dumps(values)}")
     return tuple(values)
 
@@ -177,14 +184,17 @@ def _parse_grid(grid: Any, src: str) -> tuple[Axis, ...]:
             columns = []
             for sub, sub_values in value.items():
                 _check_var(sub, f"{where}.{sub}")
-                columns.append(_axis_values(sub_values, f"{where}.{sub}"))
+                columns.append(_axis_values(sub_values, f"{where}.{sub}", unique=False))
             lengths = {len(c) for c in columns}
             if len(lengths) != 1:
                 sizes = ", ".join(f"{k}: {len(c)}" for k, c in zip(value, columns, strict=True))
                 raise ConfigError(
                     f"{where}: the lists of a zip group must have one length ({sizes})"
                 )
-            axes.append(Axis(tuple(value), tuple(zip(*columns, strict=True))))
+            rows = tuple(zip(*columns, strict=True))
+            if len({tuple(map(_value_key, row)) for row in rows}) != len(rows):
+                raise ConfigError(f"{where}: the zip group holds the same row twice")
+            axes.append(Axis(tuple(value), rows))
         else:
             _check_var(key, where)
             axes.append(Axis((key,), tuple((v,) for v in _axis_values(value, where))))
@@ -266,6 +276,8 @@ def load_suite(path: str | Path | None = None, root: str | Path | None = None) -
     for key, value in head.items():
         if key not in _SUITE_KEYS:
             raise ConfigError(f"{src}: unknown key suite.{key}{_suggest(key, list(_SUITE_KEYS))}")
+        if key == "config_keys":
+            continue  # checked below, once the variables are known
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{src}: suite.{key} must be a non-empty string ({_SUITE_KEYS[key]})")
     for key in ("naming", "config_template"):
@@ -288,6 +300,7 @@ def load_suite(path: str | Path | None = None, root: str | Path | None = None) -
     for key in variables:
         if key in constants:
             raise ConfigError(f"{src}: {key!r} is both a constant and a grid variable")
+    config_keys = _parse_config_keys(head.get("config_keys", []), [*variables, *constants], src)
     slurm = None
     if "slurm" in raw:
         slurm = from_table(raw["slurm"], src)
@@ -304,7 +317,25 @@ def load_suite(path: str | Path | None = None, root: str | Path | None = None) -
         exclude=_parse_exclude(raw.get("exclude"), variables, src),
         description=head.get("name", ""),
         slurm=slurm,
+        config_keys=config_keys,
     )
+
+
+def _parse_config_keys(raw: Any, variables: Sequence[str], src: str) -> tuple[str, ...]:
+    """``[suite] config_keys``: config keys that are also grid variables or constants."""
+    if not isinstance(raw, list) or not all(isinstance(k, str) for k in raw):
+        raise ConfigError(f"{src}: suite.config_keys must be a list of config key names")
+    for key in raw:
+        if key not in CONFIG_FIELDS:
+            raise ConfigError(
+                f"{src}: suite.config_keys: {key!r} is not a config key"
+                f"{_suggest(key, CONFIG_FIELDS)}"
+            )
+        if key not in variables:
+            raise ConfigError(
+                f"{src}: suite.config_keys: {key!r} is neither a grid variable nor a constant"
+            )
+    return tuple(dict.fromkeys(raw))
 
 
 # -------------------------------------------------------------------------- expansion
@@ -385,6 +416,8 @@ def _expand_one(suite: Suite, env: jinja2.Environment, values: dict[str, Scalar]
             f"{source}: experiment_name is {raw['experiment_name']!r} but suite.naming gives "
             f"{name!r}; use {{{{ experiment_name | tojson }}}} in the template"
         )
+    for key in suite.config_keys:  # set over the template, as the suite file asks
+        raw[key] = context[key]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         config = from_dict(raw, source=source)
@@ -398,6 +431,13 @@ def _expand_one(suite: Suite, env: jinja2.Environment, values: dict[str, Scalar]
         # Warnings name the template only, so that generate prints each once, not per seed.
         warnings=tuple(str(w.message).replace(source, template_path) for w in caught),
     )
+
+
+def expand_one(suite: Suite, values: dict[str, Scalar]) -> Experiment:
+    """The one experiment of ``values`` (template variables over the constants), not
+    necessarily a combination of the grid: how a search (:mod:`metasuite.search`)
+    renders a trial with the suite's own templates and checks."""
+    return _expand_one(suite, suite.environment(), values)
 
 
 def expand(suite: Suite, only: Sequence[str] = ()) -> list[Experiment]:

@@ -69,6 +69,7 @@ class Outcome(IntEnum):
     DONE = ExitCode.DONE
     PAUSED = ExitCode.PAUSED
     INTERRUPTED = ExitCode.STOPPED
+    PRUNED = ExitCode.PRUNED
 
 
 class Sampler(Protocol):
@@ -339,6 +340,8 @@ class Builder:
         self.write_state("running")
         self.report_live_progress(force=True)
         while not self.training_complete:
+            if self.at_epoch_boundary and (reason := self.end_requested()):
+                return self.pruned(reason)  # the epoch's checkpoint is saved
             stopped = self.train_epoch()
             if stopped:
                 return self.interrupted()
@@ -362,6 +365,24 @@ class Builder:
                 self.write_state("paused", message)
                 return Outcome.PAUSED
         return Outcome.DONE
+
+    @property
+    def at_epoch_boundary(self) -> bool:
+        """No iteration of the epoch in progress done (a mid-epoch resume is not)."""
+        return self.progress.iteration == self.progress.epoch * self.cfg.total_iter_per_epoch
+
+    def end_requested(self) -> str | None:
+        """The reason of the folder's end request (metasuite tune's pruner), or None.
+        Only single-process runs honour it (ranks would need to agree on reading it)."""
+        return self.exp.end_requested() if self.world_size == 1 else None
+
+    def pruned(self, reason: str) -> Outcome:
+        """End as asked by the folder's end request (experiment_dir.END_REQUEST_FILE),
+        between epochs: the end-of-epoch checkpoint is already written, nothing is tested."""
+        message = f"pruned after {self.progress.epoch}/{self.cfg.total_epochs} epochs: {reason}"
+        log.info(message)
+        self.write_state("pruned", message)
+        return Outcome.PRUNED
 
     def interrupted(self, *, before_training: bool = False, during_test: bool = False) -> Outcome:
         if during_test:

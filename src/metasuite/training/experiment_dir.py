@@ -25,7 +25,7 @@ from metasuite.config import REPO_ROOT, ExperimentConfig, save_config
 from metasuite.errors import UserError
 from metasuite.fsutil import write_text_atomic
 
-Status = Literal["running", "paused", "done", "failed", "interrupted"]
+Status = Literal["running", "paused", "done", "failed", "interrupted", "pruned"]
 
 EXPERIMENTS_ROOT_ENV = "METASUITE_EXPERIMENTS_ROOT"
 """Where experiment folders live when no ``--experiments-root`` is given; ``run-suite``
@@ -40,6 +40,9 @@ METRICS_FILE = "logs/metrics.jsonl"
 """The metrics log (:mod:`metasuite.training.metrics`), relative to the experiment folder."""
 TENSORBOARD_DIR = "tensorboard"
 """The experiment's TensorBoard run (event files), relative to the experiment folder."""
+END_REQUEST_FILE = "end_request.json"
+"""Written by someone watching the experiment (``metasuite tune``'s driver) to ask it to
+end at its next epoch end; the builder only reads it, so no search code lives there."""
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "epoch",
@@ -189,6 +192,31 @@ class ExperimentDir:
         if ensemble_left_out:  # epochs the test ensemble should have held but could not
             state["ensemble_left_out"] = list(ensemble_left_out)
         write_text_atomic(self.state_path, json.dumps(state, indent=2) + "\n")
+
+    # ---------------------------------------------------------------- end request
+    @property
+    def end_request_path(self) -> Path:
+        return self.path / END_REQUEST_FILE
+
+    def request_end(self, reason: str) -> None:
+        """Ask the experiment to end at its next epoch end (atomic; idempotent)."""
+        payload = {"reason": reason, "requested": utc_now()}
+        write_text_atomic(self.end_request_path, json.dumps(payload) + "\n")
+
+    def end_requested(self) -> str | None:
+        """The reason of a pending end request, or None. A request file that cannot be
+        read still counts (its writer meant it): the reason then says so."""
+        try:
+            text = self.end_request_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return f"end requested ({self.end_request_path}: {exc.strerror or exc})"
+        try:
+            reason = json.loads(text).get("reason")
+        except (ValueError, AttributeError):
+            reason = None
+        return str(reason) if reason else "end requested"
 
     # ---------------------------------------------------------------- live progress
     def write_live_progress(self, iteration: int) -> None:

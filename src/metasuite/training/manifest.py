@@ -46,7 +46,7 @@ from metasuite.training.experiment_dir import ExperimentDir, utc_now
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = 1
-FINAL_STATUSES = ("done", "paused", "failed", "interrupted")
+FINAL_STATUSES = ("done", "paused", "failed", "interrupted", "pruned")
 GIT_TIMEOUT_S = 30
 UNTRACKED_HASH_LIMIT = 10 << 20
 """Untracked files up to this size are hashed into the diff hash; bigger ones by size."""
