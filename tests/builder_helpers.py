@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,21 @@ def summary_rows(folder: Path, *, with_time: bool = False) -> list[dict[str, str
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def killed_and_resumed(config: Path, base: Path) -> Path:
+    """Train ``config`` uninterrupted, and again killed with SIGKILL mid-epoch 0 (after
+    its checkpoint at iteration 4) then resumed; assert both end alike (summary rows and
+    test results); return the resumed experiment's folder."""
+    reference_root, root = base / "reference", base / "killed"
+    done = train(config, reference_root)
+    assert done.returncode == 0, done.stderr
+    killed = train(config, root, METASUITE_FAULT="iteration:5")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    final = train(config, root)
+    assert final.returncode == 0, final.stderr
+    name = read_json(config)["experiment_name"]
+    folder, reference = root / name, reference_root / name
+    assert summary_rows(folder) == summary_rows(reference)
+    assert read_json(folder / "test_summary.json") == read_json(reference / "test_summary.json")
+    return folder

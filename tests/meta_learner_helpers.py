@@ -79,3 +79,37 @@ def plain_sgd(
         for n, g in zip(names, grads, strict=True):
             fast[n] = fast[n] - rates[n][min(s, len(rates[n]) - 1)] * g
     return fast
+
+
+# ---------------------------------------------------------------- learner settings
+# The tiny configs' inner-loop settings, turned off or back to their defaults for the
+# learners without an inner loop (ProtoNet and the baselines refuse anything else).
+NO_INNER_LOOP: dict[str, object] = {
+    "second_order": False,
+    "use_multi_step_loss_optimization": False,
+    "learnable_per_layer_per_step_inner_loop_learning_rate": False,
+    "per_step_bn_statistics": False,
+    "number_of_training_steps_per_iter": 5,
+    "number_of_evaluation_steps_per_iter": 5,
+    "multi_step_loss_num_epochs": 10,
+    "first_order_to_second_order_epoch": -1,
+}
+
+# What Reptile refuses of the MAML++ settings (no meta-gradient through the inner loop).
+REPTILE: dict[str, object] = {
+    "meta_learner": "reptile",
+    "second_order": False,
+    "use_multi_step_loss_optimization": False,
+    "learnable_per_layer_per_step_inner_loop_learning_rate": False,
+}
+
+LEARNER_SETTINGS: dict[str, dict[str, object]] = {
+    "maml": {},
+    "meta_sgd": {"meta_learner": "meta_sgd"},
+    "anil": {"meta_learner": "anil"},
+    "reptile": REPTILE,
+    "protonet": {"meta_learner": "protonet", **NO_INNER_LOOP},
+    "baseline": {"meta_learner": "baseline", **NO_INNER_LOOP, "finetune_steps": 10},
+    "baseline_pp": {"meta_learner": "baseline_pp", **NO_INNER_LOOP, "finetune_steps": 5},
+}
+"""Each meta-learner's config keys on top of a tiny config (few fine-tuning steps)."""

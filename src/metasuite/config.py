@@ -69,14 +69,14 @@ class FrozenJson(dict):  # type: ignore[type-arg]
     __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _immutable  # type: ignore[assignment]
 
 
-def _freeze_json(value: Any, where: str) -> Any:
+def _freeze_json(value: Any) -> Any:
     """``value`` as immutable JSON (FrozenJson objects, tuple arrays), or _Mismatch."""
     if isinstance(value, Mapping):
         if not all(isinstance(k, str) for k in value):
             raise _Mismatch
-        return FrozenJson({k: _freeze_json(v, where) for k, v in value.items()})
+        return FrozenJson({k: _freeze_json(v) for k, v in value.items()})
     if isinstance(value, list | tuple):
-        return tuple(_freeze_json(v, where) for v in value)
+        return tuple(_freeze_json(v) for v in value)
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float) and math.isfinite(value):
@@ -285,7 +285,7 @@ def _coerce(value: Any, tp: Any) -> Any:
     if origin is dict:
         if not isinstance(value, Mapping):
             raise _Mismatch
-        return _freeze_json(value, "")
+        return _freeze_json(value)
     if tp is bool:
         # The reference configs write some switches as 0/1 (e.g. "conv_padding": 1).
         if isinstance(value, bool):

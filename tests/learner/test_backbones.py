@@ -285,31 +285,17 @@ def test_resnet12_works_at_omniglot_and_mini_imagenet_sizes(size):
 
 
 def test_the_same_seed_builds_the_same_network_and_another_seed_another():
-    a = build_backbone(
-        tiny_config(
+    def built(seed: int) -> ModuleBackbone:
+        cfg = tiny_config(
             backbone="resnet12",
             backbone_kwargs={"widths": [2, 2, 2, 2]},
             image_height=28,
             image_width=28,
+            train_seed=seed,
         )
-    )
-    b = build_backbone(
-        tiny_config(
-            backbone="resnet12",
-            backbone_kwargs={"widths": [2, 2, 2, 2]},
-            image_height=28,
-            image_width=28,
-        )
-    )
-    c = build_backbone(
-        tiny_config(
-            backbone="resnet12",
-            backbone_kwargs={"widths": [2, 2, 2, 2]},
-            image_height=28,
-            image_width=28,
-            train_seed=1,
-        )
-    )
+        return build_backbone(cfg)
+
+    a, b, c = built(0), built(0), built(1)
     pa, pb, pc = a.init_params(), b.init_params(), c.init_params()
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
     assert not all(torch.equal(pa[k], pc[k]) for k in pa)

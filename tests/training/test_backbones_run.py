@@ -11,15 +11,15 @@ the uninterrupted run's state); the subprocess SIGKILL runs cover each learner o
 from __future__ import annotations
 
 import io
-import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from builder_helpers import read_json, summary_rows, train, write_config
+from builder_helpers import killed_and_resumed, read_json, train, write_config
 from maml_helpers import random_batch, tiny_config
+from meta_learner_helpers import LEARNER_SETTINGS, REPTILE
 from metasuite.learner.learners import build_learner
 
 USER_MODULE = '''
@@ -37,29 +37,10 @@ def build(input_shape, num_classes, width=6, dropout=0.2):
     )
 '''
 
-NO_INNER_LOOP: dict[str, Any] = {
-    "second_order": False,
-    "use_multi_step_loss_optimization": False,
-    "learnable_per_layer_per_step_inner_loop_learning_rate": False,
-    "per_step_bn_statistics": False,
-    "number_of_training_steps_per_iter": 5,
-    "number_of_evaluation_steps_per_iter": 5,
-    "first_order_to_second_order_epoch": -1,
-    "multi_step_loss_num_epochs": 10,
-}
 LEARNERS: dict[str, dict[str, Any]] = {
-    "maml": {},
-    "meta_sgd": {"meta_learner": "meta_sgd"},
-    "anil": {"meta_learner": "anil"},
-    "reptile": {
-        "meta_learner": "reptile",
-        "second_order": False,
-        "use_multi_step_loss_optimization": False,
-        "learnable_per_layer_per_step_inner_loop_learning_rate": False,
-        "meta_learning_rate": 1.0,
-    },
-    "protonet": {"meta_learner": "protonet", **NO_INNER_LOOP},
+    name: LEARNER_SETTINGS[name] for name in ("maml", "meta_sgd", "anil", "reptile", "protonet")
 }
+LEARNERS["reptile"] = {**REPTILE, "meta_learning_rate": 1.0}
 BACKBONES: dict[str, dict[str, Any]] = {
     "resnet12": {
         "backbone": "resnet12",
@@ -123,7 +104,6 @@ KILLED = [
     ("user", "protonet"),
     ("resnet12", "baseline_pp"),
 ]
-BASELINE_PP = {"meta_learner": "baseline_pp", **NO_INNER_LOOP, "finetune_steps": 5}
 
 
 @pytest.mark.slow
@@ -131,19 +111,9 @@ BASELINE_PP = {"meta_learner": "baseline_pp", **NO_INNER_LOOP, "finetune_steps":
 def test_sigkill_resumes_exactly_and_the_manifest_records_the_backbone(
     backbone: str, learner: str, tmp_path: Path, user_module: Path, omniglot_folder: Path
 ) -> None:
-    changes = BASELINE_PP if learner == "baseline_pp" else LEARNERS[learner]
+    changes = LEARNER_SETTINGS["baseline_pp"] if learner == "baseline_pp" else LEARNERS[learner]
     config = write_config(tmp_path, total_epochs=2, **BACKBONES[backbone], **changes)
-    reference_root, root = tmp_path / "reference", tmp_path / "killed"
-    done = train(config, reference_root)
-    assert done.returncode == 0, done.stderr
-    reference = reference_root / "tiny"
-    killed = train(config, root, METASUITE_FAULT="iteration:5")
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    final = train(config, root)
-    assert final.returncode == 0, final.stderr
-    folder = root / "tiny"
-    assert summary_rows(folder) == summary_rows(reference)
-    assert read_json(folder / "test_summary.json") == read_json(reference / "test_summary.json")
+    folder = killed_and_resumed(config, tmp_path)
     runs = read_json(folder / "manifest.json")["runs"]
     assert len(runs) == 2
     described = runs[-1]["backbone"]

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from meta_learner_helpers import LEARNER_SETTINGS
 from metasuite.config import ExperimentConfig, replace
 from metasuite.training import distributed
 from metasuite.training.distributed import DistContext, slot_order
@@ -25,38 +26,17 @@ BATCH = 5  # odd, so the ranks hold different numbers of tasks (3 and 2)
 EVAL_TASKS = 3
 
 
-# ProtoNet and the baselines: no inner loop, so its switches off and its numbers at their
-# defaults (they refuse anything else).
-NO_INNER_LOOP: dict[str, object] = {
-    "second_order": False,
-    "use_multi_step_loss_optimization": False,
-    "learnable_per_layer_per_step_inner_loop_learning_rate": False,
-    "per_step_bn_statistics": False,
-    "number_of_training_steps_per_iter": 5,
-    "number_of_evaluation_steps_per_iter": 5,
-}
-
 # Each meta-learner, with every synchronised part it has (Reptile: no second order, MSL
-# or learned rates; its all-reduced "gradient" is the mean of theta - theta_tilde).
+# or learned rates; its all-reduced "gradient" is the mean of theta - theta_tilde), and
+# networks on the generic nn.Module path (dropout/DropBlock seeded per task, so the ranks
+# draw one process's masks).
 LEARNERS: dict[str, dict[str, object]] = {
-    "maml": {},
-    "meta_sgd": {"meta_learner": "meta_sgd"},
-    "anil": {"meta_learner": "anil"},
-    "reptile": {
-        "meta_learner": "reptile",
-        "second_order": False,
-        "use_multi_step_loss_optimization": False,
-        "learnable_per_layer_per_step_inner_loop_learning_rate": False,
-    },
-    # networks on the generic nn.Module path (dropout/DropBlock seeded per task, so the
-    # ranks draw one process's masks)
+    **{k: v for k, v in LEARNER_SETTINGS.items() if k != "baseline"},
     "resnet12": {
         "backbone": "resnet12",
         "backbone_kwargs": {"widths": [4, 4, 6, 6], "dropblock_rate": 0.1, "dropblock_size": 3},
     },
     "module-anil": {"backbone": "backbone_helpers:two_conv_net", "meta_learner": "anil"},
-    "protonet": {"meta_learner": "protonet", **NO_INNER_LOOP},
-    "baseline_pp": {"meta_learner": "baseline_pp", **NO_INNER_LOOP, "finetune_steps": 5},
 }
 
 

@@ -5,49 +5,23 @@ the learner; a checkpoint of another learner is refused in one line (exit 2)."""
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from builder_helpers import read_json, summary_rows, train, write_config
+from builder_helpers import killed_and_resumed, read_json, train, write_config
+from meta_learner_helpers import LEARNER_SETTINGS, REPTILE
 
 pytestmark = pytest.mark.slow
 
-# The tiny config's inner-loop settings, turned off or back to their defaults for the
-# learners without an inner loop (which refuse them).
-NO_INNER_LOOP: dict[str, Any] = {
-    "second_order": False,
-    "use_multi_step_loss_optimization": False,
-    "learnable_per_layer_per_step_inner_loop_learning_rate": False,
-    "per_step_bn_statistics": False,
-    "number_of_training_steps_per_iter": 5,
-    "number_of_evaluation_steps_per_iter": 5,
-    "multi_step_loss_num_epochs": 10,
-    "first_order_to_second_order_epoch": -1,
-}
-
+# Every learner but MAML (whose resume the builder tests cover); Reptile at epsilon 1.0,
+# Baseline++ with the body fine-tuned too: every evaluation path resumes exactly.
 LEARNERS: dict[str, dict[str, Any]] = {
-    "meta_sgd": {"meta_learner": "meta_sgd"},
-    "anil": {"meta_learner": "anil"},
-    "reptile": {
-        "meta_learner": "reptile",
-        "second_order": False,
-        "use_multi_step_loss_optimization": False,
-        "learnable_per_layer_per_step_inner_loop_learning_rate": False,
-        "meta_learning_rate": 1.0,
-    },
-    "protonet": {"meta_learner": "protonet", **NO_INNER_LOOP},
-    "baseline": {"meta_learner": "baseline", **NO_INNER_LOOP, "finetune_steps": 10},
-    # Baseline++ with the body fine-tuned too: every evaluation path resumes exactly.
-    "baseline_pp": {
-        "meta_learner": "baseline_pp",
-        **NO_INNER_LOOP,
-        "finetune_steps": 5,
-        "finetune_body": True,
-    },
+    name: settings for name, settings in LEARNER_SETTINGS.items() if name != "maml"
 }
+LEARNERS["reptile"] = {**REPTILE, "meta_learning_rate": 1.0}
+LEARNERS["baseline_pp"] = {**LEARNER_SETTINGS["baseline_pp"], "finetune_body": True}
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -59,19 +33,7 @@ def error_lines(stderr: str) -> list[str]:
 def test_sigkill_resumes_exactly_and_the_manifest_records_the_learner(
     learner: str, tmp_path: Path, omniglot_folder: Path
 ) -> None:
-    config = write_config(tmp_path, **LEARNERS[learner])
-    reference_root, root = tmp_path / "reference", tmp_path / "killed"
-    done = train(config, reference_root)
-    assert done.returncode == 0, done.stderr
-    reference = reference_root / "tiny"
-    # Killed in the middle of epoch 0 (after its checkpoint at iteration 4), resumed.
-    killed = train(config, root, METASUITE_FAULT="iteration:5")
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    final = train(config, root)
-    assert final.returncode == 0, final.stderr
-    folder = root / "tiny"
-    assert summary_rows(folder) == summary_rows(reference)
-    assert read_json(folder / "test_summary.json") == read_json(reference / "test_summary.json")
+    folder = killed_and_resumed(write_config(tmp_path, **LEARNERS[learner]), tmp_path)
     manifest = read_json(folder / "manifest.json")
     assert len(manifest["runs"]) == 2
     assert {run["meta_learner"] for run in manifest["runs"]} == {learner}

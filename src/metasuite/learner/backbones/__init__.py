@@ -217,7 +217,7 @@ def probe(net: ModuleBackbone, cfg: ExperimentConfig) -> None:
     y = torch.arange(ways)
     params = {k: v.requires_grad_() for k, v in net.init_params().items()}
     adapted = list(net.adaptable_parameter_names(cfg.enable_inner_loop_optimizable_bn_params))
-    second = cfg.second_order and cfg.meta_learner != "reptile"
+    second = cfg.second_order  # first_order_to_second_order_epoch: second order later
     with torch.random.fork_rng(devices=[]), net.mode(training=True):
         try:
             logits = net.forward(params, x, 0)

@@ -173,9 +173,8 @@ class ModuleBackbone:
             m = self.module.get_submodule(layer)
             for k in ("running_mean", "running_var"):
                 own = getattr(m, k)
-                if own is None:  # built with track_running_stats=False
-                    own = torch.zeros(m.num_features) if k == "running_mean" else None
-                    own = torch.ones(m.num_features) if own is None else own
+                if own is None:  # built with track_running_stats=False: BN's own start
+                    own = (torch.zeros if k == "running_mean" else torch.ones)(m.num_features)
                 out[f"{layer}.{k}"] = own.detach().expand(self.num_norm_steps, -1).clone()
         return out
 
