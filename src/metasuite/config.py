@@ -192,6 +192,33 @@ class ExperimentConfig:
     """Recompute each inner-loop forward during the backward pass instead of keeping its
     activations (torch.utils.checkpoint, non-reentrant): less memory for second order
     through a large network, at about one extra forward per step. Not for "conv"."""
+    modality: Literal["image", "text"] = "image"
+    """What a task's examples are: images (every layout of metasuite.data.layouts) or
+    text (rows of labelled sentences, metasuite.data.text); text tasks hold token ids."""
+    text_column: str = "text"
+    """Text data: the column (CSV/TSV header, JSON key) holding each example's text."""
+    label_column: str = "label"
+    """Text data: the column holding each example's label."""
+    domain_column: str = "domain"
+    """Text data: the column holding each example's domain (needed by task_unit
+    "domain"; optional otherwise)."""
+    task_unit: Literal["class", "domain"] = "class"
+    """Text data: "class": N-way K-shot over disjoint classes (split by ratio or by
+    pre-split files, as for images); "domain": each task is one domain with its own label
+    set, domains split by name (val_domains/test_domains) or by ratio."""
+    val_domains: tuple[str, ...] | None = None
+    """task_unit "domain": the validation domains by name (None: split by ratio)."""
+    test_domains: tuple[str, ...] | None = None
+    """task_unit "domain": the test domains by name (None: split by ratio)."""
+    tokenizer: str = "wordpiece"
+    """Text data: "wordpiece" (trained on the training split only, vocab_size tokens,
+    kept in the experiment folder) or a local folder holding a Hugging Face tokenizer
+    (e.g. the model folder of an "hf" backbone)."""
+    vocab_size: int = 4000
+    """Text data: the vocabulary size of a trained "wordpiece" tokenizer."""
+    max_length: int = 64
+    """Text data: tokens per example at most (longer ones are truncated); a batch is
+    padded to its longest example."""
 
     # ------------------------------------------------------------------ derived
     @property
@@ -440,7 +467,29 @@ def _check_ranges(c: ExperimentConfig, source: str) -> None:
         )
     if c.inner_loop_parameters is not None and not c.inner_loop_parameters:
         fail("inner_loop_parameters", "a non-empty list of name patterns, or null (the default)")
+    _check_text(c, source)
     _check_meta_learner(c, source)
+
+
+def _check_text(c: ExperimentConfig, source: str) -> None:
+    """The text keys: sizes in range, and a domain named in one split only."""
+    if c.vocab_size < 100:
+        raise ConfigError(f"{source}: vocab_size must be an integer >= 100, got {c.vocab_size}")
+    if c.max_length < 2:
+        raise ConfigError(f"{source}: max_length must be an integer >= 2, got {c.max_length}")
+    for key in ("text_column", "label_column", "domain_column", "tokenizer"):
+        if not getattr(c, key).strip():
+            raise ConfigError(f"{source}: {key} must be a non-empty string, got \"\"")
+    both = set(c.val_domains or ()) & set(c.test_domains or ())
+    if both:
+        raise ConfigError(
+            f"{source}: val_domains and test_domains both name {sorted(both)}; a domain "
+            "belongs to one split"
+        )
+    if c.modality == "image" and c.task_unit == "domain":
+        raise ConfigError(
+            f'{source}: task_unit "domain" needs modality "text" (image tasks are over classes)'
+        )
 
 
 def _check_meta_learner(c: ExperimentConfig, source: str) -> None:
@@ -492,6 +541,8 @@ def load_config(path: str | os.PathLike[str]) -> ExperimentConfig:
 OMITTED_AT_DEFAULT: frozenset[str] = frozenset({
     "max_images_per_class", "meta_learner", "backbone", "backbone_kwargs",
     "inner_loop_parameters", "head", "batch_norm_mode", "activation_checkpointing",
+    "modality", "text_column", "label_column", "domain_column", "task_unit", "val_domains",
+    "test_domains", "tokenizer", "vocab_size", "max_length",
 })  # fmt: skip
 
 

@@ -172,6 +172,10 @@ class FewShotTasks:
         Seeds: train_seed, val_seed, effective_test_seed. Rotation: Omniglot training
         tasks only.
         """
+        if config.modality == "text":  # the text modality's twin (token-id tasks)
+            from metasuite.data.text.sampler import FewShotTextTasks
+
+            return FewShotTextTasks.from_config(config, root, quiet=quiet)  # type: ignore[return-value]
         splits, source = load_splits(config, root, quiet=quiet)
         seeds = {
             "train": config.train_seed,
