@@ -182,6 +182,9 @@ class DatasetInfo:
     archive_sha256: str | None = None
     split_hash: str | None = None
     note: str = ""
+    text: dict[str, Any] | None = None
+    """Text experiments only: layout, task unit, tokenizer (source, sha256, vocab size)
+    and, for an "hf" backbone, its attention implementation (written only when set)."""
 
 
 def dataset_info(config: ExperimentConfig, tasks: Any = None) -> DatasetInfo:
@@ -208,7 +211,13 @@ def dataset_info(config: ExperimentConfig, tasks: Any = None) -> DatasetInfo:
         notes.append("class-split hash not available (no task samplers given)")
     if archive is None:
         notes.append(f"no archive found for {folder}; data used as unpacked")
+    text = getattr(tasks, "text_record", None)
+    if text is not None and config.backbone == "hf":
+        from metasuite.learner.backbones.text import ATTENTION
+
+        text = {**text, "attention": ATTENTION}
     return DatasetInfo(
+        text=text,
         name=config.dataset_name,
         path=str(folder),
         archive=None if archive is None else str(archive),
@@ -370,7 +379,7 @@ def start_run(
         "devices": resolved_devices,
         "config_hash": config_hash(config),
         "meta_learner": config.meta_learner,
-        "dataset": asdict(dataset),
+        "dataset": {k: v for k, v in asdict(dataset).items() if k != "text" or v is not None},
         "seeds": {
             "train_seed": config.train_seed,
             "val_seed": config.val_seed,

@@ -392,6 +392,9 @@ def _recorded(
     A resumed run tests again at its end, so an older test summary is removed first.
     """
     exp, config = builder.exp, builder.cfg
+    keep = getattr(tasks, "save_artifacts", None)  # text: the tokenizer, beside the config
+    if keep is not None:
+        keep(exp.path)
     if config.evaluate_on_test_set_only:
         with recorded_run(
             exp.path, config, devices=devices, tasks=tasks, numerics=builder.numerics

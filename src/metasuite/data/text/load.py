@@ -42,6 +42,8 @@ from metasuite.errors import DatasetError, DiskFullError
 from metasuite.fsutil import write_text_atomic, write_with_atomic
 
 CACHE_FORMAT = 1
+TOKENIZER_FORMAT = 2
+"""Part of the trained tokenizer's key: 2 numbers the vocabulary canonically."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def _tokenizer(config: ExperimentConfig, listing: TextListing, content: str,
     if config.tokenizer != "wordpiece":
         return from_folder(model_folder(config.tokenizer, "tokenizer", dataset_root()), "tokenizer")
     key = _key(
-        "wordpiece", content, columns_of(config).__dict__, config.task_unit,
+        "wordpiece", TOKENIZER_FORMAT, content, columns_of(config).__dict__, config.task_unit,
         config.val_seed, list(config.train_val_test_split), config.val_domains,
         config.test_domains, config.vocab_size,
     )  # fmt: skip

@@ -32,6 +32,7 @@ from metasuite.data.batch import TaskBatch
 from metasuite.data.folders import SPLITS, DataSource
 from metasuite.data.tasks import SPLIT_TAGS
 from metasuite.data.text.load import TextData, load_text, split_units, unit_names
+from metasuite.data.text.tokenizer import save_tokenizer
 from metasuite.errors import DatasetError
 from metasuite.text import plural
 
@@ -157,6 +158,8 @@ class FewShotTextTasks:
     source: DataSource
     data: TextData
     units: dict[str, list[str]]
+    unit: str
+    max_length: int
 
     @classmethod
     def from_config(cls, config: ExperimentConfig, root: Path | None = None,
@@ -175,7 +178,8 @@ class FewShotTextTasks:
             )
             for split in SPLITS
         }  # fmt: skip
-        return cls(samplers["train"], samplers["val"], samplers["test"], source, data, units)
+        return cls(samplers["train"], samplers["val"], samplers["test"], source, data, units,
+                   config.task_unit, config.max_length)  # fmt: skip
 
     def sampler(self, split: str) -> TextTaskSampler:
         if split not in SPLIT_TAGS:
@@ -188,6 +192,24 @@ class FewShotTextTasks:
         trained and tested, and with which token ids."""
         record = {"units": self.units, "tokenizer": self.data.tokenizer.digest}
         return hashlib.sha256(json.dumps(record, separators=(",", ":")).encode()).hexdigest()
+
+    def save_artifacts(self, folder: Path) -> None:
+        """Keep the tokenizer in the experiment folder (``tokenizer/``), so the token ids
+        of a run can be read back and checked against the manifest's sha256."""
+        save_tokenizer(self.data.tokenizer, folder / "tokenizer")
+
+    @property
+    def text_record(self) -> dict[str, object]:
+        """What the manifest records of a text data set (beside the split hash)."""
+        tok = self.data.tokenizer
+        return {
+            "layout": self.data.listing.layout,
+            "pre_split": self.data.listing.pre_split,
+            "task_unit": self.unit,
+            "max_length": self.max_length,
+            "tokenizer": {"source": tok.source, "sha256": tok.digest,
+                          "vocab_size": tok.vocab_size, "pad_id": tok.pad_id},
+        }  # fmt: skip
 
     @property
     def class_counts(self) -> dict[str, int]:

@@ -66,6 +66,17 @@ def train_wordpiece(texts: list[str], vocab_size: int) -> str:
         vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False
     )
     tok.train_from_iterator(sorted(texts), trainer=trainer)  # sorted: order-independent
+    # The trainer finds the same vocabulary each time but numbers it in hash-map order
+    # (measured: ids differ between two trainings on the same texts). Renumber it:
+    # special tokens first, in SPECIAL_TOKENS order, then the rest sorted, so a tokenizer
+    # rebuilt from the same training split gives the very same ids.
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    rest = sorted(t for t in vocab if t not in SPECIAL_TOKENS)
+    spec["model"]["vocab"] = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *rest])}
+    for added in spec.get("added_tokens") or []:
+        added["id"] = spec["model"]["vocab"][added["content"]]
+    tok = tokenizers.Tokenizer.from_str(json.dumps(spec))
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
@@ -131,6 +142,22 @@ def from_folder(folder: Path, key: str) -> TextTokenizer:
     return TextTokenizer(tok, str(folder), int(tok.pad_token_id), len(tok), digest.hexdigest(), False)
 
 
+def save_tokenizer(tokenizer: TextTokenizer, folder: Path) -> None:
+    """``folder/tokenizer.json`` (trained) or the folder tokenizer's own files, written
+    atomically; left alone when it already holds this tokenizer."""
+    from metasuite.fsutil import write_text_atomic
+
+    stamp = folder / "sha256.txt"
+    if stamp.is_file() and stamp.read_text().strip() == tokenizer.digest:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    if tokenizer.fast:
+        write_text_atomic(folder / "tokenizer.json", tokenizer.backend.to_str())
+    else:
+        tokenizer.backend.save_pretrained(str(folder))
+    write_text_atomic(stamp, tokenizer.digest + "\n")
+
+
 def describe(tokenizer: TextTokenizer) -> dict[str, Any]:
     """What the manifest and ``data check`` show."""
     return json.loads(
@@ -153,5 +180,6 @@ __all__ = [
     "from_json",
     "model_folder",
     "offline_hint",
+    "save_tokenizer",
     "train_wordpiece",
 ]
