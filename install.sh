@@ -3,7 +3,8 @@
 #   - system tools through apt when apt is there (see below); carries on without them
 #   - torch: kept when already installed; else torch==2.13.0 (CPU wheel) when no GPU
 #     is visible, or the default (CUDA) build when nvidia-smi sees a GPU
-#   - metasuite itself, editable, with its test extras
+#   - metasuite itself, editable, with its test and text extras (tokenizers, transformers:
+#     imported only by text experiments)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 PYTHON="${PYTHON:-python3}"
@@ -46,5 +47,5 @@ else
     "$PYTHON" -m pip install -q torch==2.13.0
 fi
 
-"$PYTHON" -m pip install -q -e ".[test]"
+"$PYTHON" -m pip install -q -e ".[test,text]"
 echo "install.sh: done ($("$PYTHON" -c 'import metasuite, torch; print("metasuite", metasuite.__version__, "torch", torch.__version__)'))"

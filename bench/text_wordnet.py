@@ -53,19 +53,34 @@ def untrained(config_path: Path, tasks: int) -> tuple[float, float, float]:
 
 def trained(config_path: Path, out: Path, iterations: int, tasks: int) -> dict[str, float]:
     cfg = replace(
-        load_config(config_path), total_epochs=1, total_epochs_before_pause=1,
-        total_iter_per_epoch=iterations, num_evaluation_tasks=tasks,
+        load_config(config_path),
+        total_epochs=1,
+        total_epochs_before_pause=1,
+        total_iter_per_epoch=iterations,
+        num_evaluation_tasks=tasks,
         checkpoint_every_n_iters=0,
-    )  # fmt: skip
+    )
     short = out / "configs" / config_path.name
     short.parent.mkdir(parents=True, exist_ok=True)
     save_config(cfg, short)
     start = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "metasuite", "train", "--config", str(short), "--gpus", "cpu",
-         "--experiments-root", str(out / "experiments"), "--quiet"],
-        check=True, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "metasuite",
+            "train",
+            "--config",
+            str(short),
+            "--gpus",
+            "cpu",
+            "--experiments-root",
+            str(out / "experiments"),
+            "--quiet",
+        ],
+        check=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+    )
     wall = time.perf_counter() - start
     summary = json.loads(
         (out / "experiments" / cfg.experiment_name / "test_summary.json").read_text()
@@ -88,19 +103,34 @@ def main() -> None:
         path = ROOT / "text" / "experiment_config" / name
         base, base_ci, base_s = untrained(path, args.tasks)
         run = trained(path, args.out, args.iterations, args.tasks)
-        rows.append({"method": method, "untrained_mean": base, "untrained_ci95": base_ci,
-                     "untrained_eval_s": base_s, **{f"trained_{k}": v for k, v in run.items()}})
+        rows.append(
+            {
+                "method": method,
+                "untrained_mean": base,
+                "untrained_ci95": base_ci,
+                "untrained_eval_s": base_s,
+                **{f"trained_{k}": v for k, v in run.items()},
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
-    record = {"backbone": args.backbone, "shot": args.shot, "iterations": args.iterations,
-              "tasks": args.tasks, "threads": torch.get_num_threads(), "rows": rows}  # fmt: skip
+    record = {
+        "backbone": args.backbone,
+        "shot": args.shot,
+        "iterations": args.iterations,
+        "tasks": args.tasks,
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.backbone}_{args.shot}shot.json").write_text(json.dumps(record, indent=2))
     print(f"| method | untrained init | after {args.iterations} meta-iterations | train+test s |")
     print("|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {100 * r['untrained_mean']:.2f} ± {100 * r['untrained_ci95']:.2f}"
-              f" | {100 * r['trained_mean']:.2f} ± {100 * r['trained_ci95']:.2f} "
-              f"| {r['trained_wall_s']:.0f} |")
+        print(
+            f"| {r['method']} | {100 * r['untrained_mean']:.2f} ± {100 * r['untrained_ci95']:.2f}"
+            f" | {100 * r['trained_mean']:.2f} ± {100 * r['trained_ci95']:.2f} "
+            f"| {r['trained_wall_s']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,26 @@ import random
 from pathlib import Path
 from typing import Any
 
-FILLER = "the a of and to in is it that was for on are with as at be this".split()
+FILLER = [
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "it",
+    "that",
+    "was",
+    "for",
+    "on",
+    "are",
+    "with",
+    "as",
+    "at",
+    "be",
+    "this",
+]
 
 TEXT_TINY: dict[str, Any] = {
     "experiment_name": "tiny",
@@ -51,13 +70,22 @@ REPTILE: dict[str, Any] = {
 def sentences(label: int, count: int, rng: random.Random) -> list[str]:
     own = [f"w{label}x{k}" for k in range(6)]
     return [
-        " ".join(rng.choice(own if rng.random() < 0.4 else FILLER) for _ in range(rng.randint(4, 10)))
+        " ".join(
+            rng.choice(own if rng.random() < 0.4 else FILLER) for _ in range(rng.randint(4, 10))
+        )
         for _ in range(count)
     ]
 
 
-def write_rows(folder: Path, *, classes: int = 12, per_class: int = 8, domains: int = 0,
-               fmt: str = "jsonl", seed: int = 0) -> Path:  # fmt: skip
+def write_rows(
+    folder: Path,
+    *,
+    classes: int = 12,
+    per_class: int = 8,
+    domains: int = 0,
+    fmt: str = "jsonl",
+    seed: int = 0,
+) -> Path:
     """``folder/data.<fmt>`` of ``classes`` x ``per_class`` rows; with ``domains`` each
     row also has a domain, and labels are reused across domains (review-style)."""
     rng = random.Random(seed)

@@ -22,15 +22,53 @@ import tarfile
 from pathlib import Path
 
 # WordNet 3.0 lexnames (lexnames(5WN)): lexicographer file number -> name.
-LEXNAMES = (
-    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute "
-    "noun.body noun.cognition noun.communication noun.event noun.feeling noun.food noun.group "
-    "noun.location noun.motive noun.object noun.person noun.phenomenon noun.plant "
-    "noun.possession noun.process noun.quantity noun.relation noun.shape noun.state "
-    "noun.substance noun.time verb.body verb.change verb.cognition verb.communication "
-    "verb.competition verb.consumption verb.contact verb.creation verb.emotion verb.motion "
-    "verb.perception verb.possession verb.social verb.stative verb.weather adj.ppl"
-).split()
+LEXNAMES = [
+    "adj.all",
+    "adj.pert",
+    "adv.all",
+    "noun.Tops",
+    "noun.act",
+    "noun.animal",
+    "noun.artifact",
+    "noun.attribute",
+    "noun.body",
+    "noun.cognition",
+    "noun.communication",
+    "noun.event",
+    "noun.feeling",
+    "noun.food",
+    "noun.group",
+    "noun.location",
+    "noun.motive",
+    "noun.object",
+    "noun.person",
+    "noun.phenomenon",
+    "noun.plant",
+    "noun.possession",
+    "noun.process",
+    "noun.quantity",
+    "noun.relation",
+    "noun.shape",
+    "noun.state",
+    "noun.substance",
+    "noun.time",
+    "verb.body",
+    "verb.change",
+    "verb.cognition",
+    "verb.communication",
+    "verb.competition",
+    "verb.consumption",
+    "verb.contact",
+    "verb.creation",
+    "verb.emotion",
+    "verb.motion",
+    "verb.perception",
+    "verb.possession",
+    "verb.social",
+    "verb.stative",
+    "verb.weather",
+    "adj.ppl",
+]
 POS_FILES = ("noun", "verb", "adj", "adv")
 LICENCE_HEADER = """\
 wordnet_glosses: the glosses of WordNet 3.0's synsets, each labelled with its
@@ -52,7 +90,9 @@ def glosses(wordnet: Path) -> list[dict[str, str]]:
             fields, _, gloss = line.partition(" | ")
             parts = fields.split()
             offset, lex = parts[0], int(parts[1])
-            rows.append({"text": gloss.strip(), "label": LEXNAMES[lex], "synset": f"{offset}.{pos}"})
+            rows.append(
+                {"text": gloss.strip(), "label": LEXNAMES[lex], "synset": f"{offset}.{pos}"}
+            )
     return rows
 
 

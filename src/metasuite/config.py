@@ -479,7 +479,7 @@ def _check_text(c: ExperimentConfig, source: str) -> None:
         raise ConfigError(f"{source}: max_length must be an integer >= 2, got {c.max_length}")
     for key in ("text_column", "label_column", "domain_column", "tokenizer"):
         if not getattr(c, key).strip():
-            raise ConfigError(f"{source}: {key} must be a non-empty string, got \"\"")
+            raise ConfigError(f'{source}: {key} must be a non-empty string, got ""')
     both = set(c.val_domains or ()) & set(c.test_domains or ())
     if both:
         raise ConfigError(

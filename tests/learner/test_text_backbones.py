@@ -10,17 +10,26 @@ import pytest
 import torch
 
 from metasuite.config import from_dict
+from metasuite.data.tasks import FewShotTasks
 from metasuite.errors import ConfigError
 from metasuite.learner.backbones import build_backbone
-from metasuite.data.tasks import FewShotTasks
 from text_helpers import TEXT_TINY, write_rows
 
 pytest.importorskip("transformers")
 
-HF_TINY = {"backbone": "hf", "backbone_kwargs": {"config": {
-    "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-    "intermediate_size": 32, "hidden_dropout_prob": 0.1,
-    "attention_probs_dropout_prob": 0.1}}}  # fmt: skip
+HF_TINY = {
+    "backbone": "hf",
+    "backbone_kwargs": {
+        "config": {
+            "hidden_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 32,
+            "hidden_dropout_prob": 0.1,
+            "attention_probs_dropout_prob": 0.1,
+        }
+    },
+}
 
 
 @pytest.fixture
@@ -38,8 +47,13 @@ def config(**changes):
 def test_second_order_meta_step_runs_and_adapting_lowers_the_support_loss(
     data_root: Path, backbone: dict
 ) -> None:
-    cfg = config(**backbone, second_order=True, number_of_training_steps_per_iter=3,
-                 number_of_evaluation_steps_per_iter=3, init_inner_loop_learning_rate=0.5)  # fmt: skip
+    cfg = config(
+        **backbone,
+        second_order=True,
+        number_of_training_steps_per_iter=3,
+        number_of_evaluation_steps_per_iter=3,
+        init_inner_loop_learning_rate=0.5,
+    )
     net = build_backbone(cfg)  # the probe ran a second-order step on token ids
     tasks = FewShotTasks.from_config(cfg, quiet=True)
     batch = tasks.train.batch([0])
@@ -75,9 +89,16 @@ def test_a_local_model_folder_loads_offline_and_its_tokenizer_is_used(
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
     torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, num_labels=2))  # fmt: skip
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            num_labels=2,
+        )
+    )
     model.save_pretrained(folder)
     cfg = config(backbone="hf", backbone_kwargs={"model": str(folder)}, tokenizer=str(folder))
     net = build_backbone(cfg)
@@ -96,12 +117,14 @@ def test_bad_model_folders_and_hub_ids_are_one_line(data_root: Path, tmp_path: P
     (empty / "tokenizer.json").write_text("{}")
     cases = [
         ({"backbone": "hf", "backbone_kwargs": {"model": str(empty)}}, "holds no weights"),
-        ({"backbone": "hf", "backbone_kwargs": {"model": "bert-base-uncased"}},
-         "metasuite runs offline"),
+        (
+            {"backbone": "hf", "backbone_kwargs": {"model": "bert-base-uncased"}},
+            "metasuite runs offline",
+        ),
         ({"tokenizer": "google/bert_uncased_L-2_H-128_A-2"}, "save_pretrained"),
         ({"tokenizer": str(tmp_path / "tinytext")}, "holds no tokenizer"),
         ({"backbone": "conv"}, 'backbone "conv" reads images'),
-    ]  # fmt: skip
+    ]
     for changes, message in cases:
         with pytest.raises(ConfigError) as caught:
             build_backbone(config(**changes))

@@ -24,10 +24,19 @@ LEARNERS: dict[str, dict[str, Any]] = {
     "anil": {"meta_learner": "anil"},
     "reptile": REPTILE,
 }
-TINY_BERT = {"backbone": "hf", "backbone_kwargs": {"config": {
-    "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-    "intermediate_size": 32, "hidden_dropout_prob": 0.1,
-    "attention_probs_dropout_prob": 0.1}}}  # fmt: skip
+TINY_BERT = {
+    "backbone": "hf",
+    "backbone_kwargs": {
+        "config": {
+            "hidden_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 32,
+            "hidden_dropout_prob": 0.1,
+            "attention_probs_dropout_prob": 0.1,
+        }
+    },
+}
 
 
 def killed_and_resumed_equals_uninterrupted(config: Path, tmp_path: Path, **env: str) -> Path:
@@ -73,10 +82,16 @@ def test_tiny_bert_with_dropout_resumes_exactly_on_review_domains(tmp_path: Path
     named test domains; a tiny BERT with dropout, second order."""
     write_rows(tmp_path / "data" / "reviews", classes=12, domains=6, fmt="json")
     config = write_config(
-        tmp_path, dataset_name="reviews", dataset_path="reviews", task_unit="domain",
-        num_classes_per_set=2, test_domains=["d0", "d1"], val_domains=["d2"],
-        second_order=True, **TINY_BERT,
-    )  # fmt: skip
+        tmp_path,
+        dataset_name="reviews",
+        dataset_path="reviews",
+        task_unit="domain",
+        num_classes_per_set=2,
+        test_domains=["d0", "d1"],
+        val_domains=["d2"],
+        second_order=True,
+        **TINY_BERT,
+    )
     folder = killed_and_resumed_equals_uninterrupted(
         config, tmp_path, DATASET_DIR=str(tmp_path / "data")
     )
@@ -101,11 +116,19 @@ def test_a_tiny_wordnet_experiment_from_the_shipped_archive(tmp_path: Path) -> N
     """The real corpus on a fresh clone: datasets/wordnet_glosses.tar.bz2 (unpacked on
     first use), 45 lexicographer classes split 27/9/9, 5-way 1-shot."""
     config = write_config(
-        tmp_path, "wordnet", experiment_name="wordnet", dataset_name="wordnet_glosses",
-        dataset_path="wordnet_glosses", train_val_test_split=[0.6, 0.2, 0.2],
-        num_classes_per_set=5, num_samples_per_class=1, num_target_samples=3,
-        vocab_size=2000, total_iter_per_epoch=2, total_epochs=1,
-    )  # fmt: skip
+        tmp_path,
+        "wordnet",
+        experiment_name="wordnet",
+        dataset_name="wordnet_glosses",
+        dataset_path="wordnet_glosses",
+        train_val_test_split=[0.6, 0.2, 0.2],
+        num_classes_per_set=5,
+        num_samples_per_class=1,
+        num_target_samples=3,
+        vocab_size=2000,
+        total_iter_per_epoch=2,
+        total_epochs=1,
+    )
     done = train(config, tmp_path / "experiments", timeout=600)
     assert done.returncode == 0, done.stderr
     summary = read_json(tmp_path / "experiments" / "wordnet" / "test_summary.json")
@@ -125,7 +148,9 @@ def test_bad_text_input_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
     (line,) = [ln for ln in result.stderr.splitlines() if "error:" in ln]
     assert "rows.jsonl: line 2: no 'text' column" in line
     assert not (tmp_path / "experiments" / "tiny").exists()
-    hub = write_config(tmp_path, "hub", backbone="hf", backbone_kwargs={"model": "bert-base-uncased"})
+    hub = write_config(
+        tmp_path, "hub", backbone="hf", backbone_kwargs={"model": "bert-base-uncased"}
+    )
     write_rows(data, per_class=8)
     (data / "rows.jsonl").unlink()
     result = train(hub, tmp_path / "experiments", DATASET_DIR=str(tmp_path / "data"))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from metasuite.config import ExperimentConfig, replace
 from metasuite.data.folders import SPLITS, load_splits_with_record, locate_dataset
-from metasuite.errors import DatasetError
 from metasuite.data.layouts import LAYOUTS
+from metasuite.errors import DatasetError
 
 CACHE_STATES = {
     "loaded": "loaded (up to date)",

@@ -49,9 +49,7 @@ def _text_spec(cfg: ExperimentConfig) -> InputSpec:
         ids[n // 2 :, 3:] = pad
         return ids
 
-    return InputSpec(
-        "text", (length,), probe, {"vocab_size": vocab, "pad_token_id": pad}
-    )
+    return InputSpec("text", (length,), probe, {"vocab_size": vocab, "pad_token_id": pad})
 
 
 __all__ = ["InputSpec", "input_spec"]

@@ -53,10 +53,16 @@ def test_txt_folders_and_pre_split_files(data_root: Path) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(f"w{c} word{i} the text", encoding="utf-8")
     tasks = FewShotTasks.from_config(
-        config(dataset_name="folders", dataset_path="folders", train_val_test_split=[0.34, 0.33, 0.33],
-               num_classes_per_set=2, num_samples_per_class=1, num_target_samples=1),
+        config(
+            dataset_name="folders",
+            dataset_path="folders",
+            train_val_test_split=[0.34, 0.33, 0.33],
+            num_classes_per_set=2,
+            num_samples_per_class=1,
+            num_target_samples=1,
+        ),
         quiet=True,
-    )  # fmt: skip
+    )
     assert tasks.data.listing.layout == "txt" and tasks.class_counts["train"] == 2
     pre = data_root / "presplit"
     pre.mkdir()
@@ -64,13 +70,21 @@ def test_txt_folders_and_pre_split_files(data_root: Path) -> None:
         rows = [{"text": f"w{c} x{i}", "label": f"c{c}"} for c in classes for i in range(4)]
         (pre / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     tasks = FewShotTasks.from_config(
-        config(dataset_name="presplit", dataset_path="presplit", num_classes_per_set=2,
-               num_samples_per_class=1, num_target_samples=1),
+        config(
+            dataset_name="presplit",
+            dataset_path="presplit",
+            num_classes_per_set=2,
+            num_samples_per_class=1,
+            num_target_samples=1,
+        ),
         quiet=True,
-    )  # fmt: skip
+    )
     assert tasks.data.listing.pre_split
-    assert tasks.units == {"train": [f"train/c{c}" for c in range(4)],
-                           "val": ["val/c4", "val/c5"], "test": ["test/c6", "test/c7"]}  # fmt: skip
+    assert tasks.units == {
+        "train": [f"train/c{c}" for c in range(4)],
+        "val": ["val/c4", "val/c5"],
+        "test": ["test/c6", "test/c7"],
+    }
 
 
 def test_a_task_is_a_pure_function_of_seed_split_and_index(data_root: Path) -> None:
@@ -106,8 +120,14 @@ def test_the_tokenizer_learns_the_training_split_only(data_root: Path) -> None:
 
 def test_domain_unit_tasks_stay_inside_one_domain(data_root: Path) -> None:
     write_rows(data_root / "reviews", domains=6, fmt="json")
-    cfg = config(dataset_name="reviews", dataset_path="reviews", task_unit="domain",
-                 num_classes_per_set=2, test_domains=["d0", "d1"], val_domains=["d2"])  # fmt: skip
+    cfg = config(
+        dataset_name="reviews",
+        dataset_path="reviews",
+        task_unit="domain",
+        num_classes_per_set=2,
+        test_domains=["d0", "d1"],
+        val_domains=["d2"],
+    )
     tasks = FewShotTasks.from_config(cfg, quiet=True)
     assert tasks.units["test"] == ["d0", "d1"] and tasks.units["train"] == ["d3", "d4", "d5"]
     for i in range(20):
@@ -122,8 +142,12 @@ def test_data_check_detects_a_text_folder_without_a_config(data_root: Path) -> N
     write_rows(data_root / "tinytext")
     from metasuite.config import ExperimentConfig, replace
 
-    plain = replace(ExperimentConfig(), dataset_name="tinytext", dataset_path="tinytext",
-                    train_val_test_split=(0.5, 0.25, 0.25))  # fmt: skip
+    plain = replace(
+        ExperimentConfig(),
+        dataset_name="tinytext",
+        dataset_path="tinytext",
+        train_val_test_split=(0.5, 0.25, 0.25),
+    )
     text = describe_dataset(plain)
     assert "layout:     jsonl" in text and "tokenizer:" in text
     assert "train         6       6        48" in text
@@ -133,17 +157,29 @@ def test_data_check_detects_a_text_folder_without_a_config(data_root: Path) -> N
     ("write", "changes", "message"),
     [
         (lambda f: (f / "d.jsonl").write_text('{"label": "a"}\n'), {}, "line 1: no 'text' column"),
-        (lambda f: (f / "d.jsonl").write_text('{"text": " ", "label": "a"}\n'), {},
-         "line 1: the 'text' column is empty"),
-        (lambda f: (f / "d.csv").write_bytes(b"text,label\nok,a\n\xff\xfe,b\n"), {},
-         "line 3 is not UTF-8"),
+        (
+            lambda f: (f / "d.jsonl").write_text('{"text": " ", "label": "a"}\n'),
+            {},
+            "line 1: the 'text' column is empty",
+        ),
+        (
+            lambda f: (f / "d.csv").write_bytes(b"text,label\nok,a\n\xff\xfe,b\n"),
+            {},
+            "line 3 is not UTF-8",
+        ),
         (lambda f: write_rows(f, per_class=3), {}, "fewer than num_samples_per_class"),
-        (lambda f: (f / "d.json").write_text(json.dumps(
-            [{"text": f"t {i}", "label": "pos", "domain": f"d{i % 3}"} for i in range(30)])),
-         {"task_unit": "domain", "num_classes_per_set": 2}, "has a single label ('pos')"),
+        (
+            lambda f: (f / "d.json").write_text(
+                json.dumps(
+                    [{"text": f"t {i}", "label": "pos", "domain": f"d{i % 3}"} for i in range(30)]
+                )
+            ),
+            {"task_unit": "domain", "num_classes_per_set": 2},
+            "has a single label ('pos')",
+        ),
         (lambda f: write_rows(f), {"text_column": "sentence"}, "no 'sentence' column"),
     ],
-)  # fmt: skip
+)
 def test_bad_text_data_is_one_line(data_root: Path, write, changes, message) -> None:
     folder = data_root / "tinytext"
     folder.mkdir()
@@ -155,3 +191,11 @@ def test_bad_text_data_is_one_line(data_root: Path, write, changes, message) -> 
     # the rows already cached (as for images: the cache is the data, not the experiment).
     if "column" in message or "UTF-8" in message:
         assert not list(data_root.glob("*.cache.pt"))
+
+
+def test_the_review_domain_example_config_is_valid() -> None:
+    from metasuite.config import REPO_ROOT, load_config
+
+    cfg = load_config(REPO_ROOT / "docs" / "examples" / "review_domains.json")
+    assert cfg.task_unit == "domain" and cfg.meta_learner == "reptile"
+    assert cfg.test_domains == ("books", "dvd", "electronics")

@@ -8,8 +8,8 @@ import numpy as np
 
 from metasuite.config import ExperimentConfig
 from metasuite.data.folders import SPLITS
-from metasuite.data.text.rows import TEXT_LAYOUTS
 from metasuite.data.text.load import load_text, split_units, unit_names
+from metasuite.data.text.rows import TEXT_LAYOUTS
 from metasuite.data.text.sampler import group_split
 
 CACHE_STATES = {
@@ -47,13 +47,17 @@ def describe_text(config: ExperimentConfig, root: Path | None = None, quiet: boo
     lines.append(f"task unit:  {config.task_unit} ({how})")
     tok = data.tokenizer
     trained = " (trained on the training split)" if config.tokenizer == "wordpiece" else ""
-    lines.append(f"tokenizer:  {tok.source}{trained}: {tok.vocab_size:,} tokens, pad id "
-                 f"{tok.pad_id}, sha256 {tok.digest[:16]}")  # fmt: skip
+    lines.append(
+        f"tokenizer:  {tok.source}{trained}: {tok.vocab_size:,} tokens, pad id "
+        f"{tok.pad_id}, sha256 {tok.digest[:16]}"
+    )
     lines.append(f"cache:      {data.cache} {CACHE_STATES.get(data.cache_state, data.cache_state)}")
     lengths = (data.offsets[1:] - data.offsets[:-1]).numpy()
     unit = "domains" if config.task_unit == "domain" else "classes"
-    lines.append(f"{'split':<6} {unit:>8} {'labels':>7} {'examples':>9}  examples per label  "
-                 f"tokens per example (mean, max {config.max_length})")  # fmt: skip
+    lines.append(
+        f"{'split':<6} {unit:>8} {'labels':>7} {'examples':>9}  examples per label  "
+        f"tokens per example (mean, max {config.max_length})"
+    )
     for split in SPLITS:
         part = group_split(config, data, by_split[split])
         sizes = [len(rows) for pool in part.groups for rows in pool]
@@ -61,8 +65,10 @@ def describe_text(config: ExperimentConfig, root: Path | None = None, quiet: boo
         spread = f"{min(sizes)}-{max(sizes)}" if sizes else "-"
         mean = f"{lengths[rows].mean():.1f}" if len(rows) else "-"
         units = len(part.pool_names) if config.task_unit == "domain" else part.num_classes
-        lines.append(f"{split:<6} {units:>8,} {part.num_classes:>7,} {part.num_rows:>9,}  "
-                     f"{spread:<18}  {mean}")  # fmt: skip
+        lines.append(
+            f"{split:<6} {units:>8,} {part.num_classes:>7,} {part.num_rows:>9,}  "
+            f"{spread:<18}  {mean}"
+        )
     return "\n".join(lines) + "\n"
 
 

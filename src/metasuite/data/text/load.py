@@ -69,16 +69,18 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def unit_names(config: ExperimentConfig, labels: list[str], domains: list[str], splits: list[str]
-               ) -> list[str]:
+def unit_names(
+    config: ExperimentConfig, labels: list[str], domains: list[str], splits: list[str]
+) -> list[str]:
     """What is split into train/val/test per row: its class, or its domain; prefixed by
     the file's split when the data are pre-split."""
     units = domains if config.task_unit == "domain" else labels
     return [f"{s}/{u}" if s else u for u, s in zip(units, splits, strict=True)]
 
 
-def split_units(config: ExperimentConfig, names: list[str], folder: Path, pre_split: bool
-                ) -> dict[str, list[str]]:
+def split_units(
+    config: ExperimentConfig, names: list[str], folder: Path, pre_split: bool
+) -> dict[str, list[str]]:
     """The unit names of each split: pre-split files, named domains, or the ratio split
     of the image classes (the reference arithmetic over the sorted names)."""
     unique = sorted(set(names))
@@ -98,23 +100,32 @@ def split_units(config: ExperimentConfig, names: list[str], folder: Path, pre_sp
     return {split: [unique[i] for i in ids[split]] for split in SPLITS}
 
 
-def _tokenizer(config: ExperimentConfig, listing: TextListing, content: str,
-               rows: _Rows) -> TextTokenizer:
+def _tokenizer(
+    config: ExperimentConfig, listing: TextListing, content: str, rows: _Rows
+) -> TextTokenizer:
     if config.tokenizer != "wordpiece":
         return from_folder(model_folder(config.tokenizer, "tokenizer", dataset_root()), "tokenizer")
     key = _key(
-        "wordpiece", TOKENIZER_FORMAT, content, columns_of(config).__dict__, config.task_unit,
-        config.val_seed, list(config.train_val_test_split), config.val_domains,
-        config.test_domains, config.vocab_size,
-    )  # fmt: skip
+        "wordpiece",
+        TOKENIZER_FORMAT,
+        content,
+        columns_of(config).__dict__,
+        config.task_unit,
+        config.val_seed,
+        list(config.train_val_test_split),
+        config.val_domains,
+        config.test_domains,
+        config.vocab_size,
+    )
     path = listing.root.parent / f"{listing.root.name}.text.{key}.tokenizer.json"
     if path.is_file() and not config.reset_stored_paths:
         return from_json(path.read_text(encoding="utf-8"), str(path))
     data = rows.get()
     names = unit_names(config, data.labels, data.domains, data.splits)
     train = set(split_units(config, names, listing.root, listing.pre_split)["train"])
-    text = train_wordpiece([t for t, n in zip(data.texts, names, strict=True) if n in train],
-                           config.vocab_size)
+    text = train_wordpiece(
+        [t for t, n in zip(data.texts, names, strict=True) if n in train], config.vocab_size
+    )
     try:
         write_text_atomic(path, text)
     except (OSError, DiskFullError) as exc:
@@ -131,9 +142,10 @@ class _Rows:
     def get(self) -> TextRows:
         if self.rows is None:
             self.rows = read_rows(
-                self.listing, columns_of(self.config),
+                self.listing,
+                columns_of(self.config),
                 need_domain=self.config.task_unit == "domain",
-            )  # fmt: skip
+            )
         return self.rows
 
 
@@ -147,9 +159,13 @@ def load_text(
     rows = _Rows(listing, config)
     tokenizer = _tokenizer(config, listing, content, rows)
     key = _key(
-        CACHE_FORMAT, content, columns_of(config).__dict__, config.task_unit,
-        tokenizer.digest, config.max_length,
-    )  # fmt: skip
+        CACHE_FORMAT,
+        content,
+        columns_of(config).__dict__,
+        config.task_unit,
+        tokenizer.digest,
+        config.max_length,
+    )
     path = listing.root.parent / f"{listing.root.name}.text.{key}.cache.pt"
     state = "written"
     if path.is_file() and not config.reset_stored_paths:
@@ -157,9 +173,16 @@ def load_text(
             blob = torch.load(path, weights_only=True)
             if blob.get("key") == key:
                 return TextData(
-                    blob["ids"], blob["offsets"], blob["labels"], blob["domains"],
-                    blob["splits"], tokenizer, listing, path, "loaded",
-                ), source  # fmt: skip
+                    blob["ids"],
+                    blob["offsets"],
+                    blob["labels"],
+                    blob["domains"],
+                    blob["splits"],
+                    tokenizer,
+                    listing,
+                    path,
+                    "loaded",
+                ), source
         except Exception:  # a damaged cache is rebuilt
             pass
         state = "rebuilt"
@@ -173,9 +196,14 @@ def load_text(
     flat = np.fromiter((i for e in encoded for i in e), dtype=np.int32, count=int(lengths.sum()))
     ids = torch.from_numpy(flat)
     blob = {
-        "format": CACHE_FORMAT, "key": key, "ids": ids, "offsets": offsets,
-        "labels": data.labels, "domains": data.domains, "splits": data.splits,
-    }  # fmt: skip
+        "format": CACHE_FORMAT,
+        "key": key,
+        "ids": ids,
+        "offsets": offsets,
+        "labels": data.labels,
+        "domains": data.domains,
+        "splits": data.splits,
+    }
 
     def write(handle: BinaryIO) -> None:
         os.fchmod(handle.fileno(), 0o644)
@@ -186,8 +214,9 @@ def load_text(
     except (OSError, DiskFullError) as exc:
         warnings.warn(f"{path}: cannot write the text cache ({exc})", UserWarning, stacklevel=2)
         state = "not written"
-    return TextData(ids, offsets, data.labels, data.domains, data.splits, tokenizer, listing,
-                    path, state), source
+    return TextData(
+        ids, offsets, data.labels, data.domains, data.splits, tokenizer, listing, path, state
+    ), source
 
 
 @lru_cache(maxsize=4)

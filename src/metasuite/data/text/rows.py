@@ -77,7 +77,9 @@ class TextListing:
     def _all_files(self) -> list[Path]:
         if self.layout != "txt":
             return [self.files[k] for k in sorted(self.files)]
-        return sorted(Path(d) / f for d, _, fs in os.walk(self.root) for f in fs if f.endswith(".txt"))
+        return sorted(
+            Path(d) / f for d, _, fs in os.walk(self.root) for f in fs if f.endswith(".txt")
+        )
 
 
 @dataclass(frozen=True)
@@ -201,9 +203,7 @@ def _add(
 
 
 def _read_txt(root: Path, rows: TextRows, need_domain: bool) -> None:
-    files = sorted(
-        Path(d) / f for d, _, fs in os.walk(root) for f in fs if f.endswith(".txt")
-    )
+    files = sorted(Path(d) / f for d, _, fs in os.walk(root) for f in fs if f.endswith(".txt"))
     for path in files:
         parts = path.relative_to(root).parts[:-1]
         if len(parts) not in (1, 2) or (need_domain and len(parts) != 2):

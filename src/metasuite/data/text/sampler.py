@@ -67,21 +67,36 @@ def group_split(config: ExperimentConfig, data: TextData, units: list[str]) -> T
     return TextSplit(
         tuple(pools),
         tuple(tuple(sorted(by_pool[p])) for p in pools),
-        tuple(tuple(np.asarray(by_pool[p][g], dtype=np.int64) for g in sorted(by_pool[p]))
-              for p in pools),
-    )  # fmt: skip
+        tuple(
+            tuple(np.asarray(by_pool[p][g], dtype=np.int64) for g in sorted(by_pool[p]))
+            for p in pools
+        ),
+    )
 
 
 class TextTaskSampler:
     """Draws the few-shot text tasks of one split; stateless apart from its settings."""
 
-    def __init__(self, data: TextSplit, ids: torch.Tensor, offsets: torch.Tensor, pad_id: int, *,
-                 split: str, seed: int, ways: int, shots: int, queries: int, where: Path) -> None:
+    def __init__(
+        self,
+        data: TextSplit,
+        ids: torch.Tensor,
+        offsets: torch.Tensor,
+        pad_id: int,
+        *,
+        split: str,
+        seed: int,
+        ways: int,
+        shots: int,
+        queries: int,
+        where: Path,
+    ) -> None:
         per_class = shots + queries
         if not data.pool_names:
             raise DatasetError(f"{where}: the {split} split is empty; adjust the split settings")
-        for pool, labels, groups in zip(data.pool_names, data.group_names, data.groups,
-                                        strict=True):
+        for pool, labels, groups in zip(
+            data.pool_names, data.group_names, data.groups, strict=True
+        ):
             what = f"domain {pool!r}" if pool else f"the {split} split"
             if pool and len(labels) < 2:
                 raise DatasetError(
@@ -118,9 +133,11 @@ class TextTaskSampler:
         groups = self.data.groups[pool]
         chosen = rng.choice(len(groups), size=self.ways, replace=False)
         return np.stack(
-            [groups[c][rng.choice(len(groups[c]), self.shots + self.queries, replace=False)]
-             for c in chosen]
-        )  # fmt: skip
+            [
+                groups[c][rng.choice(len(groups[c]), self.shots + self.queries, replace=False)]
+                for c in chosen
+            ]
+        )
 
     def batch(self, indices: Iterable[int]) -> TaskBatch:
         """Tasks ``indices`` as one :class:`TaskBatch` of int64 token ids."""
@@ -162,24 +179,42 @@ class FewShotTextTasks:
     max_length: int
 
     @classmethod
-    def from_config(cls, config: ExperimentConfig, root: Path | None = None,
-                    quiet: bool = False) -> FewShotTextTasks:
+    def from_config(
+        cls, config: ExperimentConfig, root: Path | None = None, quiet: bool = False
+    ) -> FewShotTextTasks:
         data, source = load_text(config, root, quiet=quiet)
         names = unit_names(config, data.labels, data.domains, data.splits)
         units = split_units(config, names, source.folder, data.listing.pre_split)
-        seeds = {"train": config.train_seed, "val": config.val_seed,
-                 "test": config.effective_test_seed}  # fmt: skip
+        seeds = {
+            "train": config.train_seed,
+            "val": config.val_seed,
+            "test": config.effective_test_seed,
+        }
         samplers = {
             split: TextTaskSampler(
-                group_split(config, data, units[split]), data.ids, data.offsets,
-                data.tokenizer.pad_id, split=split, seed=seeds[split],
-                ways=config.num_classes_per_set, shots=config.num_samples_per_class,
-                queries=config.num_target_samples, where=data.listing.root,
+                group_split(config, data, units[split]),
+                data.ids,
+                data.offsets,
+                data.tokenizer.pad_id,
+                split=split,
+                seed=seeds[split],
+                ways=config.num_classes_per_set,
+                shots=config.num_samples_per_class,
+                queries=config.num_target_samples,
+                where=data.listing.root,
             )
             for split in SPLITS
-        }  # fmt: skip
-        return cls(samplers["train"], samplers["val"], samplers["test"], source, data, units,
-                   config.task_unit, config.max_length)  # fmt: skip
+        }
+        return cls(
+            samplers["train"],
+            samplers["val"],
+            samplers["test"],
+            source,
+            data,
+            units,
+            config.task_unit,
+            config.max_length,
+        )
 
     def sampler(self, split: str) -> TextTaskSampler:
         if split not in SPLIT_TAGS:
@@ -207,9 +242,13 @@ class FewShotTextTasks:
             "pre_split": self.data.listing.pre_split,
             "task_unit": self.unit,
             "max_length": self.max_length,
-            "tokenizer": {"source": tok.source, "sha256": tok.digest,
-                          "vocab_size": tok.vocab_size, "pad_id": tok.pad_id},
-        }  # fmt: skip
+            "tokenizer": {
+                "source": tok.source,
+                "sha256": tok.digest,
+                "vocab_size": tok.vocab_size,
+                "pad_id": tok.pad_id,
+            },
+        }
 
     @property
     def class_counts(self) -> dict[str, int]:

@@ -94,11 +94,13 @@ def from_json(text: str, source: str) -> TextTokenizer:
 
 def offline_hint(name: str) -> str:
     """How to save a hub model into a folder (this machine never downloads)."""
-    return (
-        f"on a connected machine run: python -c \"from transformers import AutoModel, "
-        f"AutoTokenizer; [c.from_pretrained('{name}').save_pretrained('models/{name.split('/')[-1]}') "
-        'for c in (AutoTokenizer, AutoModel)]" and copy that folder here'
+    target = f"models/{name.split('/')[-1]}"
+    code = (
+        "from transformers import AutoModel, AutoTokenizer; "
+        f"[c.from_pretrained('{name}').save_pretrained('{target}') "
+        "for c in (AutoTokenizer, AutoModel)]"
     )
+    return f'on a connected machine run: python -c "{code}" and copy that folder here'
 
 
 def model_folder(name: str, key: str, base: Path) -> Path:
@@ -139,7 +141,9 @@ def from_folder(folder: Path, key: str) -> TextTokenizer:
     for name in sorted(p.name for p in folder.iterdir() if p.is_file()):
         if name.startswith(("tokenizer", "vocab", "special_tokens", "spiece", "merges")):
             digest.update(name.encode() + b"\0" + (folder / name).read_bytes())
-    return TextTokenizer(tok, str(folder), int(tok.pad_token_id), len(tok), digest.hexdigest(), False)
+    return TextTokenizer(
+        tok, str(folder), int(tok.pad_token_id), len(tok), digest.hexdigest(), False
+    )
 
 
 def save_tokenizer(tokenizer: TextTokenizer, folder: Path) -> None:

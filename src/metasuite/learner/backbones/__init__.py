@@ -116,7 +116,7 @@ def build_backbone(cfg: ExperimentConfig) -> MetaBackbone:
     net = ModuleBackbone(
         module=module,
         name=cfg.backbone,
-        kwargs=dict(cfg.backbone_kwargs),
+        kwargs=_plain(cfg.backbone_kwargs),
         head=find_head(module, cfg),
         num_norm_steps=cfg.number_of_training_steps_per_iter,
         per_step_stats=per_step,
@@ -127,6 +127,16 @@ def build_backbone(cfg: ExperimentConfig) -> MetaBackbone:
     )
     probe(net, cfg)
     return net
+
+
+def _plain(value: Any) -> Any:
+    """Nested config objects as plain dicts: a checkpoint records the kwargs, and
+    ``torch.load(weights_only=True)`` reads plain containers only."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    return value
 
 
 def resolve_factory(name: str) -> Factory:

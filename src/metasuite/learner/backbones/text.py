@@ -27,23 +27,39 @@ from metasuite.config import dataset_root
 from metasuite.data.text.tokenizer import model_folder
 from metasuite.errors import ConfigError
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-                "pytorch_model.bin.index.json")  # fmt: skip
+WEIGHT_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
 ATTENTION = "eager"
 """The attention implementation: plain matmul/softmax ops, all twice differentiable."""
 TINY_BERT: dict[str, Any] = {
-    "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-    "intermediate_size": 64, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
-}  # fmt: skip
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+}
 """The random-weights encoder when backbone_kwargs gives no "config" (a CPU-sized BERT)."""
 
 
 class TextConv(nn.Module):
     """Embedding → parallel 1-D convolutions → max over the non-pad positions → linear."""
 
-    def __init__(self, vocab_size: int, pad_token_id: int, num_classes: int, *,
-                 embedding_dim: int, filters: int, kernel_sizes: Sequence[int],
-                 dropout: float) -> None:  # fmt: skip
+    def __init__(
+        self,
+        vocab_size: int,
+        pad_token_id: int,
+        num_classes: int,
+        *,
+        embedding_dim: int,
+        filters: int,
+        kernel_sizes: Sequence[int],
+        dropout: float,
+    ) -> None:
         super().__init__()
         self.pad_token_id = pad_token_id
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_token_id)
@@ -66,9 +82,17 @@ class TextConv(nn.Module):
         return self.classifier(self.dropout(torch.cat(pooled, dim=1)))
 
 
-def text_conv(input_shape: Sequence[int], num_classes: int, *, vocab_size: int,
-              pad_token_id: int, embedding_dim: int = 64, filters: int = 64,
-              kernel_sizes: Sequence[int] = (3, 5), dropout: float = 0.0) -> nn.Module:  # fmt: skip
+def text_conv(
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    vocab_size: int,
+    pad_token_id: int,
+    embedding_dim: int = 64,
+    filters: int = 64,
+    kernel_sizes: Sequence[int] = (3, 5),
+    dropout: float = 0.0,
+) -> nn.Module:
     """The built-in CPU text encoder (``input_shape`` is ``(max_length,)``)."""
     del input_shape  # convolutions and max pooling take any length
     if embedding_dim < 1 or filters < 1 or not kernel_sizes or min(kernel_sizes) < 1:
@@ -76,8 +100,15 @@ def text_conv(input_shape: Sequence[int], num_classes: int, *, vocab_size: int,
             "backbone_kwargs: text_conv needs embedding_dim >= 1, filters >= 1 and a non-empty "
             f"list of kernel_sizes >= 1; got {embedding_dim}, {filters}, {list(kernel_sizes)}"
         )
-    return TextConv(vocab_size, pad_token_id, num_classes, embedding_dim=embedding_dim,
-                    filters=filters, kernel_sizes=tuple(kernel_sizes), dropout=dropout)  # fmt: skip
+    return TextConv(
+        vocab_size,
+        pad_token_id,
+        num_classes,
+        embedding_dim=embedding_dim,
+        filters=filters,
+        kernel_sizes=tuple(kernel_sizes),
+        dropout=dropout,
+    )
 
 
 class HFClassifier(nn.Module):
@@ -106,9 +137,15 @@ def _transformers() -> Any:
     return transformers
 
 
-def hf_encoder(input_shape: Sequence[int], num_classes: int, *, vocab_size: int,
-               pad_token_id: int, model: str | None = None,
-               config: dict[str, Any] | None = None) -> nn.Module:  # fmt: skip
+def hf_encoder(
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    vocab_size: int,
+    pad_token_id: int,
+    model: str | None = None,
+    config: dict[str, Any] | None = None,
+) -> nn.Module:
     """A Hugging Face encoder with a fresh ``num_classes``-way classification head."""
     tf = _transformers()
     if model is not None and config is not None:
@@ -122,9 +159,12 @@ def hf_encoder(input_shape: Sequence[int], num_classes: int, *, vocab_size: int,
             )
         try:
             net = tf.AutoModelForSequenceClassification.from_pretrained(
-                str(folder), num_labels=num_classes, local_files_only=True,
-                attn_implementation=ATTENTION, ignore_mismatched_sizes=True,
-            )  # fmt: skip
+                str(folder),
+                num_labels=num_classes,
+                local_files_only=True,
+                attn_implementation=ATTENTION,
+                ignore_mismatched_sizes=True,
+            )
         except Exception as exc:
             raise ConfigError(
                 f"backbone_kwargs.model {str(folder)!r}: cannot load it ({type(exc).__name__}: "
@@ -137,9 +177,12 @@ def hf_encoder(input_shape: Sequence[int], num_classes: int, *, vocab_size: int,
         settings.setdefault("max_position_embeddings", max(512, int(input_shape[0])))
         try:
             hf_config = tf.AutoConfig.for_model(
-                model_type, vocab_size=vocab_size, pad_token_id=pad_token_id,
-                num_labels=num_classes, **settings,
-            )  # fmt: skip
+                model_type,
+                vocab_size=vocab_size,
+                pad_token_id=pad_token_id,
+                num_labels=num_classes,
+                **settings,
+            )
             hf_config._attn_implementation = ATTENTION
             net = tf.AutoModelForSequenceClassification.from_config(
                 hf_config, attn_implementation=ATTENTION
@@ -153,7 +196,7 @@ def hf_encoder(input_shape: Sequence[int], num_classes: int, *, vocab_size: int,
     embedding = net.get_input_embeddings().num_embeddings
     if embedding < vocab_size:
         raise ConfigError(
-            f"backbone \"hf\": the tokenizer has {vocab_size} tokens but the model's embedding "
+            f'backbone "hf": the tokenizer has {vocab_size} tokens but the model\'s embedding '
             f"only {embedding}; use the model folder's own tokenizer (tokenizer: <the folder>)"
         )
     positions = getattr(net.config, "max_position_embeddings", None)
