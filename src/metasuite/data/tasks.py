@@ -27,11 +27,9 @@ import torch
 from metasuite.config import ExperimentConfig
 from metasuite.data.batch import TaskBatch
 from metasuite.data.folders import SPLITS, DataSource, SplitData, load_splits
+from metasuite.data.split_tags import SPLIT_TAGS
 from metasuite.errors import ConfigError, DatasetError
 from metasuite.text import plural
-
-SPLIT_TAGS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
-"""Mixed into each task's seed so train task i and val task i differ even with one seed."""
 
 
 @dataclass(frozen=True)
@@ -212,4 +210,4 @@ class FewShotTasks:
         return {split: self.sampler(split).num_classes for split in SPLITS}
 
 
-__all__ = ["FewShotTasks", "TaskPlan", "TaskSampler", "train_indices"]
+__all__ = ["SPLIT_TAGS", "FewShotTasks", "TaskPlan", "TaskSampler", "train_indices"]

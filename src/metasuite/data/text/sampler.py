@@ -30,7 +30,7 @@ import torch
 from metasuite.config import ExperimentConfig
 from metasuite.data.batch import TaskBatch
 from metasuite.data.folders import SPLITS, DataSource
-from metasuite.data.tasks import SPLIT_TAGS
+from metasuite.data.split_tags import SPLIT_TAGS
 from metasuite.data.text.load import TextData, load_text, split_units, unit_names
 from metasuite.data.text.tokenizer import save_tokenizer
 from metasuite.errors import DatasetError
