@@ -88,6 +88,41 @@ def trained(config_path: Path, out: Path, iterations: int, tasks: int) -> dict[s
     return {"mean": summary["accuracy_mean"], "ci95": summary["accuracy_ci95"], "wall_s": wall}
 
 
+def plot(record: dict, path: Path) -> None:
+    """Bars: untrained initialisation vs meta-trained, per method, with 95% CIs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = record["rows"]
+    x = range(len(rows))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for offset, key, label in (
+        (-0.2, "untrained", "untrained init"),
+        (0.2, "trained", "meta-trained"),
+    ):
+        ax.bar(
+            [i + offset for i in x],
+            [100 * r[f"{key}_mean"] for r in rows],
+            width=0.4,
+            yerr=[100 * r[f"{key}_ci95"] for r in rows],
+            capsize=3,
+            label=label,
+        )
+    ax.axhline(100 / 5, color="grey", linestyle=":", label="chance (5-way)")
+    ax.set_xticks(list(x), [r["method"] for r in rows])
+    ax.set_ylabel(f"test accuracy % ({record['tasks']} tasks, 95% CI)")
+    ax.set_title(
+        f"WordNet glosses 5-way {record['shot']}-shot, {record['backbone']}, "
+        f"{record['iterations']} meta-iterations"
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="text_conv", choices=["text_conv", "tiny_bert"])
@@ -96,7 +131,12 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--tasks", type=int, default=600)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "text_wordnet")
+    parser.add_argument("--plot", type=Path, help="also draw the table as this PNG")
+    parser.add_argument("--plot-only", type=Path, metavar="JSON", help="only draw a saved run")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads(args.plot_only.read_text()), args.plot)
+        return
     rows = []
     for method in args.methods:
         name = f"text_wordnet_{args.backbone}_{method}_5way_{args.shot}shot_s0.json"
@@ -123,6 +163,8 @@ def main() -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.backbone}_{args.shot}shot.json").write_text(json.dumps(record, indent=2))
+    if args.plot:
+        plot(record, args.plot)
     print(f"| method | untrained init | after {args.iterations} meta-iterations | train+test s |")
     print("|---|---|---|---|")
     for r in rows:
