@@ -219,6 +219,10 @@ class ExperimentConfig:
     max_length: int = 64
     """Text data: tokens per example at most (longer ones are truncated); a batch is
     padded to its longest example."""
+    inner_optimizer: Literal["sgd", "adam"] = "sgd"
+    """Reptile's inner optimiser: "sgd" (the inner step every learner takes) or "adam"
+    (Nichol et al.'s choice and the review-domain system's: betas (0, 0.999), eps 1e-8,
+    at init_inner_loop_learning_rate, fresh state per task, in training and evaluation)."""
 
     # ------------------------------------------------------------------ derived
     @property
@@ -509,6 +513,12 @@ def _check_meta_learner(c: ExperimentConfig, source: str) -> None:
                     f'{source}: {key} is true but meta_learner is "reptile": {why}; set '
                     f"{key} to false"
                 )
+    if c.inner_optimizer != "sgd" and c.meta_learner != "reptile":
+        raise ConfigError(
+            f"{source}: inner_optimizer is {c.inner_optimizer!r} but meta_learner is "
+            f'{c.meta_learner!r}; only "reptile" takes another inner optimiser (the MAML '
+            "family differentiates through plain SGD steps)"
+        )
     if c.meta_learner == "anil" and c.enable_inner_loop_optimizable_bn_params:
         raise ConfigError(
             f"{source}: enable_inner_loop_optimizable_bn_params is true but meta_learner is "
@@ -542,7 +552,7 @@ OMITTED_AT_DEFAULT: frozenset[str] = frozenset({
     "max_images_per_class", "meta_learner", "backbone", "backbone_kwargs",
     "inner_loop_parameters", "head", "batch_norm_mode", "activation_checkpointing",
     "modality", "text_column", "label_column", "domain_column", "task_unit", "val_domains",
-    "test_domains", "tokenizer", "vocab_size", "max_length",
+    "test_domains", "tokenizer", "vocab_size", "max_length", "inner_optimizer",
 })  # fmt: skip
 
 

@@ -23,6 +23,7 @@ LEARNERS: dict[str, dict[str, Any]] = {
     "meta_sgd": {"meta_learner": "meta_sgd"},
     "anil": {"meta_learner": "anil"},
     "reptile": REPTILE,
+    "reptile_adam": REPTILE | {"inner_optimizer": "adam", "init_inner_loop_learning_rate": 0.01},
 }
 TINY_BERT = {
     "backbone": "hf",
@@ -69,7 +70,7 @@ def test_text_conv_maml_plus_plus_resumes_exactly(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("learner", ["meta_sgd", "anil", "reptile"])
+@pytest.mark.parametrize("learner", ["meta_sgd", "anil", "reptile", "reptile_adam"])
 def test_every_learner_resumes_exactly_on_text(tmp_path: Path, learner: str) -> None:
     write_rows(tmp_path / "data" / "tinytext")
     config = write_config(tmp_path, **LEARNERS[learner])

@@ -314,7 +314,11 @@ class MamlSystem:
             result = self._backend(
                 self.net, tensors, self.rates, self.inner_names, batch, plan, None, None
             )
-        logits = result.logits.float()
+        return self.scored(result.logits.float(), batch)
+
+    @staticmethod
+    def scored(logits: torch.Tensor, batch: TaskBatch) -> EvalResult:
+        """Query loss, accuracy and probabilities of logits ``[T, NQ, N]``."""
         n = logits.shape[-1]
         losses = F.cross_entropy(
             logits.reshape(-1, n), batch.query_y.reshape(-1), reduction="none"
