@@ -5,7 +5,8 @@ meta-step for the tiny BERT and the built-in text_conv encoder, first and second
 WordNet glosses, 5-way 5-shot, 15 queries, batch 4, 5 inner steps, max_length 48 (the
 text suite's settings, text/experiment_config/). Each variant runs in its own process
 (one intra-op thread): a warm-up step, then the median of ``--repeats`` timed steps, and
-the peak resident memory a step adds (VmHWM after resetting it, minus VmRSS before).
+the peak resident memory the steps add (VmHWM over all steps minus VmRSS before the
+first, with the model and data loaded).
 Writes bench/results/text_meta_step-<UTC>.json and prints a Markdown table.
 
     python3 bench/text_meta_step.py [--repeats 5]
@@ -53,9 +54,9 @@ def child(backbone: str, order: str, repeats: int) -> None:
     seed_everything(cfg.train_seed)
     system = build_learner(cfg, torch.device("cpu"))
     batches = [tasks.train.batch(train_indices(i, cfg.batch_size)) for i in range(repeats + 1)]
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to now
+    before = _rss_kib("VmRSS")  # model and data loaded, no step taken yet
     system.train_step(batches[0], epoch=0)
-    Path("/proc/self/clear_refs").write_text("5")
-    before = _rss_kib("VmRSS")
     times = []
     for batch in batches[1:]:
         start = time.perf_counter()
