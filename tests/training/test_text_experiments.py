@@ -69,11 +69,28 @@ def test_text_conv_maml_plus_plus_resumes_exactly(tmp_path: Path) -> None:
     assert (folder / "tokenizer" / "tokenizer.json").is_file()
 
 
+REVIEW_DOMAINS: dict[str, Any] = {
+    "dataset_name": "reviews",
+    "dataset_path": "reviews",
+    "task_unit": "domain",
+    "num_classes_per_set": 2,
+    "test_domains": ["d0", "d1"],
+    "val_domains": ["d2"],
+}
+"""The review-domain format: a JSON list of {text, label, domain}, binary tasks per
+domain, three named held-out domains."""
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("unit", ["class", "domain"])
 @pytest.mark.parametrize("learner", ["meta_sgd", "anil", "reptile", "reptile_adam"])
-def test_every_learner_resumes_exactly_on_text(tmp_path: Path, learner: str) -> None:
-    write_rows(tmp_path / "data" / "tinytext")
-    config = write_config(tmp_path, **LEARNERS[learner])
+def test_every_learner_resumes_exactly_on_text(tmp_path: Path, learner: str, unit: str) -> None:
+    if unit == "class":
+        write_rows(tmp_path / "data" / "tinytext")
+        config = write_config(tmp_path, **LEARNERS[learner])
+    else:
+        write_rows(tmp_path / "data" / "reviews", classes=12, domains=6, fmt="json")
+        config = write_config(tmp_path, **REVIEW_DOMAINS, **LEARNERS[learner])
     killed_and_resumed_equals_uninterrupted(config, tmp_path, DATASET_DIR=str(tmp_path / "data"))
 
 
@@ -82,17 +99,7 @@ def test_tiny_bert_with_dropout_resumes_exactly_on_review_domains(tmp_path: Path
     """The review-domain JSON (a list of {text, label, domain}), binary tasks per domain,
     named test domains; a tiny BERT with dropout, second order."""
     write_rows(tmp_path / "data" / "reviews", classes=12, domains=6, fmt="json")
-    config = write_config(
-        tmp_path,
-        dataset_name="reviews",
-        dataset_path="reviews",
-        task_unit="domain",
-        num_classes_per_set=2,
-        test_domains=["d0", "d1"],
-        val_domains=["d2"],
-        second_order=True,
-        **TINY_BERT,
-    )
+    config = write_config(tmp_path, **REVIEW_DOMAINS, second_order=True, **TINY_BERT)
     folder = killed_and_resumed_equals_uninterrupted(
         config, tmp_path, DATASET_DIR=str(tmp_path / "data")
     )
