@@ -165,3 +165,25 @@ def test_bad_text_input_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
     assert result.returncode == 2 and "runs offline" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "experiments" / "tiny").exists()
+
+
+def test_a_resumed_run_tokenizes_with_the_tokenizer_its_folder_kept(tmp_path: Path) -> None:
+    """The experiment's tokenizer/ wins over the one beside the data: another tokenizer
+    put there (a new tokenizers release, a hand edit) is replaced, not used."""
+    from metasuite.data.text.tokenizer import train_wordpiece
+
+    data = tmp_path / "data"
+    write_rows(data / "tinytext")
+    config = write_config(tmp_path, total_epochs_before_pause=1)
+    env = {"DATASET_DIR": str(data)}
+    paused = train(config, tmp_path / "experiments", **env)
+    assert paused.returncode == 3, paused.stderr
+    folder = tmp_path / "experiments" / "tiny"
+    kept = (folder / "tokenizer" / "tokenizer.json").read_text()
+    (beside,) = data.glob("tinytext.text.*.tokenizer.json")
+    beside.write_text(train_wordpiece(["other words entirely"] * 3, 120))
+    resumed = train(config, tmp_path / "experiments", **env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert beside.read_text() == kept
+    runs = read_json(folder / "manifest.json")["runs"]
+    assert len({run["dataset"]["split_hash"] for run in runs}) == 1

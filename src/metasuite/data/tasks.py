@@ -163,17 +163,24 @@ class FewShotTasks:
 
     @classmethod
     def from_config(
-        cls, config: ExperimentConfig, root: Path | None = None, quiet: bool = False
+        cls,
+        config: ExperimentConfig,
+        root: Path | None = None,
+        quiet: bool = False,
+        experiment: Path | None = None,
     ) -> FewShotTasks:
         """Locate (and on first use unpack and decode) the data set, then build samplers.
 
         Seeds: train_seed, val_seed, effective_test_seed. Rotation: Omniglot training
-        tasks only.
+        tasks only. ``experiment``: the experiment folder (text experiments read the
+        tokenizer an earlier run kept there; images need nothing from it).
         """
         if config.modality == "text":  # the text modality's twin (token-id tasks)
             from metasuite.data.text.sampler import FewShotTextTasks
 
-            return FewShotTextTasks.from_config(config, root, quiet=quiet)  # type: ignore[return-value]
+            return FewShotTextTasks.from_config(  # type: ignore[return-value]
+                config, root, quiet=quiet, experiment=experiment
+            )
         splits, source = load_splits(config, root, quiet=quiet)
         seeds = {
             "train": config.train_seed,

@@ -271,7 +271,7 @@ def run_experiment(
             if "error" in start:
                 raise UserError(f"rank {world.rank}: rank 0 stopped: {start['error']}")
             if tasks is None:
-                tasks = _tasks(config, quiet=True)
+                tasks = _tasks(config, quiet=True, experiment=exp.path)
             learner = _learner(config, device)
         if start["done"]:
             log.info("experiment already done; test results in %s", exp.test_summary_path)
@@ -304,10 +304,10 @@ def run_experiment(
         return _recorded(builder, payload, devices=used, tasks=tasks, forced=start["forced"])
 
 
-def _tasks(config: ExperimentConfig, *, quiet: bool) -> Any:
+def _tasks(config: ExperimentConfig, *, quiet: bool, experiment: Path) -> Any:
     from metasuite.data.tasks import FewShotTasks
 
-    return FewShotTasks.from_config(config, quiet=quiet)
+    return FewShotTasks.from_config(config, quiet=quiet, experiment=experiment)
 
 
 def _learner(config: ExperimentConfig, device: torch.device) -> Any:
@@ -335,7 +335,7 @@ def _open_as_writer(
     then where to start; returns ``({"payload", "done"}, tasks, learner)``."""
     check_root_writable(root)
     if tasks is None:
-        tasks = _tasks(config, quiet=quiet)
+        tasks = _tasks(config, quiet=quiet, experiment=exp.path)
     # Built before the folder is touched: a setting the learner refuses is a user error.
     learner = _learner(config, device)
     numerics = numerics_of(learner.backend, config.precision, device)

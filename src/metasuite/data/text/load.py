@@ -21,7 +21,6 @@ import json
 import os
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,6 +31,7 @@ from metasuite.config import ExperimentConfig, dataset_root
 from metasuite.data.folders import SPLITS, DataSource, _split_class_ids, locate_dataset
 from metasuite.data.text.rows import Columns, TextListing, TextRows, read_rows, scan_text
 from metasuite.data.text.tokenizer import (
+    KEPT_FOLDER,
     TextTokenizer,
     from_folder,
     from_json,
@@ -101,7 +101,11 @@ def split_units(
 
 
 def _tokenizer(
-    config: ExperimentConfig, listing: TextListing, content: str, rows: _Rows
+    config: ExperimentConfig,
+    listing: TextListing,
+    content: str,
+    rows: _Rows,
+    experiment: Path | None,
 ) -> TextTokenizer:
     if config.tokenizer != "wordpiece":
         return from_folder(model_folder(config.tokenizer, "tokenizer", dataset_root()), "tokenizer")
@@ -118,6 +122,14 @@ def _tokenizer(
         config.vocab_size,
     )
     path = listing.root.parent / f"{listing.root.name}.text.{key}.tokenizer.json"
+    kept = None if experiment is None else experiment / KEPT_FOLDER / "tokenizer.json"
+    if kept is not None and kept.is_file():
+        # The experiment's own tokenizer wins (resume, test): put it where the token-id
+        # cache and the backbone (tokenizer_for) look, if another is there.
+        text = kept.read_text(encoding="utf-8")
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            _keep(path, text)
+        return from_json(text, str(kept))
     if path.is_file() and not config.reset_stored_paths:
         return from_json(path.read_text(encoding="utf-8"), str(path))
     data = rows.get()
@@ -126,11 +138,15 @@ def _tokenizer(
     text = train_wordpiece(
         [t for t, n in zip(data.texts, names, strict=True) if n in train], config.vocab_size
     )
+    _keep(path, text)
+    return from_json(text, str(path))
+
+
+def _keep(path: Path, text: str) -> None:
     try:
         write_text_atomic(path, text)
     except (OSError, DiskFullError) as exc:
         warnings.warn(f"{path}: cannot keep the tokenizer ({exc})", UserWarning, stacklevel=2)
-    return from_json(text, str(path))
 
 
 class _Rows:
@@ -150,14 +166,22 @@ class _Rows:
 
 
 def load_text(
-    config: ExperimentConfig, root: Path | None = None, *, quiet: bool = False
+    config: ExperimentConfig,
+    root: Path | None = None,
+    *,
+    quiet: bool = False,
+    experiment: Path | None = None,
 ) -> tuple[TextData, DataSource]:
-    """Token ids of every row of the configured text data set, and where it came from."""
+    """Token ids of every row of the configured text data set, and where it came from.
+
+    ``experiment``: the experiment folder; a trained tokenizer kept there (by an earlier
+    run of it) is used instead of the one beside the data, so a resumed or test-only run
+    tokenizes exactly as the run it continues."""
     source = locate_dataset(config, root, quiet=quiet)
     listing = scan_text(source.folder)
     content = listing.content_hash()
     rows = _Rows(listing, config)
-    tokenizer = _tokenizer(config, listing, content, rows)
+    tokenizer = _tokenizer(config, listing, content, rows, experiment)
     key = _key(
         CACHE_FORMAT,
         content,
@@ -219,10 +243,10 @@ def load_text(
     ), source
 
 
-@lru_cache(maxsize=4)
 def tokenizer_for(config: ExperimentConfig) -> TextTokenizer:
     """The experiment's tokenizer (what the text backbones size their embedding by): a
-    model folder's directly, a trained one through the data set's cache."""
+    model folder's directly, a trained one through the data set's cache (not memoised:
+    the same config may name other data under another DATASET_DIR)."""
     if config.tokenizer != "wordpiece":
         return from_folder(model_folder(config.tokenizer, "tokenizer", dataset_root()), "tokenizer")
     return load_text(config, quiet=True)[0].tokenizer

@@ -32,7 +32,7 @@ from metasuite.data.batch import TaskBatch
 from metasuite.data.folders import SPLITS, DataSource
 from metasuite.data.split_tags import SPLIT_TAGS
 from metasuite.data.text.load import TextData, load_text, split_units, unit_names
-from metasuite.data.text.tokenizer import save_tokenizer
+from metasuite.data.text.tokenizer import KEPT_FOLDER, save_tokenizer
 from metasuite.errors import DatasetError
 from metasuite.text import plural
 
@@ -180,9 +180,14 @@ class FewShotTextTasks:
 
     @classmethod
     def from_config(
-        cls, config: ExperimentConfig, root: Path | None = None, quiet: bool = False
+        cls,
+        config: ExperimentConfig,
+        root: Path | None = None,
+        quiet: bool = False,
+        experiment: Path | None = None,
     ) -> FewShotTextTasks:
-        data, source = load_text(config, root, quiet=quiet)
+        """The samplers; ``experiment`` (its folder) supplies a tokenizer kept there."""
+        data, source = load_text(config, root, quiet=quiet, experiment=experiment)
         names = unit_names(config, data.labels, data.domains, data.splits)
         units = split_units(config, names, source.folder, data.listing.pre_split)
         seeds = {
@@ -231,7 +236,7 @@ class FewShotTextTasks:
     def save_artifacts(self, folder: Path) -> None:
         """Keep the tokenizer in the experiment folder (``tokenizer/``), so the token ids
         of a run can be read back and checked against the manifest's sha256."""
-        save_tokenizer(self.data.tokenizer, folder / "tokenizer")
+        save_tokenizer(self.data.tokenizer, folder / KEPT_FOLDER)
 
     @property
     def text_record(self) -> dict[str, object]:

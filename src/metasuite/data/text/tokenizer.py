@@ -18,6 +18,8 @@ from typing import Any
 from metasuite.errors import ConfigError, DatasetError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+KEPT_FOLDER = "tokenizer"
+"""The experiment folder's copy of its tokenizer: ``<experiment>/tokenizer/``."""
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json", "spiece.model")
 
 
@@ -45,6 +47,7 @@ class TextTokenizer:
     vocab_size: int
     digest: str
     fast: bool  # a tokenizers.Tokenizer (True) or a transformers tokenizer (False)
+    definition: str = ""  # a trained tokenizer's JSON, exactly as hashed and kept
 
     def encode(self, texts: list[str], max_length: int) -> list[list[int]]:
         if self.fast:
@@ -89,7 +92,8 @@ def from_json(text: str, source: str) -> TextTokenizer:
     tokenizers = _import("tokenizers")
     tok = tokenizers.Tokenizer.from_str(text)
     digest = hashlib.sha256(text.encode()).hexdigest()
-    return TextTokenizer(tok, source, tok.token_to_id("[PAD]"), tok.get_vocab_size(), digest, True)
+    pad, size = tok.token_to_id("[PAD]"), tok.get_vocab_size()
+    return TextTokenizer(tok, source, pad, size, digest, True, text)
 
 
 def offline_hint(name: str) -> str:
@@ -156,7 +160,7 @@ def save_tokenizer(tokenizer: TextTokenizer, folder: Path) -> None:
         return
     folder.mkdir(parents=True, exist_ok=True)
     if tokenizer.fast:
-        write_text_atomic(folder / "tokenizer.json", tokenizer.backend.to_str())
+        write_text_atomic(folder / "tokenizer.json", tokenizer.definition)
     else:
         tokenizer.backend.save_pretrained(str(folder))
     write_text_atomic(stamp, tokenizer.digest + "\n")
@@ -177,6 +181,7 @@ def describe(tokenizer: TextTokenizer) -> dict[str, Any]:
 
 
 __all__ = [
+    "KEPT_FOLDER",
     "SPECIAL_TOKENS",
     "TextTokenizer",
     "describe",
