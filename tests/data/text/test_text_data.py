@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from metasuite.config import from_dict
 from metasuite.data.check import describe_dataset
@@ -41,7 +42,7 @@ def test_every_row_format_gives_the_same_tasks(data_root: Path, fmt: str) -> Non
     )
     for split in ("train", "val", "test"):
         a, b = tasks.sampler(split).batch([0, 7]), reference.sampler(split).batch([0, 7])
-        assert a.support_x.dtype == np.int64 or str(a.support_x.dtype) == "torch.int64"
+        assert a.support_x.dtype == torch.int64 and a.query_x.dtype == torch.int64
         assert a.support_x.equal(b.support_x) and a.query_x.equal(b.query_x)
 
 
