@@ -200,3 +200,11 @@ def test_the_review_domain_example_config_is_valid() -> None:
     cfg = load_config(REPO_ROOT / "docs" / "examples" / "review_domains.json")
     assert cfg.task_unit == "domain" and cfg.meta_learner == "reptile"
     assert cfg.test_domains == ("books", "dvd", "electronics")
+
+
+def test_a_missing_wordnet_corpus_says_how_to_get_it(data_root: Path) -> None:
+    cfg = config(dataset_name="wordnet_glosses", dataset_path="wordnet_glosses")
+    with pytest.raises(DatasetError) as caught:
+        FewShotTasks.from_config(cfg, quiet=True)
+    message = str(caught.value)
+    assert "utils/build_wordnet_glosses.py" in message and "\n" not in message
