@@ -3,8 +3,9 @@
 #   - system tools through apt when apt is there (see below); carries on without them
 #   - torch: kept when already installed; else torch==2.13.0 (CPU wheel) when no GPU
 #     is visible, or the default (CUDA) build when nvidia-smi sees a GPU
-#   - metasuite itself, editable, with its test, tensorboard and tune (optuna,
-#     psycopg2-binary) extras
+#   - metasuite itself, editable, with its test, tensorboard, tune (optuna,
+#     psycopg2-binary) and text (tokenizers, transformers: imported only by text
+#     experiments) extras
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 PYTHON="${PYTHON:-python3}"
@@ -57,5 +58,5 @@ else
     "$PYTHON" -m pip install -q torch==2.13.0
 fi
 
-"$PYTHON" -m pip install -q -e ".[test,tensorboard,tune]"
+"$PYTHON" -m pip install -q -e ".[test,tensorboard,tune,text]"
 echo "install.sh: done ($("$PYTHON" -c 'import metasuite, torch; print("metasuite", metasuite.__version__, "torch", torch.__version__)'))"

@@ -84,12 +84,13 @@ def _freeze_json(value: Any) -> Any:
     raise _Mismatch
 
 
-def _thaw_json(value: Any) -> Any:
-    """Plain JSON types again (dicts and lists), for writing and for replace()."""
+def thaw_json(value: Any) -> Any:
+    """Plain JSON types again (dicts and lists): for writing, for replace(), and for
+    checkpoints (``torch.load(weights_only=True)`` reads plain containers only)."""
     if isinstance(value, Mapping):
-        return {k: _thaw_json(v) for k, v in value.items()}
+        return {k: thaw_json(v) for k, v in value.items()}
     if isinstance(value, tuple):
-        return [_thaw_json(v) for v in value]
+        return [thaw_json(v) for v in value]
     return value
 
 
@@ -216,6 +217,37 @@ class ExperimentConfig:
     cosine_scale: float = 10.0
     """Baseline++: the scale of its cosine-similarity logits (pre-training and fitted
     head); Chen et al. use 10 for more than 200 classes."""
+    modality: Literal["image", "text"] = "image"
+    """What a task's examples are: images (every layout of metasuite.data.layouts) or
+    text (rows of labelled sentences, metasuite.data.text); text tasks hold token ids."""
+    text_column: str = "text"
+    """Text data: the column (CSV/TSV header, JSON key) holding each example's text."""
+    label_column: str = "label"
+    """Text data: the column holding each example's label."""
+    domain_column: str = "domain"
+    """Text data: the column holding each example's domain (needed by task_unit
+    "domain"; optional otherwise)."""
+    task_unit: Literal["class", "domain"] = "class"
+    """Text data: "class": N-way K-shot over disjoint classes (split by ratio or by
+    pre-split files, as for images); "domain": each task is one domain with its own label
+    set, domains split by name (val_domains/test_domains) or by ratio."""
+    val_domains: tuple[str, ...] | None = None
+    """task_unit "domain": the validation domains by name (None: split by ratio)."""
+    test_domains: tuple[str, ...] | None = None
+    """task_unit "domain": the test domains by name (None: split by ratio)."""
+    tokenizer: str = "wordpiece"
+    """Text data: "wordpiece" (trained on the training split only, vocab_size tokens,
+    kept in the experiment folder) or a local folder holding a Hugging Face tokenizer
+    (e.g. the model folder of an "hf" backbone)."""
+    vocab_size: int = 4000
+    """Text data: the vocabulary size of a trained "wordpiece" tokenizer."""
+    max_length: int = 64
+    """Text data: tokens per example at most (longer ones are truncated); a batch is
+    padded to its longest example."""
+    inner_optimizer: Literal["sgd", "adam"] = "sgd"
+    """Reptile's inner optimiser: "sgd" (the inner step every learner takes) or "adam"
+    (Nichol et al.'s choice and the review-domain system's: betas (0, 0.999), eps 1e-8,
+    at init_inner_loop_learning_rate, fresh state per task, in training and evaluation)."""
 
     # ------------------------------------------------------------------ derived
     @property
@@ -395,7 +427,7 @@ AT_MOST: dict[str, int] = {
     "number_of_training_steps_per_iter": 1000, "number_of_evaluation_steps_per_iter": 1000,
     "num_classes_per_set": 10_000, "num_samples_per_class": 10_000,
     "num_target_samples": 10_000, "max_images_per_class": 100_000_000,
-    "finetune_steps": 1_000_000,
+    "finetune_steps": 1_000_000, "vocab_size": 10_000_000, "max_length": 100_000,
 }  # fmt: skip
 """Upper bounds on every count, far above any published few-shot setting (the paper's
 largest: 600 evaluation tasks, 150 epochs, 64 filters, 20-way), so that a typo such as
@@ -537,6 +569,7 @@ def _check_ranges(c: ExperimentConfig, source: str) -> None:
         )
     if c.inner_loop_parameters is not None and not c.inner_loop_parameters:
         fail("inner_loop_parameters", "a non-empty list of name patterns, or null (the default)")
+    _check_text(c, source)
     _check_meta_learner(c, source)
 
 
@@ -566,6 +599,27 @@ FINETUNE_KEYS: dict[str, tuple[str, ...]] = {
 its default for any other learner, a key is refused."""
 
 
+def _check_text(c: ExperimentConfig, source: str) -> None:
+    """The text keys: sizes in range, and a domain named in one split only."""
+    if c.vocab_size < 100:
+        raise ConfigError(f"{source}: vocab_size must be an integer >= 100, got {c.vocab_size}")
+    if c.max_length < 2:
+        raise ConfigError(f"{source}: max_length must be an integer >= 2, got {c.max_length}")
+    for key in ("text_column", "label_column", "domain_column", "tokenizer"):
+        if not getattr(c, key).strip():
+            raise ConfigError(f'{source}: {key} must be a non-empty string, got ""')
+    both = set(c.val_domains or ()) & set(c.test_domains or ())
+    if both:
+        raise ConfigError(
+            f"{source}: val_domains and test_domains both name {sorted(both)}; a domain "
+            "belongs to one split"
+        )
+    if c.modality == "image" and c.task_unit == "domain":
+        raise ConfigError(
+            f'{source}: task_unit "domain" needs modality "text" (image tasks are over classes)'
+        )
+
+
 def _check_meta_learner(c: ExperimentConfig, source: str) -> None:
     """Switches that mean nothing to the chosen meta-learner: refused, never ignored."""
     if c.meta_learner == "reptile":
@@ -583,6 +637,12 @@ def _check_meta_learner(c: ExperimentConfig, source: str) -> None:
                     f'{source}: {key} is true but meta_learner is "reptile": {why}; set '
                     f"{key} to false"
                 )
+    if c.inner_optimizer != "sgd" and c.meta_learner != "reptile":
+        raise ConfigError(
+            f"{source}: inner_optimizer is {c.inner_optimizer!r} but meta_learner is "
+            f'{c.meta_learner!r}; only "reptile" takes another inner optimiser (the MAML '
+            "family differentiates through plain SGD steps)"
+        )
     if c.meta_learner == "anil" and c.enable_inner_loop_optimizable_bn_params:
         raise ConfigError(
             f"{source}: enable_inner_loop_optimizable_bn_params is true but meta_learner is "
@@ -644,6 +704,8 @@ OMITTED_AT_DEFAULT: frozenset[str] = frozenset({
     "inner_loop_parameters", "head", "batch_norm_mode", "activation_checkpointing",
     "tensorboard", "finetune_steps", "finetune_learning_rate", "finetune_body",
     "cosine_scale",
+    "modality", "text_column", "label_column", "domain_column", "task_unit", "val_domains",
+    "test_domains", "tokenizer", "vocab_size", "max_length", "inner_optimizer",
 })  # fmt: skip
 
 
@@ -651,7 +713,7 @@ def to_dict(config: ExperimentConfig) -> dict[str, Any]:
     """The config as plain JSON types, every key present, in field order."""
     out: dict[str, Any] = {}
     for name in CONFIG_FIELDS:
-        out[name] = _thaw_json(getattr(config, name))
+        out[name] = thaw_json(getattr(config, name))
     return out
 
 
@@ -754,6 +816,7 @@ __all__ = [
     "replace",
     "resolve_dataset_path",
     "save_config",
+    "thaw_json",
     "to_dict",
     "to_json",
     "training_differences",

@@ -42,6 +42,7 @@ KNOWN_FILE_COUNTS: dict[str, int] = {
     "omniglot.tar.bz2": 32_460,  # 1,623 characters x 20 drawings
     "omniglot_dataset.tar.bz2": 32_460,
     "mini_imagenet_full_size.tar.bz2": 60_000,  # 100 classes x 600 images
+    "wordnet_glosses.tar.bz2": 2,  # the glosses (JSON lines) and WordNet's licence
 }
 """Files the real archives hold, by archive file name: a repacked or partial copy of a
 known data set is refused instead of silently training on fewer classes."""

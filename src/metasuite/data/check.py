@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from metasuite.config import ExperimentConfig
-from metasuite.data.folders import SPLITS, load_splits_with_record
+from metasuite.config import ExperimentConfig, replace
+from metasuite.data.folders import SPLITS, load_splits_with_record, locate_dataset
 from metasuite.data.layouts import LAYOUTS
+from metasuite.errors import DatasetError
 
 CACHE_STATES = {
     "loaded": "loaded (up to date)",
@@ -21,7 +22,37 @@ CACHE_STATES = {
 
 
 def describe_dataset(config: ExperimentConfig, root: Path | None = None, quiet: bool = True) -> str:
-    """Layout, classes and images per split, image size and cache state, as text."""
+    """Layout, classes and images per split, image size and cache state, as text.
+
+    Text data sets (``modality: "text"``, or a folder holding no images but a text
+    layout) are described by :func:`metasuite.data.text.check.describe_text`."""
+    if config.modality == "text":
+        return _describe_text(config, root, quiet)
+    try:
+        return _describe_images(config, root, quiet)
+    except DatasetError as exc:
+        if "no images found" not in str(exc) or not _holds_text(config, root):
+            raise
+        return _describe_text(replace(config, source="data check", modality="text"), root, quiet)
+
+
+def _holds_text(config: ExperimentConfig, root: Path | None) -> bool:
+    from metasuite.data.text.rows import scan_text
+
+    try:
+        scan_text(locate_dataset(config, root, quiet=True).folder)
+    except DatasetError:
+        return False
+    return True
+
+
+def _describe_text(config: ExperimentConfig, root: Path | None, quiet: bool) -> str:
+    from metasuite.data.text.check import describe_text
+
+    return describe_text(config, root, quiet)
+
+
+def _describe_images(config: ExperimentConfig, root: Path | None, quiet: bool) -> str:
     splits, source, data = load_splits_with_record(config, root, quiet=quiet)
     listing = data.listing
     lines = [f"data set:   {source.folder}"]

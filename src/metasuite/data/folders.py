@@ -62,6 +62,14 @@ FOLDER_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
+HOW_TO_GET: dict[str, str] = {
+    "wordnet_glosses": "it ships in the repository as datasets/wordnet_glosses.tar.bz2 "
+    "(git checkout -- datasets/wordnet_glosses.tar.bz2), or rebuild it: apt-get install -y "
+    "wordnet-base && python3 utils/build_wordnet_glosses.py",
+}
+"""Where a missing data set comes from, by dataset_name (added to the not-found line)."""
+
+
 @dataclass(frozen=True)
 class SplitData:
     """The images of one split, grouped by class.
@@ -162,6 +170,7 @@ def locate_dataset(
             f"{' or '.join(f'{a}{ARCHIVE_SUFFIX}' for a in stems)} (or {others}) "
             f"(dataset_path={config.dataset_path!r}, "
             f"data set root {root}; set DATASET_DIR or dataset_path)"
+            + (f"; {HOW_TO_GET[config.dataset_name]}" if config.dataset_name in HOW_TO_GET else "")
         )
     _refuse_archive_of_another_folder(config, archive, folders)
     names = [f.name for f in folders if f.parent == archive.parent]

@@ -27,11 +27,9 @@ import torch
 from metasuite.config import ExperimentConfig
 from metasuite.data.batch import TaskBatch
 from metasuite.data.folders import SPLITS, DataSource, SplitData, load_splits
+from metasuite.data.split_tags import SPLIT_TAGS
 from metasuite.errors import ConfigError, DatasetError
 from metasuite.text import plural
-
-SPLIT_TAGS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
-"""Mixed into each task's seed so train task i and val task i differ even with one seed."""
 
 
 @dataclass(frozen=True)
@@ -189,13 +187,24 @@ class FewShotTasks:
 
     @classmethod
     def from_config(
-        cls, config: ExperimentConfig, root: Path | None = None, quiet: bool = False
+        cls,
+        config: ExperimentConfig,
+        root: Path | None = None,
+        quiet: bool = False,
+        experiment: Path | None = None,
     ) -> FewShotTasks:
         """Locate (and on first use unpack and decode) the data set, then build samplers.
 
         Seeds: train_seed, val_seed, effective_test_seed. Rotation: Omniglot training
-        tasks only.
+        tasks only. ``experiment``: the experiment folder (text experiments read the
+        tokenizer an earlier run kept there; images need nothing from it).
         """
+        if config.modality == "text":  # the text modality's twin (token-id tasks)
+            from metasuite.data.text.sampler import FewShotTextTasks
+
+            return FewShotTextTasks.from_config(  # type: ignore[return-value]
+                config, root, quiet=quiet, experiment=experiment
+            )
         splits, source = load_splits(config, root, quiet=quiet)
         seeds = {
             "train": config.train_seed,
@@ -232,4 +241,4 @@ class FewShotTasks:
         return {split: self.sampler(split).num_classes for split in SPLITS}
 
 
-__all__ = ["FewShotTasks", "TaskPlan", "TaskSampler", "train_indices"]
+__all__ = ["SPLIT_TAGS", "FewShotTasks", "TaskPlan", "TaskSampler", "train_indices"]

@@ -9,12 +9,14 @@ ranks all-reduce it like a gradient) and steps ``theta <- theta - eps * delta``,
 ``theta + eps * mean(theta_tilde - theta)``, with ``eps`` the outer learning-rate
 schedule (cosine from ``meta_learning_rate`` to ``min_learning_rate``).
 
-Inner optimiser: plain SGD at ``init_inner_loop_learning_rate`` for
-``number_of_training_steps_per_iter`` full-batch steps on the support set, the same
-inner update as MAML, so a method comparison changes one thing (the outer rule) and
-a step is a deterministic function of (theta, task). The paper's Adam inner loop
-(beta1 = 0) would add per-task optimizer state and make Reptile's inner loop differ
-from every other learner's. Tensors the inner loop does not adapt (batch-norm gamma and
+Inner optimiser (``inner_optimizer``): by default plain SGD at
+``init_inner_loop_learning_rate`` for ``number_of_training_steps_per_iter`` full-batch
+steps on the support set, the same inner update as MAML, so a method comparison changes
+one thing (the outer rule). ``"adam"`` is the paper's (and the review-domain system's)
+Adam with beta1 = 0: :class:`AdamDirection` plugs into the shared inner loop's gradient
+hook and returns Adam's step direction, so ``theta - lr * direction`` is Adam's update;
+its state is fresh for every task (a step stays a function of (theta, task)), and
+evaluation adapts the same way. Tensors the inner loop does not adapt (batch-norm gamma and
 beta unless ``enable_inner_loop_optimizable_bn_params``) get no update: their
 ``theta_tilde`` equals ``theta``.
 """
@@ -29,15 +31,57 @@ import torch
 from metasuite.data.batch import TaskBatch
 from metasuite.learner.backbones import MetaBackbone
 from metasuite.learner.backends import WORKER_PREFIX, default_workers, map_in_task_threads
+from metasuite.learner.base import eval_result
 from metasuite.learner.models import Params, StatsRecord
-from metasuite.learner.reference import StepPlan, adapt
+from metasuite.learner.reference import (
+    InnerGradient,
+    StepPlan,
+    SupportLoss,
+    adapt,
+    autograd_gradient,
+    eval_plan,
+)
 from metasuite.learner.system import (
+    EvalResult,
     MamlSystem,
     SyncGradients,
     SyncStats,
     cosine_learning_rate,
     task_accuracy,
 )
+
+
+class AdamDirection:
+    """An :data:`InnerGradient` returning Adam's step direction ``m_hat / (sqrt(v_hat) +
+    eps)`` instead of the gradient: with the inner loop's ``theta - lr * direction`` that
+    is one Adam step. One instance per task (it holds that task's moments)."""
+
+    def __init__(self, betas: tuple[float, float] = (0.0, 0.999), eps: float = 1e-8) -> None:
+        self.betas, self.eps = betas, eps
+        self.moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.steps = 0
+
+    def __call__(
+        self, support_loss: SupportLoss, inner: Params, create_graph: bool
+    ) -> tuple[Params, StatsRecord | None]:
+        grads, record = autograd_gradient(support_loss, inner, False)
+        self.steps += 1
+        b1, b2 = self.betas
+        out: Params = {}
+        for name, g in grads.items():
+            m, v = self.moments.get(name, (torch.zeros_like(g), torch.zeros_like(g)))
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            self.moments[name] = (m, v)
+            m_hat = m / (1 - b1**self.steps)
+            v_hat = v / (1 - b2**self.steps)
+            out[name] = m_hat / (v_hat.sqrt() + self.eps)
+        return out, record
+
+
+def inner_gradient(optimizer: str) -> InnerGradient:
+    """A fresh inner-step rule for one task: the gradient (SGD) or Adam's direction."""
+    return AdamDirection() if optimizer == "adam" else autograd_gradient
 
 
 def reptile_plan(steps: int) -> StepPlan:
@@ -55,6 +99,7 @@ def reptile_deltas(
     records: list[StatsRecord] | None = None,
     *,
     workers: int | None = None,
+    optimizer: str = "sgd",
 ) -> tuple[Params, torch.Tensor, torch.Tensor]:
     """Adapt to each task; return (sum over tasks of ``theta - theta_tilde`` per adapted
     name, the sum of the final query losses, the final query logits ``[T, NQ, N]``).
@@ -91,6 +136,7 @@ def reptile_deltas(
                 batch.query_y[t],
                 plan,
                 stats,
+                gradient=inner_gradient(optimizer),
                 adapted=adapted,
             )
         delta = {n: theta[n] - adapted[n].detach() for n in inner_names}
@@ -145,7 +191,14 @@ class ReptileSystem(MamlSystem):
         records: list[StatsRecord] | None = [] if self.net.per_step_stats else None
         with self._autocast(), self.net.mode(training=True):
             deltas, loss_sum, logits = reptile_deltas(
-                self.net, self.params, self.rates, self.inner_names, batch, plan, records
+                self.net,
+                self.params,
+                self.rates,
+                self.inner_names,
+                batch,
+                plan,
+                records,
+                optimizer=self.cfg.inner_optimizer,
             )
         denominator = total_tasks if total_tasks is not None else len(batch)
         step = [deltas[n].to(self.params[n].dtype) / denominator for n in self.inner_names]
@@ -165,5 +218,34 @@ class ReptileSystem(MamlSystem):
             "second_order": 0.0,
         }
 
+    def evaluate(self, batch: TaskBatch) -> EvalResult:
+        """MAML's evaluation; with Adam inner steps, each task adapted by Adam (fresh
+        state) over the evaluation steps, then scored on its query set."""
+        if self.cfg.inner_optimizer == "sgd":
+            return super().evaluate(batch)
+        plan = eval_plan(self.cfg)
+        batch = batch.to(self.device)
+        tensors = (
+            self.params | self.buffers if self.net.normalises_with_running_stats else self.params
+        )
+        logits = []
+        with torch.enable_grad(), self._autocast(), self.net.mode(training=False):
+            for t in range(len(batch)):
+                with self.net.task_randomness(batch.task_ids[t]):
+                    _, out = adapt(
+                        self.net,
+                        tensors,
+                        self.rates,
+                        self.inner_names,
+                        batch.support_x[t],
+                        batch.support_y[t],
+                        batch.query_x[t],
+                        batch.query_y[t],
+                        plan,
+                        gradient=AdamDirection(),
+                    )
+                logits.append(out.detach())
+        return eval_result(torch.stack(logits), batch.query_y)
 
-__all__ = ["ReptileSystem", "reptile_deltas", "reptile_plan"]
+
+__all__ = ["AdamDirection", "ReptileSystem", "inner_gradient", "reptile_deltas", "reptile_plan"]

@@ -183,6 +183,9 @@ class DatasetInfo:
     archive_sha256: str | None = None
     split_hash: str | None = None
     note: str = ""
+    text: dict[str, Any] | None = None
+    """Text experiments only: layout, task unit, tokenizer (source, sha256, vocab size)
+    and, for an "hf" backbone, its attention implementation (written only when set)."""
 
 
 def dataset_info(config: ExperimentConfig, tasks: Any = None) -> DatasetInfo:
@@ -209,7 +212,13 @@ def dataset_info(config: ExperimentConfig, tasks: Any = None) -> DatasetInfo:
         notes.append("class-split hash not available (no task samplers given)")
     if archive is None:
         notes.append(f"no archive found for {folder}; data used as unpacked")
+    text = getattr(tasks, "text_record", None)
+    if text is not None and config.backbone == "hf":
+        from metasuite.learner.backbones.text import ATTENTION
+
+        text = {**text, "attention": ATTENTION}
     return DatasetInfo(
+        text=text,
         name=config.dataset_name,
         path=str(folder),
         archive=None if archive is None else str(archive),
@@ -451,7 +460,7 @@ def start_run(
         # the network: its name, and for an nn.Module its factory's arguments, head,
         # batch-norm mode and every parameter's name and shape
         "backbone": dict(backbone) if backbone is not None else {"name": config.backbone},
-        "dataset": asdict(dataset),
+        "dataset": {k: v for k, v in asdict(dataset).items() if k != "text" or v is not None},
         "seeds": {
             "train_seed": config.train_seed,
             "val_seed": config.val_seed,

@@ -296,7 +296,7 @@ def run_experiment(
             if "error" in start:
                 raise UserError(f"rank {world.rank}: rank 0 stopped: {start['error']}")
             if tasks is None:
-                tasks = _tasks(config, quiet=True)
+                tasks = _tasks(config, quiet=True, experiment=exp.path)
             learner = _learner(config, device, tasks)
         if start["done"]:
             log.info("experiment already done; test results in %s", exp.test_summary_path)
@@ -338,10 +338,10 @@ def run_experiment(
         )
 
 
-def _tasks(config: ExperimentConfig, *, quiet: bool) -> Any:
+def _tasks(config: ExperimentConfig, *, quiet: bool, experiment: Path) -> Any:
     from metasuite.data.tasks import FewShotTasks
 
-    return FewShotTasks.from_config(config, quiet=quiet)
+    return FewShotTasks.from_config(config, quiet=quiet, experiment=experiment)
 
 
 def _learner(config: ExperimentConfig, device: torch.device, tasks: Any) -> Any:
@@ -370,7 +370,7 @@ def _open_as_writer(
     then where to start; returns ``({"payload", "done"}, tasks, learner)``."""
     check_root_writable(root)
     if tasks is None:
-        tasks = _tasks(config, quiet=quiet)
+        tasks = _tasks(config, quiet=quiet, experiment=exp.path)
     # Built before the folder is touched: a setting the learner refuses is a user error.
     learner = _learner(config, device, tasks)
     numerics = numerics_of(learner.backend, config.precision, device, comm.ctx.world_size)
@@ -456,6 +456,9 @@ def _recorded(
     A resumed run tests again at its end, so an older test summary is removed first.
     """
     exp, config = builder.exp, builder.cfg
+    keep = getattr(tasks, "save_artifacts", None)  # text: the tokenizer, beside the config
+    if keep is not None:
+        keep(exp.path)
     if config.evaluate_on_test_set_only:
         with recorded_run(
             exp.path,

@@ -14,7 +14,12 @@ A user factory is called as ``factory(input_shape, num_classes, **backbone_kwarg
 with ``input_shape`` the experiment's ``(channels, height, width)`` and ``num_classes``
 its number of ways, and returns an ``nn.Module`` mapping a float batch ``[n, C, H, W]``
 to logits ``[n, num_classes]``. It runs under the experiment's seed (``train_seed``), so
-its random initialisation is reproducible.
+its random initialisation is reproducible. Text experiments (``modality: "text"``) call
+it as ``factory((max_length,), num_classes, vocab_size=V, pad_token_id=P,
+**backbone_kwargs)`` and feed it int64 token ids ``[n, L]`` padded with ``P``; the
+built-in text networks are ``"text_conv"`` and ``"hf"`` (:mod:`.text`). What differs
+between modalities (input shape, extra factory arguments, the probe batch) comes from
+:func:`metasuite.data.modality.input_spec`.
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from metasuite.config import ExperimentConfig
+from metasuite.config import ExperimentConfig, thaw_json
+from metasuite.data.modality import input_spec
 from metasuite.errors import ConfigError, UserError
 from metasuite.learner.backbones.module import ModuleBackbone
 from metasuite.learner.backbones.resnet12 import resnet12
+from metasuite.learner.backbones.text import hf_encoder, text_conv
 from metasuite.learner.models import Backbone, Params, StatsRecord
 
 
@@ -76,7 +83,7 @@ class MetaBackbone(Protocol):
 
 Factory = Callable[..., nn.Module]
 
-BUILT_IN: dict[str, Factory] = {"resnet12": resnet12}
+BUILT_IN: dict[str, Factory] = {"resnet12": resnet12, "text_conv": text_conv, "hf": hf_encoder}
 """Named nn.Module factories (beside "conv", the reference network)."""
 
 CONV_ONLY_REFUSED = {
@@ -90,6 +97,11 @@ def build_backbone(cfg: ExperimentConfig) -> MetaBackbone:
     (a factory that fails, returns no module or logits of the wrong shape, or breaks
     second order is a one-line ConfigError here, before anything is written)."""
     if cfg.backbone == "conv":
+        if cfg.modality != "image":
+            raise ConfigError(
+                f'backbone "conv" reads images but modality is {cfg.modality!r}; use "text_conv", '
+                '"hf" or a "package.module:callable" factory'
+            )
         for key, (bad, why) in CONV_ONLY_REFUSED.items():
             if getattr(cfg, key) == bad:
                 raise ConfigError(f'{key} is {bad!r} but backbone is "conv": {why}')
@@ -108,7 +120,7 @@ def build_backbone(cfg: ExperimentConfig) -> MetaBackbone:
     net = ModuleBackbone(
         module=module,
         name=cfg.backbone,
-        kwargs=dict(cfg.backbone_kwargs),
+        kwargs=thaw_json(cfg.backbone_kwargs),
         head=find_head(module, cfg),
         num_norm_steps=cfg.number_of_training_steps_per_iter,
         per_step_stats=per_step,
@@ -153,11 +165,13 @@ def resolve_factory(name: str) -> Factory:
 def _build_module(cfg: ExperimentConfig, factory: Factory) -> nn.Module:
     """Call the factory under the experiment's seed (the global generator forked, so
     nothing else's randomness moves)."""
-    shape = (cfg.image_channels, cfg.image_height, cfg.image_width)
+    spec = input_spec(cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train_seed)
         try:
-            module = factory(shape, cfg.num_classes_per_set, **cfg.backbone_kwargs)
+            module = factory(
+                spec.shape, cfg.num_classes_per_set, **spec.factory_kwargs, **cfg.backbone_kwargs
+            )
         except UserError:
             raise
         except TypeError as exc:
@@ -212,8 +226,7 @@ def probe(net: ModuleBackbone, cfg: ExperimentConfig) -> None:
     refused at start-up with one line, not a traceback minutes later."""
     ways = cfg.num_classes_per_set
     generator = torch.Generator().manual_seed(0)
-    shape = (cfg.image_channels, cfg.image_height, cfg.image_width)
-    x = torch.rand((ways, *shape), generator=generator)  # one image per class
+    x = input_spec(cfg).probe(ways, generator)  # one example per class
     y = torch.arange(ways)
     params = {k: v.requires_grad_() for k, v in net.init_params().items()}
     adapted = list(net.adaptable_parameter_names(cfg.enable_inner_loop_optimizable_bn_params))

@@ -142,13 +142,15 @@ class ModuleBackbone:
 
     def describe(self) -> dict[str, Any]:
         """What the manifest and checkpoints record: name, arguments, parameter shapes."""
-        return {
+        record = {
             "name": self.name,
             "kwargs": self.kwargs,
             "head": self.head,
             "batch_norm_mode": "running" if self.running_at_eval else "transductive",
             "parameters": {n: list(p.shape) for n, p in self.module.named_parameters()},
         }
+        extra = getattr(self.module, "manifest_record", None)  # e.g. "hf": its attention
+        return record if extra is None else {**record, "module": dict(extra)}
 
     # ------------------------------------------------------------------ state
     def init_params(self, generator: torch.Generator | None = None) -> Params:
