@@ -89,12 +89,6 @@ def _check_supported(cfg: ExperimentConfig) -> None:
         )
 
 
-def build_network(cfg: ExperimentConfig) -> MetaBackbone:
-    """The backbone a config describes: the one call a learner makes to get its network
-    (``backbone``: the reference network or any nn.Module, metasuite.learner.backbones)."""
-    return build_backbone(cfg)
-
-
 def _backbone_summary(description: dict[str, Any]) -> str:
     """A backbone description in a line: its name and what differs from the name."""
     extra = {k: v for k, v in description.items() if k not in ("name", "parameters")}
@@ -162,8 +156,9 @@ class LearnerBase:
 
     # ------------------------------------------------------------------ hooks
     def make_network(self) -> MetaBackbone:
-        """The network this learner trains (the config's backbone), on the device."""
-        return build_network(self.cfg).to(self.device)
+        """The network this learner trains (the config's ``backbone``: the reference
+        network or any nn.Module, metasuite.learner.backbones), on the device."""
+        return build_backbone(self.cfg).to(self.device)
 
     def initial_params(self, generator: torch.Generator) -> Params:
         """The meta-parameters before training, drawn from ``generator`` (the seed's)."""
@@ -310,7 +305,6 @@ __all__ = [
     "LearnerBase",
     "SyncGradients",
     "SyncStats",
-    "build_network",
     "check_backend",
     "cosine_learning_rate",
     "eval_result",
