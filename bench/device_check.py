@@ -75,7 +75,7 @@ def _meta_batch(system: MamlSystem, batch: TaskBatch, dtype: torch.dtype, device
         batch.support_y.to(device),
         batch.query_x.to(device, dtype),
         batch.query_y.to(device),
-        (),
+        batch.task_ids,
     )
     return params, rates, images
 

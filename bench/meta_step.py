@@ -121,7 +121,11 @@ def agreement(
     rates = {k: v.detach().to(dtype).requires_grad_() for k, v in system.rates.items()}
     meta = list(params.values()) + list(rates.values())
     images = TaskBatch(
-        batch.support_x.to(dtype), batch.support_y, batch.query_x.to(dtype), batch.query_y, ()
+        batch.support_x.to(dtype),
+        batch.support_y,
+        batch.query_x.to(dtype),
+        batch.query_y,
+        batch.task_ids,
     )
     out = {}
     for key, v in (("ref", Variant("loop", "fp32")), ("got", variant)):

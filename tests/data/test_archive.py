@@ -19,7 +19,7 @@ import pytest
 from data_helpers import make_archive, omniglot_subset, pack
 from metasuite.config import REPO_ROOT
 from metasuite.data import archive as archive_mod
-from metasuite.data.archive import archive_sha256, pbzip2_available, unpack
+from metasuite.data.archive import UNPACKED_RECORD, archive_sha256, pbzip2_available, unpack
 from metasuite.errors import DatasetError
 
 REAL_ARCHIVE = REPO_ROOT / "datasets" / "omniglot.tar.bz2"
@@ -217,8 +217,14 @@ def test_killed_unpack_is_never_taken_for_finished_and_the_next_one_recovers(
     # The next attempt (pbzip2 when installed) starts over and checks the real count.
     folder = unpack(archive, existing_names=["omniglot_dataset"], quiet=True)
     assert folder == tmp_path / "omniglot_dataset"
-    assert sum(len(files) for _, _, files in os.walk(folder)) == 32_460
-    assert sorted(p.name for p in folder.iterdir()) == ["images_background", "images_evaluation"]
+    # the images, and the record that a complete unpack leaves (issue 29: the folder is
+    # checked against it whether or not the archive is still beside it)
+    assert sum(len(files) for _, _, files in os.walk(folder)) == 32_460 + 1
+    assert sorted(p.name for p in folder.iterdir()) == [
+        UNPACKED_RECORD,
+        "images_background",
+        "images_evaluation",
+    ]
     assert not temp.exists()
 
 
