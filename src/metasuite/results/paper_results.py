@@ -4,8 +4,9 @@ Source: Antreas Antoniou, Harrison Edwards, Amos Storkey, "How to train your MAM
 ICLR 2019 (arXiv:1810.09502), Table 1 (Omniglot) and Table 2 (mini-ImageNet): the rows
 "MAML" (which the paper quotes from Finn et al., 2017) and "MAML++". Means and ± are as
 printed there, in percent; the paper's ± is not recomputed or reinterpreted here, so
-read it as the paper's spread, not as the report's 95% interval over seeds. The values
-agree with the "Paper (full protocol)" column of docs/results.md.
+read it as the paper's spread, not as the report's 95% interval over seeds. The four
+values docs/results.md quotes in its "Paper (full protocol)" column (Omniglot 5- and
+20-way 1-shot, MAML and MAML++) are the same.
 
 A group is the paper's when it is the paper's method on the paper's setting: MAML or
 MAML++ (:func:`metasuite.results.report.method_label`, second order; the paper's MAML++
