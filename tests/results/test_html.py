@@ -74,6 +74,10 @@ def suite(tmp_path: Path) -> tuple[Path, Path]:
     (folder / "logs" / "metrics.jsonl").write_text('{"split": "val"}\nnot json\n')
     write_experiment(root, make_config("omni_maml_5w1s_s1", 1, **MAML), status="running",
                      curves=CURVES[:1], generated=configs, pid=dead_pid())  # fmt: skip
+    # Not the paper's method: no paper number beside it, no paper line for it.
+    write_experiment(root, make_config("omni_anil_5w1s_s0", 0, **MAML, meta_learner="anil"),
+                     status="done", curves=CURVES, test=(0.85, 0.01, 0.84, 0.01),
+                     generated=configs)  # fmt: skip
     (root / "omni_plus_5w1s_s2" / "tensorboard").mkdir()
     (root / "omni_plus_5w1s_s2" / "tensorboard" / "events.out.tfevents.1.h.1").write_bytes(
         b"\x20" + b"\x00" * 7 + b"\xde\xad\xbe\xef" + b"x" * 40
@@ -98,7 +102,18 @@ class Census(HTMLParser):
         self.urls += [v for k, v in attrs if k in ("src", "href", "action") and v]
 
 
-def test_page_numbers_problems_and_self_containment(suite: tuple[Path, Path]) -> None:
+def test_page_numbers_problems_and_self_containment(suite: tuple[Path, Path], monkeypatch
+                                                    ) -> None:  # fmt: skip
+    from matplotlib.figure import Figure
+
+    labels: list[str] = []
+    save = Figure.savefig
+
+    def recording_savefig(self, *args, **kwargs):
+        labels.extend(line.get_label() for ax in self.axes for line in ax.lines)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording_savefig)
     page = build_page(*suite, quiet=True)
     census = Census()
     census.feed(page.text)
@@ -113,10 +128,18 @@ def test_page_numbers_problems_and_self_containment(suite: tuple[Path, Path]) ->
     # MAML++ ensemble 95, 97, 96: mean 96.00, CI 1.96 * 1.00 / sqrt(3) = 1.13;
     # best single 90, 94, 92: mean 92.00, CI 1.96 * 2.00 / sqrt(3) = 2.26.
     assert f"{1.96 / math.sqrt(3):.2f}" == "1.13"
-    assert "|3 of 3|96.00|± 1.13|92.00|± 2.26|—|" in text
-    # MAML: one seed of two; the killed one named as missing.
+    # Beside them the paper's published MAML++ 5-way 1-shot Omniglot figure.
+    assert "|3 of 3|96.00|± 1.13|92.00|± 2.26|99.47 ± 0.05|—|" in text
+    # MAML: one seed of two; the killed one named as missing; the paper's MAML figure.
     missing = "omni_maml_5w1s_s1 (killed (resumable))"
-    assert f"|1 of 2|90.00|— (1 seed)|88.00|— (1 seed)|{missing}|" in text
+    assert f"|1 of 2|90.00|— (1 seed)|88.00|— (1 seed)|98.7 ± 0.4|{missing}|" in text
+    # ANIL is not the paper's: its paper cell is empty.
+    assert "|ANIL|5-way 1-shot|1 of 1|85.00|— (1 seed)|84.00|— (1 seed)|—|—|" in text
+    assert "|Paper (%, full protocol)|" in text and "Antoniou et al." in text
+    # The overlaid curves: a dashed reference line per paper method, none for ANIL.
+    assert sorted(x for x in labels if x.startswith("paper")) == [
+        "paper: MAML (98.7%, test)", "paper: MAML++ (99.47%, test)",
+    ]  # fmt: skip
     # Provenance from the manifest: commit, hash, torch, device, wall time, resumes.
     assert "|omni_plus_5w1s_s2|done|0123456789|ffffffffffff|2.13.0+cpu|EPYC|1:30:00|2|" in text
     # Each damaged file named in one line; everything else is still on the page.

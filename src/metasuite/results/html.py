@@ -8,9 +8,12 @@ folders (this module never imports training code):
 
 - per data set, one row per method and way/shot: test accuracy as the mean over seeds
   and its 95% confidence half-width over seeds (:func:`metasuite.stats.mean_ci95`), the
-  number of seeds, and the experiments of the group without results, by name;
+  number of seeds, and the experiments of the group without results, by name; where the
+  group is the MAML++ paper's method and setting, the paper's published number beside
+  it (:mod:`metasuite.results.paper_results`);
 - per setting (data set, way, shot), the learning curves of all its methods on the same
-  axes, a band over seeds each (:func:`metasuite.results.plots.overlay_png`);
+  axes, a band over seeds each (:func:`metasuite.results.plots.overlay_png`), and the
+  paper's number as a dashed line on the validation panel where it has one;
 - the per-seed table and the experiments not in the tables, with the reason;
 - the provenance of each experiment from ``manifest.json``: commit, config hash,
   torch version, device, wall time, how many times it was resumed;
@@ -36,6 +39,7 @@ from metasuite.errors import UserError
 from metasuite.fsutil import write_text_atomic
 from metasuite.progress import progress_bar
 from metasuite.results.metrics_log import check_event_files, read_metrics_log
+from metasuite.results.paper_results import CITATION
 from metasuite.results.plots import SeedCurves, inner_loop_png, overlay_png
 from metasuite.results.report import (
     Group,
@@ -111,7 +115,9 @@ def _ci_cell(group: Group, which: str) -> tuple[str, str]:
 
 
 def accuracy_rows(groups: list[Group]) -> dict[str, list[list[str]]]:
-    """Per data set: one row per group (method, way/shot)."""
+    """Per data set: one row per group (method, way/shot). A data set with a group that
+    is the paper's gets a "Paper" column (:data:`PAPER_COLUMN`, "—" for its other
+    groups); the others keep the plain :data:`ACCURACY_HEADER` layout."""
     out: dict[str, list[list[str]]] = {}
     for g in groups:
         ens, ens_ci = _ci_cell(g, "ensemble")
@@ -120,8 +126,13 @@ def accuracy_rows(groups: list[Group]) -> dict[str, list[list[str]]]:
         out.setdefault(g.dataset, []).append([
             g.method, f"{g.way}-way {g.shot}-shot",
             f"{g.distinct_seeds} of {len(g.members)}", ens, ens_ci, best, best_ci,
-            "; ".join(missing) or "—",
+            g.paper.text() if g.paper else "—", "; ".join(missing) or "—",
         ])  # fmt: skip
+    with_paper = {g.dataset for g in groups if g.paper}
+    for dataset, rows in out.items():
+        if dataset not in with_paper:
+            for row in rows:
+                del row[PAPER_COLUMN]
     return out
 
 
@@ -129,6 +140,16 @@ ACCURACY_HEADER = [
     "Method", "Setting", "Seeds with results", "Ensemble (%)", "95% CI over seeds",
     "Best single (%)", "95% CI over seeds", "Missing or failed",
 ]  # fmt: skip
+PAPER_COLUMN = 7
+"""Where the paper's number goes in a row: after ours, before what is missing."""
+PAPER_HEADER = "Paper (%, full protocol)"
+
+
+def accuracy_header(rows: list[list[str]]) -> list[str]:
+    """:data:`ACCURACY_HEADER`, with the paper's column where the rows carry it."""
+    if rows and len(rows[0]) > len(ACCURACY_HEADER):
+        return [*ACCURACY_HEADER[:PAPER_COLUMN], PAPER_HEADER, *ACCURACY_HEADER[PAPER_COLUMN:]]
+    return ACCURACY_HEADER
 
 
 def _settings(groups: list[Group]) -> dict[tuple[str, int, int], list[Group]]:
@@ -228,9 +249,15 @@ def build_page(
                  "confidence half-width over seeds, 1.96 · sample std / √seeds. "
                  "<i>Ensemble</i>: the top validation models' predictions averaged; "
                  "<i>best single</i>: the model of the best validation epoch.</p>")  # fmt: skip
+    if any(g.paper for g in groups):
+        parts.append(f'<p class="note"><i>Paper</i>: the published test accuracy of the '
+                     f"same method and setting ({_e(CITATION)}) after its full training "
+                     "protocol, ± as printed there; shown only for MAML and MAML++ with "
+                     "the reference conv net on Omniglot and mini-ImageNet.</p>")  # fmt: skip
     for dataset, rows in accuracy_rows(groups).items():
         parts.append(f"<h3>{_e(dataset_title(dataset))} (<code>{_e(dataset)}</code>)</h3>")
-        parts.append(table(ACCURACY_HEADER, rows, {2, 3, 4, 5, 6}))
+        header = accuracy_header(rows)
+        parts.append(table(header, rows, set(range(2, len(header) - 1))))
 
     parts.append('<h2 id="curves">Learning curves</h2><p class="note">The methods of one '
                  "setting on the same axes: the mean over seeds, and mean ± one sample "
@@ -243,7 +270,9 @@ def build_page(
         methods = [
             (g.method, [SeedCurves(m.name, m.curves) for m in g.members if m.curves]) for g in same
         ]
-        png = overlay_png(methods, title=title, subtitle=f"{plural(len(same), 'method')}")
+        papers = {g.method: g.paper.mean for g in same if g.paper}
+        png = overlay_png(methods, title=title, subtitle=f"{plural(len(same), 'method')}",
+                          references=papers)  # fmt: skip
         parts.append(f"<h3>{_e(title)}</h3>")
         parts.append(image(png, f"learning curves: {title}") if png else
                      '<p class="note">No finished epoch yet.</p>')  # fmt: skip

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import math
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,7 +167,11 @@ def _legend_below(fig: Any, axes: Sequence[Any], columns: int = 6) -> None:
 
 
 def overlay_png(
-    methods: Sequence[tuple[str, Sequence[SeedCurves]]], *, title: str, subtitle: str = ""
+    methods: Sequence[tuple[str, Sequence[SeedCurves]]],
+    *,
+    title: str,
+    subtitle: str = "",
+    references: Mapping[str, float] | None = None,
 ) -> bytes | None:
     """The methods of one setting on the same axes: per method the mean over its seeds
     (a line) and mean ± one sample std over seeds (a band, where two seeds reached an
@@ -175,6 +179,9 @@ def overlay_png(
 
     One method per colour, so MAML against MAML++ is seen at a glance, which the
     per-group figures of :func:`plot_learning_curves` (one method each) cannot show.
+    ``references`` maps a method's label to a published accuracy in percent (the
+    paper's test figure): a dashed line in the method's colour, labelled "paper", on the
+    validation panel only, since training accuracy is not what the paper reports.
     """
     from matplotlib.ticker import MaxNLocator
 
@@ -199,6 +206,12 @@ def overlay_png(
                 low = [m - d for m, d in zip(means, stds, strict=True)]
                 high = [m + d for m, d in zip(means, stds, strict=True)]
                 ax.fill_between(epochs, low, high, color=color, alpha=0.2, linewidth=0)
+        shown = (references or {}) if column == "val_accuracy_mean" else {}
+        for i, (label, _) in enumerate(methods):
+            if label in shown:
+                value = shown[label]
+                ax.axhline(value, color=f"C{i % 10}", linestyle="--", linewidth=1.2,
+                           label=f"paper: {label} ({value:g}%, test)")  # fmt: skip
         ax.set_title(panel_title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

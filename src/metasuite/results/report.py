@@ -33,6 +33,7 @@ from metasuite.config import NO_INNER_LOOP_LEARNERS, ExperimentConfig, load_conf
 from metasuite.errors import UserError
 from metasuite.fsutil import make_dirs, write_text_atomic
 from metasuite.progress import progress_bar
+from metasuite.results.paper_results import CITATION, PaperResult, is_paper_setup, paper_result
 from metasuite.results.plots import SeedCurves, plot_learning_curves
 from metasuite.results.status import (
     DONE,
@@ -96,6 +97,9 @@ class Group:
     shot: int
     method: str
     members: list[Member] = field(default_factory=list)
+    paper: PaperResult | None = None
+    """The MAML++ paper's published test accuracy where the group is the paper's method
+    and setting (:func:`paper_for`); None for everything else."""
 
     @property
     def finished(self) -> list[Member]:
@@ -242,6 +246,20 @@ def method_label(config: ExperimentConfig) -> str:
     return label
 
 
+def paper_for(config: ExperimentConfig) -> PaperResult | None:
+    """The one place a group's published number is looked up (tables and figures read
+    :attr:`Group.paper`): by the config, so a label disambiguated for the table still
+    finds it, and another backbone, learner or modality never does."""
+    if not is_paper_setup(config):
+        return None
+    return paper_result(
+        dataset_title(config.dataset_name),
+        method_label(config),
+        config.num_classes_per_set,
+        config.num_samples_per_class,
+    )
+
+
 def _disambiguate(groups: list[Group], configs: dict[str, ExperimentConfig]) -> None:
     """Append the differing settings to labels that would otherwise share a table cell."""
     clashes: dict[tuple[str, int, int, str], list[Group]] = {}
@@ -353,6 +371,7 @@ def collect(
                 config.num_classes_per_set,
                 config.num_samples_per_class,
                 method_label(config),
+                paper=paper_for(config),
             )
             group_configs[key] = config
         groups[key].members.append(member)
@@ -461,8 +480,22 @@ def paper_tables(groups: list[Group]) -> dict[str, tuple[list[str], list[list[st
                     ]
                     row.append(cell(match[0], which) if match else "")
                 rows.append(row)
+            papers = [_paper_cell(mine, method, way, shot) for way, shot in columns]
+            if any(papers):
+                rows.append([method, PAPER_ROW, *papers])
         tables[dataset] = (header, rows)
     return tables
+
+
+PAPER_ROW = "paper (full protocol)"
+"""Test-model column of the row that quotes the paper's published number."""
+
+
+def _paper_cell(groups: list[Group], method: str, way: int, shot: int) -> str:
+    paper = next(
+        (g.paper for g in groups if (g.method, g.way, g.shot) == (method, way, shot)), None
+    )
+    return "" if paper is None else f"{paper.text()}%"
 
 
 def _ensemble_text(score: TestScore | None) -> str:
@@ -497,6 +530,11 @@ def results_markdown(groups: list[Group], excluded: list[Excluded]) -> str:
         "the top validation models' predictions averaged; *best single*: the model of the "
         "best validation epoch."
     )
+    if any(g.paper for g in groups):
+        lines[-1] += (
+            f" *{PAPER_ROW}*: the published test accuracy of the same method and setting "
+            f"({CITATION}), ± as printed there."
+        )
     lines.append("")
     for dataset, (header, rows) in paper_tables(groups).items():
         lines += [f"## {dataset_title(dataset)} (`{dataset}`)", ""]
