@@ -112,13 +112,12 @@ def _watch(base: Path, names: list[str], total: int, quiet: bool) -> tuple[Any, 
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
     import signal
 
     from metasuite import progress
     from metasuite.results.report import write_report
     from metasuite.suite.files import job_environment, suite_files
-    from metasuite.suite.pool import Job, Pool, StopFlag, make_slots, one_runner
+    from metasuite.suite.pool import Job, Pool, StopFlag, make_slots, one_runner, share_cpu_threads
     from metasuite.suite.sweep import expand
 
     _check_counts(args)
@@ -137,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = [Job(e.name, e.script_path) for e in experiments]
     slots = make_slots(["cpu"], 1, min(args.jobs, len(jobs)))
     env = job_environment(base)
-    env.setdefault("METASUITE_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(slots))))
+    share_cpu_threads(env, slots)
     total = sum(e.config.total_epochs * e.config.total_iter_per_epoch for e in experiments)
     _, finish = _watch(base, [e.name for e in experiments], total, args.quiet)
 

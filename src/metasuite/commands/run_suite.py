@@ -9,7 +9,6 @@ still ran), 2 for a usage mistake, 128+signal when stopped by SIGINT/SIGTERM.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 
@@ -17,9 +16,6 @@ from metasuite.commands import _options
 from metasuite.errors import UserError
 
 HELP = "run every experiment of the suite on a pool of devices, resuming unfinished ones"
-
-THREADS_ENV = "METASUITE_NUM_THREADS"
-"""= metasuite.training.runtime.THREADS_ENV, named here so that run-suite does not import torch."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +49,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from metasuite import progress
     from metasuite.suite.files import config_file, job_environment, refuse_outdated, script_file
-    from metasuite.suite.pool import Job, Pool, Result, StopFlag, make_slots, one_runner
+    from metasuite.suite.pool import (
+        Job,
+        Pool,
+        Result,
+        StopFlag,
+        make_slots,
+        one_runner,
+        share_cpu_threads,
+    )
     from metasuite.text import plural
 
     try:
@@ -71,8 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     root = _options.experiments_root_of(args)
     env = job_environment(root)
-    if slots[0].devices == ("cpu",) and len(slots) > 1 and THREADS_ENV not in env:
-        env[THREADS_ENV] = str(max(1, (os.cpu_count() or 1) // len(slots)))
+    share_cpu_threads(env, slots)
 
     jobs = [Job(e.name, e.script_path) for e in experiments]
     bar = progress.progress_bar(

@@ -24,9 +24,6 @@ from metasuite.errors import UserError
 
 HELP = "search hyper-parameters with Optuna: trials are generated experiments, pruned at epoch ends"
 
-THREADS_ENV = "METASUITE_NUM_THREADS"
-"""= metasuite.training.runtime.THREADS_ENV, named here so that tune does not import torch."""
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("search", metavar="SEARCH.toml", help="the search file")
@@ -181,15 +178,14 @@ def _search(args: argparse.Namespace, search, total: int, slots, url: str) -> in
     from metasuite.search import engine
     from metasuite.search.driver import Driver
     from metasuite.suite.files import job_environment
-    from metasuite.suite.pool import StopFlag
+    from metasuite.suite.pool import StopFlag, share_cpu_threads
     from metasuite.text import plural
 
     root = _options.experiments_root_of(args)
     study = engine.Study(search, url)
 
     env = job_environment(root)
-    if slots[0].devices == ("cpu",) and len(slots) > 1 and THREADS_ENV not in env:
-        env[THREADS_ENV] = str(max(1, (os.cpu_count() or 1) // len(slots)))
+    share_cpu_threads(env, slots)
 
     def say(line: str) -> None:
         if not args.quiet:

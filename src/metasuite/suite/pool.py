@@ -102,6 +102,19 @@ def running_elsewhere(state: Mapping[str, Any] | None) -> int | None:
     return state["pid"] if pid_alive(state.get("pid")) else None
 
 
+THREADS_ENV = "METASUITE_NUM_THREADS"
+"""= metasuite.training.runtime.THREADS_ENV, named here so that the pool's commands do
+not import torch."""
+
+
+def share_cpu_threads(env: dict[str, str], slots: Sequence[Slot]) -> None:
+    """Several experiments at once on the CPU share its cores: cores // jobs intra-op
+    threads each, unless ``$METASUITE_NUM_THREADS`` is set already (one experiment keeps
+    torch's default)."""
+    if slots and slots[0].devices == ("cpu",) and len(slots) > 1:
+        env.setdefault(THREADS_ENV, str(max(1, (os.cpu_count() or 1) // len(slots))))
+
+
 @dataclass
 class Result:
     """How one experiment ended in this run of the pool."""
