@@ -213,7 +213,7 @@ class ExperimentDir:
         except OSError as exc:
             return f"end requested ({self.end_request_path}: {exc.strerror or exc})"
         try:
-            reason = json.loads(text).get("reason")
+            reason = jsontext.loads(text).get("reason")
         except (ValueError, AttributeError):
             reason = None
         return str(reason) if reason else "end requested"

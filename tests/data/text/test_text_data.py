@@ -179,6 +179,17 @@ def test_data_check_detects_a_text_folder_without_a_config(data_root: Path) -> N
             "has a single label ('pos')",
         ),
         (lambda f: write_rows(f), {"text_column": "sentence"}, "no 'sentence' column"),
+        # strict JSON, as for every JSON file metasuite reads (issue 29)
+        (
+            lambda f: (f / "d.jsonl").write_text('{"text": "x", "label": "a", "label": "b"}\n'),
+            {},
+            "line 1: key 'label' appears twice",
+        ),
+        (
+            lambda f: (f / "d.json").write_text("[" * 50_000 + "]" * 50_000),
+            {},
+            "nested 50,000 levels deep",
+        ),
     ],
 )
 def test_bad_text_data_is_one_line(data_root: Path, write, changes, message) -> None:

@@ -20,12 +20,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from metasuite import jsontext
 from metasuite.errors import DatasetError
 
 TEXT_LAYOUTS: dict[str, str] = {
@@ -155,15 +155,15 @@ def _records(path: Path, layout: str) -> list[tuple[str, Any]]:
             if not line.strip():
                 continue
             try:
-                out.append((f"line {number}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}: line {number} is not JSON ({exc.msg})") from None
+                out.append((f"line {number}", jsontext.loads(line)))
+            except jsontext.JsonTextError as exc:
+                raise DatasetError(f"{path}: line {number}: {exc}") from None
         return out
     if layout == "json":
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+            data = jsontext.loads(text)
+        except jsontext.JsonTextError as exc:
+            raise DatasetError(f"{path}: {exc}") from None
         if not isinstance(data, list):
             raise DatasetError(
                 f"{path}: expected a JSON list of objects, got {type(data).__name__}"
