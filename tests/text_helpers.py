@@ -9,6 +9,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+import meta_learner_helpers
+
 FILLER = [
     "the",
     "a",
@@ -58,13 +60,7 @@ TEXT_TINY: dict[str, Any] = {
 }
 """A tiny text experiment: 12 classes split 6/3/3, 3-way 2-shot, a few seconds."""
 
-REPTILE: dict[str, Any] = {
-    "meta_learner": "reptile",
-    "second_order": False,
-    "use_multi_step_loss_optimization": False,
-    "learnable_per_layer_per_step_inner_loop_learning_rate": False,
-    "meta_learning_rate": 1.0,
-}
+REPTILE: dict[str, Any] = {**meta_learner_helpers.REPTILE, "meta_learning_rate": 1.0}
 
 
 def sentences(label: int, count: int, rng: random.Random) -> list[str]:
@@ -114,3 +110,20 @@ def write_config(folder: Path, name: str = "tiny", **changes: Any) -> Path:
     path = folder / f"{name}.json"
     path.write_text(json.dumps(TEXT_TINY | changes, indent=2))
     return path
+
+
+TINY_BERT: dict = {
+    "backbone": "hf",
+    "backbone_kwargs": {
+        "config": {
+            "hidden_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 32,
+            "hidden_dropout_prob": 0.1,
+            "attention_probs_dropout_prob": 0.1,
+        }
+    },
+}
+"""A one-layer BERT built from a config (random weights, dropout on): the "hf" backbone
+in milliseconds, with no model folder."""

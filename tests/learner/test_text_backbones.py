@@ -13,23 +13,9 @@ from metasuite.config import from_dict
 from metasuite.data.tasks import FewShotTasks
 from metasuite.errors import ConfigError
 from metasuite.learner.backbones import build_backbone
-from text_helpers import TEXT_TINY, write_rows
+from text_helpers import TEXT_TINY, TINY_BERT, write_rows
 
 pytest.importorskip("transformers")
-
-HF_TINY = {
-    "backbone": "hf",
-    "backbone_kwargs": {
-        "config": {
-            "hidden_size": 16,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "intermediate_size": 32,
-            "hidden_dropout_prob": 0.1,
-            "attention_probs_dropout_prob": 0.1,
-        }
-    },
-}
 
 
 @pytest.fixture
@@ -43,7 +29,7 @@ def config(**changes):
     return from_dict(TEXT_TINY | changes)
 
 
-@pytest.mark.parametrize("backbone", [{}, HF_TINY], ids=["text_conv", "hf"])
+@pytest.mark.parametrize("backbone", [{}, TINY_BERT], ids=["text_conv", "hf"])
 def test_second_order_meta_step_runs_and_adapting_lowers_the_support_loss(
     data_root: Path, backbone: dict
 ) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from builder_helpers import read_json, summary_rows, train
-from text_helpers import REPTILE, write_config, write_rows
+from text_helpers import REPTILE, TINY_BERT, write_config, write_rows
 
 pytest.importorskip("tokenizers")
 
@@ -24,19 +24,6 @@ LEARNERS: dict[str, dict[str, Any]] = {
     "anil": {"meta_learner": "anil"},
     "reptile": REPTILE,
     "reptile_adam": REPTILE | {"inner_optimizer": "adam", "init_inner_loop_learning_rate": 0.01},
-}
-TINY_BERT = {
-    "backbone": "hf",
-    "backbone_kwargs": {
-        "config": {
-            "hidden_size": 16,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "intermediate_size": 32,
-            "hidden_dropout_prob": 0.1,
-            "attention_probs_dropout_prob": 0.1,
-        }
-    },
 }
 
 
