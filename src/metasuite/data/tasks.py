@@ -27,7 +27,7 @@ import torch
 from metasuite.config import ExperimentConfig
 from metasuite.data.batch import TaskBatch
 from metasuite.data.folders import SPLITS, DataSource, SplitData, load_splits
-from metasuite.data.split_tags import SPLIT_TAGS
+from metasuite.data.split_tags import SPLIT_TAGS, split_seeds
 from metasuite.errors import ConfigError, DatasetError
 from metasuite.text import plural
 
@@ -206,11 +206,7 @@ class FewShotTasks:
                 config, root, quiet=quiet, experiment=experiment
             )
         splits, source = load_splits(config, root, quiet=quiet)
-        seeds = {
-            "train": config.train_seed,
-            "val": config.val_seed,
-            "test": config.effective_test_seed,
-        }
+        seeds = split_seeds(config)
         samplers = {
             split: TaskSampler(
                 splits[split],

@@ -43,7 +43,6 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,7 @@ from typing import Any
 
 from metasuite.config import CONFIG_FIELDS, REPO_ROOT
 from metasuite.errors import ConfigError
-from metasuite.suite.sweep import DEFAULT_SCRIPT_TEMPLATE, Axis, Suite
+from metasuite.suite.sweep import DEFAULT_SCRIPT_TEMPLATE, Axis, Suite, read_toml
 
 TRIAL_VARIABLE = "trial"
 """The template variable holding the trial number (in ``naming`` and the templates)."""
@@ -226,16 +225,7 @@ def load_search(path: str | Path) -> Search:
     """Read and check a search file (nothing is opened or written)."""
     path = Path(path).expanduser().resolve()
     src = str(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{src}: search file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{src}: cannot read search file ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{src}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{src}: not valid TOML ({exc})") from None
+    raw = read_toml(path, "search file")
     for key in raw:
         if key not in _TOP_KEYS:
             raise ConfigError(
@@ -316,7 +306,7 @@ def default_storage(root: Path) -> str:
 def is_search_file(path: str | Path) -> bool:
     """True for a TOML file with a ``[search]`` table (status/report accept it as --suite)."""
     try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        raw = read_toml(Path(path), "search file")
+    except ConfigError:
         return False
     return isinstance(raw.get("search"), dict)

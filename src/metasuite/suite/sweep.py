@@ -247,23 +247,30 @@ def _suggest(key: str, options: Sequence[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def load_suite(path: str | Path | None = None, root: str | Path | None = None) -> Suite:
-    """Read and check a suite file; ``root`` overrides the suite's output root."""
-    path = Path(path) if path is not None else DEFAULT_SUITE
-    path = path.expanduser().resolve()
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file's tables, every failure one ConfigError naming the file and ``what``
+    it is (the suite and search files share this reader)."""
     src = str(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{src}: suite file not found") from None
+        raise ConfigError(f"{src}: {what} not found") from None
     except OSError as exc:
-        raise ConfigError(f"{src}: cannot read suite file ({exc.strerror})") from None
+        raise ConfigError(f"{src}: cannot read {what} ({exc.strerror})") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{src}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{src}: not valid TOML ({exc})") from None
     except RecursionError:  # tomllib parses nested arrays recursively
         raise ConfigError(f"{src}: arrays or tables nested too deeply to read") from None
+
+
+def load_suite(path: str | Path | None = None, root: str | Path | None = None) -> Suite:
+    """Read and check a suite file; ``root`` overrides the suite's output root."""
+    path = Path(path) if path is not None else DEFAULT_SUITE
+    path = path.expanduser().resolve()
+    src = str(path)
+    raw = read_toml(path, "suite file")
     for key in raw:
         if key not in _TOP_KEYS:
             raise ConfigError(

@@ -30,7 +30,7 @@ import torch
 from metasuite.config import ExperimentConfig
 from metasuite.data.batch import TaskBatch
 from metasuite.data.folders import SPLITS, DataSource
-from metasuite.data.split_tags import SPLIT_TAGS
+from metasuite.data.split_tags import SPLIT_TAGS, split_seeds
 from metasuite.data.text.load import TextData, load_text, split_units, unit_names
 from metasuite.data.text.tokenizer import KEPT_FOLDER, save_tokenizer
 from metasuite.errors import DatasetError
@@ -190,11 +190,7 @@ class FewShotTextTasks:
         data, source = load_text(config, root, quiet=quiet, experiment=experiment)
         names = unit_names(config, data.labels, data.domains, data.splits)
         units = split_units(config, names, source.folder, data.listing.pre_split)
-        seeds = {
-            "train": config.train_seed,
-            "val": config.val_seed,
-            "test": config.effective_test_seed,
-        }
+        seeds = split_seeds(config)
         samplers = {
             split: TextTaskSampler(
                 group_split(config, data, units[split]),
