@@ -120,6 +120,27 @@ def test_overlay_reads_reference_and_metasuite_summaries(tmp_path):
     assert png.read_bytes().startswith(b"\x89PNG")
 
 
+def test_plot_axes_options(tmp_path):
+    """--log-iterations and --ymin reach the figure; without them the axes are as before."""
+    tta = _module()
+    curve = tta.Curve("x", [10.0, 600.0], [0.0, 5000.0], [0.5, 0.99])
+    plain = tta.figure([curve], "t")
+    assert plain.axes[1].get_xscale() == "linear"
+    assert plain.axes[0].get_ylim()[0] < 50
+    tuned = tta.figure([curve], "t", log_iterations=True, ymin=90.0)
+    assert tuned.axes[1].get_xscale() == "symlog"
+    assert tuned.axes[0].get_ylim()[0] == 90.0
+    summary = tmp_path / "summary_statistics.csv"
+    summary.write_text("epoch,epoch_time_s,val_accuracy_mean\n0,10,0.5\n1,20,0.95\n")
+    png = tmp_path / "x.png"
+    subprocess.run(
+        [sys.executable, str(SCRIPT), "--plot-only", str(png), "--log-iterations",
+         "--ymin", "90", "--overlay", str(summary)],
+        check=True, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+
 def test_overlay_without_the_needed_columns_is_a_user_error(tmp_path):
     tta = _module()
     bad = tmp_path / "bad.csv"
