@@ -415,7 +415,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     write_text_atomic(out / f"{name}.csv", points_csv(points))
     write_text_atomic(out / f"{name}.json", json.dumps(result, indent=2) + "\n")
     title = f"{name}: {args.minutes:g}-minute budget"
-    plot([curve_of(points, name), *extra], out / f"{name}.png", title)
+    plot(
+        [curve_of(points, name), *extra],
+        out / f"{name}.png",
+        title,
+        args.log_iterations,
+        args.ymin,
+    )
     return result
 
 
@@ -446,10 +452,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plot-only", metavar="PNG", help="only draw the --overlay curves")
     parser.add_argument("--title", default="validation accuracy", help="title of --plot-only")
     parser.add_argument(
-        "--log-iterations", action="store_true", help="--plot-only: symlog iteration axis"
+        "--log-iterations", action="store_true", help="symlog iteration axis in the plot"
     )
     parser.add_argument(
-        "--ymin", type=float, metavar="PERCENT", help="--plot-only: lower end of the accuracy axis"
+        "--ymin", type=float, metavar="PERCENT", help="lower end of the plot's accuracy axis"
     )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -459,6 +465,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--minutes must be > 0, got {args.minutes}")
     if args.val_every < 0:
         parser.error(f"--val-every must be >= 0, got {args.val_every}")
+    if args.ymin is not None and not 0 <= args.ymin < 100:
+        parser.error(f"--ymin must be a percentage in [0, 100), got {args.ymin}")
     return args
 
 

@@ -139,6 +139,10 @@ def test_plot_axes_options(tmp_path):
         check=True, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert png.read_bytes().startswith(b"\x89PNG")
+    for bad in ("100", "-1", "nan"):
+        with pytest.raises(SystemExit) as exit_info:
+            tta.parse_args(["--plot-only", str(png), "--ymin", bad, "--overlay", str(summary)])
+        assert exit_info.value.code == 2
 
 
 def test_overlay_without_the_needed_columns_is_a_user_error(tmp_path):
